@@ -1,0 +1,189 @@
+"""Self- and cross-attention: the dense twin and the spike-driven version, side by side.
+
+Spiking kinds (chosen by ``kind``):
+
+* ``'ssa'``  - Spikformer's spiking self-attention. ``Q, K, V = LIF(BN(Linear(x)))`` are binary;
+  ``A = Q K^T V * scale`` with no softmax, then ``LIF`` (threshold 0.5) and ``BN(Linear(.))``.
+  Without a causal mask it is computed as ``Q (K^T V)``, which is exactly equal (the products are
+  integer counts) and cheaper when tokens outnumber head channels.
+* ``'sdsa'`` - the Spike-driven Transformer's self-attention. ``kv = LIF(sum_tokens K * V)``, then
+  ``Q * kv``: only masks and additions, linear in the number of tokens. It is channel-wise, so the
+  head split does not change the result; ``heads`` is kept for a common interface.
+
+Both accept a ``context`` (cross-attention: queries from ``x``, keys/values from ``context``) and a
+causal mask (token ``i`` sees keys ``j <= i``; SDSA uses a running sum over tokens).
+
+The dense twin ``DenseSelfAttention`` has the same layers under the same names (``q``, ``k``, ``v``,
+``out``), activations (``*_act``) where the spiking version has populations (``*_lif``), and
+``kind`` 'softmax' (standard attention) or 'ssa' / 'sdsa' (the ANN form of each spiking operator).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import ShapeError, SpikingAttnError, check_choice, check_tensor
+from .layers import LinearBN
+from .neuron import LIFPopulation
+
+SPIKING_KINDS = ("ssa", "sdsa")
+DENSE_KINDS = ("softmax", "ssa", "sdsa")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def _check_heads(dim: int, heads: int) -> None:
+    if heads <= 0 or dim % heads:
+        raise SpikingAttnError(f"dim ({dim}) must be divisible by heads ({heads})")
+
+
+def _check_context(x: torch.Tensor, context: torch.Tensor, causal: bool, time_first: bool) -> None:
+    lead = 2 if time_first else 1  # [T, B] or [B]
+    if context.dim() != x.dim() or context.shape[:lead] != x.shape[:lead] or context.shape[-1] != x.shape[-1]:
+        what = "time steps, batch and dim" if time_first else "batch and dim"
+        raise ShapeError(
+            f"context shape {tuple(context.shape)} must match x shape {tuple(x.shape)} in {what}"
+        )
+    if causal and context.shape[-2] != x.shape[-2]:
+        raise ShapeError("causal cross-attention needs as many context tokens as query tokens")
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    *lead, n, d = t.shape
+    return t.reshape(*lead, n, heads, d // heads).transpose(-3, -2)  # [..., H, N, Dh]
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    *lead, h, n, dh = t.shape
+    return t.transpose(-3, -2).reshape(*lead, n, h * dh)  # [..., N, D]
+
+
+def _causal_mask(n_q: int, n_k: int, device) -> torch.Tensor:
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()  # [N, M]
+
+
+def linear_attention_product(q, k, v, causal: bool) -> torch.Tensor:
+    """``(Q K^T masked) V`` over ``[..., N, Dh]`` heads; ``Q (K^T V)`` when not causal."""
+    if causal:
+        scores = q @ k.transpose(-2, -1)  # [..., N, M]
+        scores = scores.masked_fill(~_causal_mask(q.shape[-2], k.shape[-2], q.device), 0.0)
+        return scores @ v  # [..., N, Dh]
+    return q @ (k.transpose(-2, -1) @ v)  # [..., N, Dh]
+
+
+def token_sum(kv: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Sum ``[..., M, D]`` over tokens: ``[..., 1, D]``, or a running sum ``[..., M, D]`` if causal."""
+    return kv.cumsum(dim=-2) if causal else kv.sum(dim=-2, keepdim=True)
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spike-driven multihead attention (the cortex's selective routing, done with spikes).
+
+    Args:
+        dim: model width D.
+        heads: number of heads H (D % H == 0).
+        kind: 'ssa' or 'sdsa'.
+        causal: mask future tokens (decoder-style).
+        scale: SSA product scale; default ``1/sqrt(D/H)``.
+        attn_vth: threshold of the population after the attention product (0.5 in both papers).
+        lif: keyword arguments for every ``LIFPopulation`` (dv, surrogate, engine, ...).
+
+    Shapes: ``x`` spikes ``[T, B, N, D]``; optional ``context`` spikes ``[T, B, M, D]``.
+    Returns the output current ``[T, B, N, D]`` (add it to a membrane stream).
+    """
+
+    def __init__(self, dim: int, heads: int = 4, kind: str = "sdsa", causal: bool = False,
+                 scale: Optional[float] = None, attn_vth: float = 0.5, lif: Optional[dict] = None) -> None:
+        super().__init__()
+        _check_heads(dim, heads)
+        lif = dict(lif or {})
+        self.kind = check_choice(kind, "attention kind", SPIKING_KINDS)
+        self.dim, self.heads, self.causal = dim, heads, bool(causal)
+        self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim // heads)
+        self.q, self.k, self.v = LinearBN(dim, dim), LinearBN(dim, dim), LinearBN(dim, dim)
+        self.q_lif, self.k_lif, self.v_lif = (LIFPopulation(**lif) for _ in range(3))
+        self.attn_lif = LIFPopulation(**{**lif, "vth": attn_vth})
+        self.out = LinearBN(dim, dim)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, heads={self.heads}, causal={self.causal}, scale={self.scale:.4g}"
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        check_tensor(x, "x", ndim=4, last_dim=self.dim)
+        if context is not None:
+            check_tensor(context, "context", ndim=4)
+            _check_context(x, context, self.causal, time_first=True)
+        source = x if context is None else context
+        q = self.q_lif(self.q(x))  # [T, B, N, D]
+        k = self.k_lif(self.k(source))  # [T, B, M, D]
+        v = self.v_lif(self.v(source))  # [T, B, M, D]
+        if self.kind == "ssa":
+            qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
+            mixed = _merge_heads(linear_attention_product(qh, kh, vh, self.causal))  # [T, B, N, D]
+            routed = self.attn_lif(mixed * self.scale)  # [T, B, N, D]
+        else:
+            kv = self.attn_lif(token_sum(k * v, self.causal))  # [T, B, 1|N, D]
+            routed = q * kv  # [T, B, N, D]: an AND of two spike trains
+        return self.out(routed)
+
+
+class DenseSelfAttention(nn.Module):
+    """The dense twin of ``SpikingSelfAttention``: same layers and names, activations for populations.
+
+    Args:
+        dim, heads, causal, scale: as in the spiking version.
+        kind: 'softmax' (standard scaled dot-product attention), 'ssa' or 'sdsa' (ANN forms).
+        act: 'relu' or 'gelu', used where the spiking version has a population
+            ('softmax' keeps Q, K, V linear, as standard attention does).
+
+    Shapes: ``x`` ``[B, N, D]``, optional ``context`` ``[B, M, D]`` -> ``[B, N, D]``.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, kind: str = "softmax", causal: bool = False,
+                 scale: Optional[float] = None, act: str = "relu") -> None:
+        super().__init__()
+        _check_heads(dim, heads)
+        self.kind = check_choice(kind, "attention kind", DENSE_KINDS)
+        act_cls = ACTIVATIONS[check_choice(act, "activation", tuple(ACTIVATIONS))]
+        self.dim, self.heads, self.causal = dim, heads, bool(causal)
+        self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim // heads)
+        self.q, self.k, self.v = LinearBN(dim, dim), LinearBN(dim, dim), LinearBN(dim, dim)
+        qkv_act = nn.Identity if self.kind == "softmax" else act_cls
+        self.q_act, self.k_act, self.v_act = qkv_act(), qkv_act(), qkv_act()
+        self.attn_act = act_cls()
+        self.out = LinearBN(dim, dim)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, heads={self.heads}, causal={self.causal}, scale={self.scale:.4g}"
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        check_tensor(x, "x", ndim=3, last_dim=self.dim)
+        if context is not None:
+            check_tensor(context, "context", ndim=3)
+            _check_context(x, context, self.causal, time_first=False)
+        source = x if context is None else context
+        q, k, v = self.q_act(self.q(x)), self.k_act(self.k(source)), self.v_act(self.v(source))
+        if self.kind == "softmax":
+            qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [B, H, N|M, Dh]
+            mask = _causal_mask(q.shape[-2], k.shape[-2], q.device) if self.causal else None
+            mixed = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
+            routed = self.attn_act(_merge_heads(mixed))  # [B, N, D]
+        elif self.kind == "ssa":
+            qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))
+            mixed = _merge_heads(linear_attention_product(qh, kh, vh, self.causal))  # [B, N, D]
+            routed = self.attn_act(mixed * self.scale)
+        else:
+            routed = q * self.attn_act(token_sum(k * v, self.causal))  # [B, N, D]
+        return self.out(routed)
+
+
+def attention_map(q_spikes: torch.Tensor, k_spikes: torch.Tensor, heads: int, causal: bool = False) -> torch.Tensor:
+    """SSA attention scores ``Q K^T`` averaged over time and heads: ``[T, B, N, D] -> [B, N, M]``."""
+    qh, kh = _split_heads(q_spikes, heads), _split_heads(k_spikes, heads)  # [T, B, H, N, Dh]
+    scores = qh @ kh.transpose(-2, -1)  # [T, B, H, N, M]
+    if causal:
+        scores = scores.masked_fill(~_causal_mask(scores.shape[-2], scores.shape[-1], scores.device), 0.0)
+    return scores.mean(dim=(0, 2))

@@ -1,0 +1,89 @@
+"""Transformer blocks (attention + MLP): the dense twin and the spiking version.
+
+The spiking block keeps a *membrane stream*: the residual adds output currents to the stream, and
+each branch starts with its own population (``pre_attn_lif``, ``pre_mlp_lif``), so every weight
+layer inside sees binary spikes::
+
+    x = x + Attention(LIF(x), context)        x: [T, B, N, D] currents, never spikes
+    x = x + MLP(LIF(x))                       MLP = LinearBN -> LIF -> LinearBN
+
+The dense twin has the same layout with activations (``pre_attn_act``, ``pre_mlp_act``) in place of
+the populations, which is the pre-activation form that converts cleanly to spikes.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import ACTIVATIONS, DenseSelfAttention, SpikingSelfAttention
+from .errors import check_choice
+from .layers import LinearBN
+from .neuron import LIFPopulation
+
+
+class SpikingMLP(nn.Module):
+    """``LinearBN -> LIF -> LinearBN``. Shapes: spikes ``[T, B, N, D]`` -> current ``[T, B, N, D]``."""
+
+    def __init__(self, dim: int, hidden: int, lif: Optional[dict] = None) -> None:
+        super().__init__()
+        self.fc1 = LinearBN(dim, hidden)
+        self.fc1_lif = LIFPopulation(**(lif or {}))
+        self.fc2 = LinearBN(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1_lif(self.fc1(x)))
+
+
+class DenseMLP(nn.Module):
+    """``LinearBN -> act -> LinearBN``, the dense twin of ``SpikingMLP``. Shapes: ``[B, N, D]``."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "relu") -> None:
+        super().__init__()
+        self.fc1 = LinearBN(dim, hidden)
+        self.fc1_act = ACTIVATIONS[check_choice(act, "activation", tuple(ACTIVATIONS))]()
+        self.fc2 = LinearBN(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1_act(self.fc1(x)))
+
+
+class SpikingTransformerBlock(nn.Module):
+    """Spiking attention block with membrane shortcuts.
+
+    Args:
+        dim, heads, kind, causal: passed to ``SpikingSelfAttention``.
+        mlp_ratio: hidden width of the MLP as a multiple of ``dim``.
+        lif: keyword arguments for every population.
+
+    Shapes: ``x`` currents ``[T, B, N, D]``, optional ``context`` spikes ``[T, B, M, D]`` -> ``[T, B, N, D]``.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, kind: str = "sdsa", causal: bool = False,
+                 mlp_ratio: float = 4.0, lif: Optional[dict] = None) -> None:
+        super().__init__()
+        self.pre_attn_lif = LIFPopulation(**(lif or {}))
+        self.attn = SpikingSelfAttention(dim, heads, kind, causal, lif=lif)
+        self.pre_mlp_lif = LIFPopulation(**(lif or {}))
+        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.pre_attn_lif(x), context)
+        return x + self.mlp(self.pre_mlp_lif(x))
+
+
+class DenseTransformerBlock(nn.Module):
+    """Dense twin of ``SpikingTransformerBlock``. Shapes: ``[B, N, D]`` (context ``[B, M, D]``)."""
+
+    def __init__(self, dim: int, heads: int = 4, kind: str = "softmax", causal: bool = False,
+                 mlp_ratio: float = 4.0, act: str = "relu") -> None:
+        super().__init__()
+        self.pre_attn_act = ACTIVATIONS[check_choice(act, "activation", tuple(ACTIVATIONS))]()
+        self.attn = DenseSelfAttention(dim, heads, kind, causal, act=act)
+        self.pre_mlp_act = ACTIVATIONS[act]()
+        self.mlp = DenseMLP(dim, int(dim * mlp_ratio), act)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.pre_attn_act(x), context)
+        return x + self.mlp(self.pre_mlp_act(x))

@@ -1,0 +1,35 @@
+"""Weight layers shared by the dense and spiking twins.
+
+``LinearBN`` is a bias-free ``nn.Linear`` followed by ``nn.BatchNorm1d`` over the feature axis. It
+accepts any ``[..., D_in]`` tensor (``[T, B, N, D]`` in spiking models, ``[B, N, D]`` in dense ones)
+and folds every leading axis into the batch, so time steps share one set of statistics.
+``fold()`` merges the BatchNorm into the Linear for inference, export and energy counting.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearBN(nn.Module):
+    """``y = BN(x W^T)`` over the last axis. Args: in_features, out_features. Shapes: [..., in] -> [..., out]."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.linear(x.reshape(-1, x.shape[-1]))  # [prod(lead), out]
+        return self.bn(y).reshape(*lead, -1)  # [..., out]
+
+    @torch.no_grad()
+    def fold(self) -> nn.Linear:
+        """Return an ``nn.Linear`` (with bias) equal to this layer in eval mode."""
+        bn = self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [out]
+        folded = nn.Linear(self.linear.in_features, self.linear.out_features, bias=True)
+        folded.weight.copy_(self.linear.weight * scale[:, None])
+        folded.bias.copy_(bn.bias - bn.running_mean * scale)
+        return folded.to(self.linear.weight.device)
