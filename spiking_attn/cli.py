@@ -1,0 +1,138 @@
+"""The ``spiking-attn`` command line.
+
+    spiking-attn train --task digits --model spiking --timesteps 4 --epochs 40 --seed 0 --out runs/x
+    spiking-attn train --resume runs/x
+    spiking-attn demo
+
+Bad input ends with one line on stderr and a non-zero exit status, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .attention import SPIKING_KINDS
+from .data import TASKS
+from .encoders import ENCODERS
+from .models import MODEL_KINDS
+from .neuron import ENGINES
+from .surrogate import SURROGATES
+
+EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """A command-line usage error (unknown option, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    p.add_argument("--out", default="runs/demo" if demo else None, help="output folder")
+    p.add_argument("--epochs", type=int, help="total epochs (default: 40 on digits)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--timesteps", "-T", type=int, help="time steps T of the spiking model (default 4)")
+    p.add_argument("--attention", choices=SPIKING_KINDS, help="spiking attention kind (default sdsa)")
+    p.add_argument("--engine", choices=ENGINES, help="LIF engine (default native)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    if demo:
+        return
+    p.add_argument("--task", choices=TASKS, default="digits")
+    p.add_argument("--model", choices=MODEL_KINDS, help="spiking (default) or dense twin")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
+    p.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now, then stop (resumable)")
+    p.add_argument("--encoder", choices=ENCODERS, help="input encoding (default direct)")
+    p.add_argument("--surrogate", choices=sorted(SURROGATES), help="surrogate gradient (default atan)")
+    p.add_argument("--dim", type=int, help="model width D (default 64)")
+    p.add_argument("--depth", type=int, help="number of blocks (default 2)")
+    p.add_argument("--heads", type=int, help="attention heads (default 4)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, help="learning rate (default 6e-3)")
+    p.add_argument("--augment", action="store_true", default=None, help="random 1-pixel shifts of the digits")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spiking-attn", description="Spiking neuromorphic attention: train, inspect, and run the demo.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_train_options(sub.add_parser("train", help="train a spiking classifier or its dense twin"))
+    _add_train_options(sub.add_parser("demo", help="the whole pipeline on the embedded digits data"), demo=True)
+    return parser
+
+
+def _config_overrides(args: argparse.Namespace) -> dict:
+    keys = ("engine", "encoder", "surrogate", "dim", "depth", "heads")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    if args.out is None and args.resume is None:
+        raise UsageError("train needs --out DIR (or --resume DIR)")
+    metrics = train(task=args.task, model=args.model, timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
+                    out=args.out, resume=args.resume, attention=args.attention, batch_size=args.batch_size,
+                    lr=args.lr, augment=args.augment, stop_after=args.stop_after,
+                    progress=not args.no_progress, **_config_overrides(args))
+    _print_summary(metrics)
+    return 0
+
+
+def _print_summary(metrics: dict) -> None:
+    done = "" if metrics["completed"] else f" (stopped after epoch {metrics['epochs_done']}; resume to finish)"
+    print(f"{metrics['model']} {metrics['attention']} on {metrics['task']}: "
+          f"test accuracy {metrics['test_accuracy']:.4f} at T={metrics['timesteps']}{done}")
+    if metrics["firing_rates"]:
+        print("firing rates (spikes per neuron per step):")
+        for name, rate in metrics["firing_rates"].items():
+            print(f"  {name:32s} {rate:.4f}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .training import train
+
+    metrics = train(task="digits", model="spiking", timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
+                    out=args.out, attention=args.attention, progress=not args.no_progress,
+                    **_config_overrides(args))
+    _print_summary(metrics)
+    print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"spiking-attn: usage error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("spiking-attn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as exc:
+        if debug:
+            raise
+        print(f"spiking-attn: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # an unexpected failure still ends with one line
+        if debug:
+            raise
+        print(f"spiking-attn: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

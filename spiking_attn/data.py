@@ -1,0 +1,115 @@
+"""Embedded data sets; nothing is downloaded.
+
+* ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package),
+  as a token sequence: ``'rows'`` gives 8 tokens of 8 pixels, ``'patches'`` 16 tokens of 2x2 pixels.
+  Pixels are scaled to [0, 1]. The train/test split is stratified and fixed by ``split_seed``.
+* ``cue``: a synthetic attention task generated on the fly. Each sequence holds noisy tokens that
+  carry one of ``C`` class prototypes; exactly one token has its cue channel set, and the label is
+  the class of that cued token, so a model has to find and read the cued token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import check_choice, check_positive_int
+
+TASKS = ("digits", "cue")
+
+
+@dataclass(frozen=True)
+class TokenDataset:
+    """Train/test tensors: ``x`` ``[S, N, F]`` float32 in [0, 1], ``y`` ``[S]`` int64."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def in_features(self) -> int:
+        return self.x_train.shape[2]
+
+
+def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_seed: int = 0) -> TokenDataset:
+    """scikit-learn digits as ``[S, 8, 8]`` (rows) or ``[S, 16, 4]`` (2x2 patches) token sequences."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    check_choice(tokens, "tokens", ("rows", "patches"))
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # [S, 8, 8] in [0, 1]
+    if tokens == "rows":
+        seq = images  # [S, 8 rows, 8 pixels]
+    else:
+        seq = images.reshape(-1, 4, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(-1, 16, 4)  # [S, 16, 2*2]
+    idx_train, idx_test = train_test_split(
+        np.arange(len(seq)), test_size=test_fraction, random_state=split_seed, stratify=bunch.target
+    )
+    x, y = torch.from_numpy(np.ascontiguousarray(seq)), torch.from_numpy(bunch.target.astype(np.int64))
+    return TokenDataset("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], 10)
+
+
+def make_cue_task(
+    num_train: int = 2000, num_test: int = 500, num_tokens: int = 12, num_classes: int = 4,
+    features: int = 12, noise: float = 0.15, seed: int = 0,
+) -> TokenDataset:
+    """Synthetic cued-recall sequences (see module docstring). Seeded and generated in memory."""
+    for name, value in (("num_train", num_train), ("num_test", num_test), ("num_tokens", num_tokens),
+                        ("num_classes", num_classes), ("features", features)):
+        check_positive_int(value, name)
+    if features < num_classes + 2:
+        raise ValueError(f"features ({features}) must be at least num_classes + 2 ({num_classes + 2})")
+    gen = torch.Generator().manual_seed(seed)
+    protos = (torch.rand(num_classes, features - 1, generator=gen) > 0.5).float()  # [C, F-1]
+
+    def sample(count: int):
+        classes = torch.randint(num_classes, (count, num_tokens), generator=gen)  # [S, N]
+        x = protos[classes] * (1 - 2 * noise) + noise * torch.rand(count, num_tokens, features - 1, generator=gen)
+        cue_pos = torch.randint(num_tokens, (count,), generator=gen)  # [S]
+        cue = torch.zeros(count, num_tokens, 1)
+        cue[torch.arange(count), cue_pos, 0] = 1.0
+        y = classes[torch.arange(count), cue_pos]
+        return torch.cat([x, cue], dim=-1).clamp(0, 1), y  # [S, N, F], [S]
+
+    x_train, y_train = sample(num_train)
+    x_test, y_test = sample(num_test)
+    return TokenDataset("cue", x_train, y_train, x_test, y_test, num_classes)
+
+
+def load_task(name: str) -> TokenDataset:
+    """Load the embedded task called ``name`` ('digits' or 'cue')."""
+    check_choice(name, "task", TASKS)
+    return load_digits_tokens() if name == "digits" else make_cue_task()
+
+
+def _digits_images(tokens: torch.Tensor) -> torch.Tensor:
+    if tokens.shape[1:] == (8, 8):
+        return tokens  # rows: [B, 8, 8] already
+    return tokens.reshape(-1, 4, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 8, 8)  # patches -> [B, 8, 8]
+
+
+def _digits_tokens(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.shape[1:] == (8, 8):
+        return images
+    return images.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4)  # [B, 16, 4]
+
+
+def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Augment digit token sequences by a random translation of up to ``max_shift`` pixels (zero fill)."""
+    images = _digits_images(tokens)  # [B, 8, 8]
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # [B, 8+2s, 8+2s]
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)  # [B, 2]
+    rows = offsets[:, 0, None] + torch.arange(8)  # [B, 8]
+    cols = offsets[:, 1, None] + torch.arange(8)  # [B, 8]
+    batch = torch.arange(len(images))[:, None, None]
+    shifted = padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, 8, 8]
+    return _digits_tokens(shifted, tokens)

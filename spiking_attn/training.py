@@ -1,0 +1,246 @@
+"""Training with surrogate gradients (BPTT over the T steps), for the spiking model or its dense twin.
+
+``train(...)`` is the whole job behind ``spiking-attn train``: it builds the model from the task's
+shape, trains with AdamW and a cosine schedule, checkpoints atomically after every epoch, and on
+completion writes ``metrics.json`` and the figures. ``resume=DIR`` continues from ``DIR/checkpoint.pt``
+and ends with exactly the weights an uninterrupted run would have (same seed, same machine).
+
+Every source of randomness is derived from ``seed``: weight init from the global generator seeded
+once, the batch order and rate-encoder draws from generators seeded by ``(seed, epoch)``. So a run
+restarted at an epoch boundary replays the same stream.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint, write_json
+from .data import TASKS, TokenDataset, load_task, shift_digits
+from .errors import SpikingAttnError, check_choice, check_positive_int
+from .models import MODEL_KINDS, ModelConfig, build_model
+from .recorder import SpikeRecorder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = {"digits": 40, "cue": 30}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings, stored in the checkpoint so a resumed run uses the same ones."""
+
+    task: str = "digits"
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 6e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    augment: bool = False  # random 1-pixel shifts of the digits (ignored for other tasks)
+
+    def __post_init__(self) -> None:
+        check_choice(self.task, "task", TASKS)
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
+        if not self.lr > 0:
+            raise SpikingAttnError(f"lr must be positive, got {self.lr}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise SpikingAttnError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+             firing_rates: bool = False, seed: int = 0) -> dict:
+    """Accuracy of ``model`` on ``(x, y)``; with ``firing_rates`` also the mean rate of every population."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    recorder = SpikeRecorder(model, keep="counts") if firing_rates else None
+    try:
+        if recorder:
+            recorder.__enter__()
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size], generator=gen)
+            correct += int((logits.argmax(-1) == y[start:start + batch_size]).sum())
+    finally:
+        if recorder:
+            recorder.__exit__(None, None, None)
+        model.train(was_training)
+    result = {"accuracy": correct / len(x)}
+    if recorder:
+        result["firing_rates"] = recorder.firing_rates()
+    return result
+
+
+def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, epoch: int, bar) -> dict:
+    model.train()
+    gen = _epoch_generator(settings.seed, epoch)
+    order = torch.randperm(len(data.x_train), generator=gen)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), settings.batch_size):
+        idx = order[start:start + settings.batch_size]
+        x = data.x_train[idx]
+        if settings.augment and data.name == "digits":
+            x = shift_digits(x, gen)
+        logits = model(x, generator=gen)
+        loss = F.cross_entropy(logits, data.y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += int((logits.argmax(-1) == data.y_train[idx]).sum())
+        bar.update(1)
+    n = len(order)
+    return {"train_loss": total_loss / n, "train_accuracy": correct / n}
+
+
+def _resolve_resume(resume, given: dict) -> tuple:
+    """Read ``resume/checkpoint.pt`` and check that explicitly given options agree with it."""
+    ckpt_path = Path(resume) / "checkpoint.pt"
+    payload = read_checkpoint(ckpt_path)
+    config = config_from_checkpoint(payload)
+    state = payload["training"]
+    try:
+        settings = TrainSettings(**state["settings"])
+    except (KeyError, TypeError, SpikingAttnError) as exc:
+        raise SpikingAttnError(f"checkpoint {str(ckpt_path)!r} has no usable training state ({exc})") from None
+    stored = {**asdict(settings), "model": config.model, "timesteps": config.timesteps,
+              "attention": config.attention}
+    for key, value in given.items():
+        if value is not None and stored.get(key, value) != value:
+            raise SpikingAttnError(
+                f"--resume: {key}={value!r} differs from the checkpoint's {key}={stored[key]!r}")
+    return payload, config, settings
+
+
+def train(task: str = "digits", model: Optional[str] = None, timesteps: Optional[int] = None,
+          epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
+          resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
+          batch_size: Optional[int] = None, lr: Optional[float] = None, augment: Optional[bool] = None,
+          stop_after: Optional[int] = None,
+          progress: bool = True, figures: bool = True, **config_overrides) -> dict:
+    """Train a classifier on an embedded task and return its metrics.
+
+    Args:
+        task: 'digits' or 'cue'.
+        model: 'spiking' (default) or 'dense'.
+        timesteps: T for the spiking model (default 4).
+        epochs: total epochs (default per task).
+        seed: random seed (default 0).
+        out: output folder (default: ``resume`` when resuming; required otherwise).
+        resume: folder of an earlier run to continue.
+        attention: 'sdsa' (default) or 'ssa' for the spiking model.
+        batch_size, lr: optimiser settings (defaults in ``TrainSettings``).
+        augment: random 1-pixel shifts of the digits during training (default off).
+        stop_after: train at most this many epochs in this call, then return (the run can be resumed).
+        progress: show a tqdm bar.
+        figures: write training.png and spikes_attention.png on completion.
+        config_overrides: other ``ModelConfig`` fields (dim, depth, heads, engine, encoder, ...).
+
+    Returns:
+        the metrics dict also written to ``out/metrics.json`` (``completed`` is False after ``stop_after``).
+    """
+    if stop_after is not None:
+        check_positive_int(stop_after, "stop_after")
+    if resume is not None:
+        if config_overrides:
+            raise SpikingAttnError(f"--resume takes the model config from the checkpoint; do not pass {sorted(config_overrides)}")
+        given = {"task": task, "model": model, "timesteps": timesteps, "epochs": epochs, "seed": seed,
+                 "attention": attention, "batch_size": batch_size, "lr": lr, "augment": augment}
+        payload, config, settings = _resolve_resume(resume, given)
+        out = Path(out if out is not None else resume)
+    else:
+        if out is None:
+            raise SpikingAttnError("out must name an output folder")
+        check_choice(task, "task", TASKS)
+        check_choice(model or "spiking", "model", MODEL_KINDS)
+        settings = TrainSettings(task=task, epochs=DEFAULT_EPOCHS[task] if epochs is None else epochs,
+                                 seed=0 if seed is None else seed,
+                                 **{k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("augment", augment))
+                                    if v is not None})
+        payload = None
+        out = Path(out)
+    data = load_task(settings.task)
+    if payload is None:
+        fields = dict(in_features=data.in_features, num_tokens=data.num_tokens, num_classes=data.num_classes,
+                      model=model or "spiking", timesteps=4 if timesteps is None else timesteps,
+                      attention=attention or "sdsa")
+        try:
+            config = ModelConfig(**{**fields, **config_overrides})
+        except TypeError as exc:
+            raise SpikingAttnError(f"unknown model option: {exc}") from None
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(config, settings, data, out, payload, stop_after, progress, figures)
+    except BaseException:
+        if created and not (out / "checkpoint.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)  # leave nothing half-made behind
+        raise
+
+
+def _run(config, settings, data, out, payload, stop_after, progress, figures) -> dict:
+    torch.manual_seed(settings.seed)
+    net = build_model(config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
+    history = {"train_loss": [], "train_accuracy": [], "test_accuracy": []}
+    start_epoch = 0
+    if payload is not None:
+        state = payload["training"]
+        load_state(net, payload["state_dict"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = {k: list(state["history"][k]) for k in history}
+            start_epoch = int(state["epoch"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SpikingAttnError(f"checkpoint has an unusable optimiser state ({exc})") from None
+    end_epoch = settings.epochs if stop_after is None else min(settings.epochs, start_epoch + stop_after)
+    steps = -(-len(data.x_train) // settings.batch_size)
+    bar = tqdm(total=(end_epoch - start_epoch) * steps, disable=not progress, unit="batch",
+               desc=f"{config.model} {settings.task}", dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            stats = _train_epoch(net, optimizer, data, settings, epoch, bar)
+            scheduler.step()
+            test_acc = evaluate(net, data.x_test, data.y_test, seed=settings.seed)["accuracy"]
+            for key, value in (*stats.items(), ("test_accuracy", test_acc)):
+                history[key].append(value)
+            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test=f"{test_acc:.3f}")
+            training_state = {"settings": asdict(settings), "epoch": epoch + 1, "history": history,
+                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(out / "checkpoint.pt", net, training_state)
+    finally:
+        bar.close()
+    completed = end_epoch == settings.epochs
+    final = evaluate(net, data.x_test, data.y_test, seed=settings.seed, firing_rates=config.model == "spiking")
+    metrics = {
+        "task": settings.task, "model": config.model, "attention": config.attention if config.model == "spiking"
+        else config.dense_attention, "test_accuracy": final["accuracy"],
+        "firing_rates": final.get("firing_rates", {}), "epochs": settings.epochs,
+        "epochs_done": end_epoch, "completed": completed, "timesteps": config.timesteps,
+        "seed": settings.seed, "parameters": sum(p.numel() for p in net.parameters()),
+        "history": history, "config": config.to_dict(),
+    }
+    if completed:
+        write_json(out / "metrics.json", metrics)
+        if figures:
+            from .figures import plot_spikes_and_attention, plot_training
+
+            plot_training(history, out / "training.png", f"{config.model} ({metrics['attention']}) on {settings.task}")
+            plot_spikes_and_attention(net, data.x_test[:1], out / "spikes_attention.png")
+    return metrics
