@@ -43,7 +43,7 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     if demo:
         return
-    p.add_argument("--task", choices=TASKS, default="digits")
+    p.add_argument("--task", choices=TASKS, help="digits (default) or cue")
     p.add_argument("--model", choices=MODEL_KINDS, help="spiking (default) or dense twin")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now, then stop (resumable)")

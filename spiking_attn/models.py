@@ -17,7 +17,7 @@ from torch import nn
 from .attention import ACTIVATIONS, DENSE_KINDS, SPIKING_KINDS
 from .block import DenseTransformerBlock, SpikingTransformerBlock
 from .encoders import ENCODERS, make_encoder
-from .errors import SpikingAttnError, check_choice, check_fraction, check_positive_int, check_tensor
+from .errors import ShapeError, SpikingAttnError, check_choice, check_fraction, check_positive_int, check_tensor
 from .layers import LinearBN
 from .neuron import ENGINES, LIFPopulation
 from .surrogate import SURROGATES
@@ -113,7 +113,7 @@ class SpikingClassifier(nn.Module):
         c = self.config
         check_tensor(x, "x", ndim=(3, 4), last_dim=c.in_features)
         if x.shape[-2] != c.num_tokens:
-            raise SpikingAttnError(f"x has {x.shape[-2]} tokens but the model expects {c.num_tokens}")
+            raise ShapeError(f"x has {x.shape[-2]} tokens but the model expects {c.num_tokens}")
         if x.dim() == 4:
             check_tensor(x, "x", timesteps=c.timesteps, finite=False)
             return x
@@ -151,7 +151,7 @@ class DenseClassifier(nn.Module):
         c = self.config
         check_tensor(x, "x", ndim=3, last_dim=c.in_features)
         if x.shape[-2] != c.num_tokens:
-            raise SpikingAttnError(f"x has {x.shape[-2]} tokens but the model expects {c.num_tokens}")
+            raise ShapeError(f"x has {x.shape[-2]} tokens but the model expects {c.num_tokens}")
         h = self.embed(x) + self.pos  # [B, N, D]
         for block in self.blocks:
             h = block(h)

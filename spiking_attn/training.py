@@ -126,7 +126,7 @@ def _resolve_resume(resume, given: dict) -> tuple:
     return payload, config, settings
 
 
-def train(task: str = "digits", model: Optional[str] = None, timesteps: Optional[int] = None,
+def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Optional[int] = None,
           epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
           resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
           batch_size: Optional[int] = None, lr: Optional[float] = None, augment: Optional[bool] = None,
@@ -135,7 +135,7 @@ def train(task: str = "digits", model: Optional[str] = None, timesteps: Optional
     """Train a classifier on an embedded task and return its metrics.
 
     Args:
-        task: 'digits' or 'cue'.
+        task: 'digits' (default) or 'cue'.
         model: 'spiking' (default) or 'dense'.
         timesteps: T for the spiking model (default 4).
         epochs: total epochs (default per task).
@@ -165,7 +165,7 @@ def train(task: str = "digits", model: Optional[str] = None, timesteps: Optional
     else:
         if out is None:
             raise SpikingAttnError("out must name an output folder")
-        check_choice(task, "task", TASKS)
+        task = "digits" if task is None else check_choice(task, "task", TASKS)
         check_choice(model or "spiking", "model", MODEL_KINDS)
         settings = TrainSettings(task=task, epochs=DEFAULT_EPOCHS[task] if epochs is None else epochs,
                                  seed=0 if seed is None else seed,

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from spiking_attn.data import load_digits_tokens, load_task, make_cue_task, shift_digits
+from spiking_attn.encoders import LatencyEncoder, RateEncoder, make_encoder
+from spiking_attn.errors import SpikingAttnError
+
+
+def test_digits_split_is_fixed_and_tokenised():
+    a, b = load_digits_tokens(), load_digits_tokens()
+    assert a.x_train.shape == (1437, 8, 8) and a.x_test.shape == (360, 8, 8)
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
+    assert float(a.x_train.min()) >= 0 and float(a.x_train.max()) <= 1
+    patches = load_digits_tokens("patches")
+    assert patches.x_train.shape == (1437, 16, 4)
+    img = a.x_train[0]  # [8, 8]; the patch at block row 1, block col 2 covers rows 2-3, cols 4-5
+    assert torch.equal(patches.x_train[0, 1 * 4 + 2], img[2:4, 4:6].reshape(4))
+
+
+def test_cue_task_label_is_the_cued_token_class():
+    data = make_cue_task(num_train=50, num_test=10, seed=3)
+    again = make_cue_task(num_train=50, num_test=10, seed=3)
+    assert torch.equal(data.x_train, again.x_train)
+    cue = data.x_train[..., -1]  # [S, N]
+    assert torch.all(cue.sum(1) == 1)
+    assert load_task("cue").num_classes == 4
+    with pytest.raises(SpikingAttnError, match="task"):
+        load_task("mnist")
+
+
+def test_shift_augmentation_moves_pixels():
+    data = load_digits_tokens()
+    gen = torch.Generator().manual_seed(0)
+    shifted = shift_digits(data.x_train[:64], gen)
+    assert shifted.shape == (64, 8, 8)
+    assert not torch.equal(shifted, data.x_train[:64])
+
+
+def test_rate_encoder_rate_matches_input():
+    enc = RateEncoder(400)
+    x = torch.tensor([[0.1, 0.5, 0.9]])
+    s = enc(x, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (400, 1, 3)
+    torch.testing.assert_close(s.mean(0), x, atol=0.06, rtol=0)
+
+
+def test_latency_encoder_fires_once_earlier_for_larger_inputs():
+    s = LatencyEncoder(5)(torch.tensor([[1.0, 0.5, 0.0]]))
+    assert s[:, 0, 0].tolist() == [1, 0, 0, 0, 0]
+    assert s[:, 0, 1].tolist() == [0, 0, 1, 0, 0]
+    assert s[:, 0, 2].sum() == 0
+
+
+def test_encoder_errors():
+    with pytest.raises(SpikingAttnError, match="encoder"):
+        make_encoder("delta", 4)
+    with pytest.raises(SpikingAttnError, match="timesteps"):
+        make_encoder("direct", 0)
+    with pytest.raises(SpikingAttnError, match=r"\[0, 1\]"):
+        RateEncoder(4)(torch.tensor([1.5]))
+    with pytest.raises(SpikingAttnError, match="NaN"):
+        make_encoder("direct", 2)(torch.tensor([float("nan")]))

@@ -1,0 +1,162 @@
+import math
+
+import pytest
+import torch
+
+from spiking_attn.errors import DTypeError, ShapeError, SpikingAttnError
+from spiking_attn.neuron import LIFPopulation, lif_reference, lif_sequence
+from spiking_attn.surrogate import get_surrogate
+
+
+class _Heaviside(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, surrogate):
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.surrogate.grad(x), None
+
+
+def autograd_lif(x, du, dv, vth, bias, surrogate, detach_reset=False):
+    """Step-by-step LIF built from autograd ops: the ground truth for the fused backward."""
+    u = torch.zeros_like(x[0])
+    v = torch.zeros_like(x[0])
+    out = []
+    for t in range(x.shape[0]):
+        u = u * (1 - du) + x[t]
+        h = v * (1 - dv) + u + bias
+        s = _Heaviside.apply(h - vth, surrogate)
+        v = h * (1 - (s.detach() if detach_reset else s))
+        out.append(s)
+    return torch.stack(out)
+
+
+def test_known_voltages_step_by_step():
+    # du=1, dv=0.5, vth=1: h = 0.6, 0.9, 1.05 (spike, reset), 0.6, 0.9, 1.05 (spike)
+    x = torch.full((6, 1), 0.6)
+    spikes, _, v = lif_reference(x, du=1.0, dv=0.5, vth=1.0)
+    assert spikes.flatten().tolist() == [0, 0, 1, 0, 0, 1]
+    assert v.flatten().tolist() == pytest.approx([0.6, 0.9, 0.0, 0.6, 0.9, 0.0])
+    pop = LIFPopulation(du=1.0, dv=0.5, vth=1.0)
+    assert pop(x).flatten().tolist() == [0, 0, 1, 0, 0, 1]
+
+
+def test_current_decay_matches_reference():
+    x = torch.randn(8, 3, 5)
+    ref, _, _ = lif_reference(x, du=0.3, dv=0.2, vth=0.7, bias=0.05)
+    pop = LIFPopulation(du=0.3, dv=0.2, vth=0.7, bias=0.05)
+    assert torch.equal(pop(x), ref.float())
+
+
+def test_current_decay_known_values():
+    # du=0.5: u = 1, 0.5, 0.25; dv=0 (no leak), vth=1.6: h = 1, 1.5, 1.75 -> spike at step 3
+    x = torch.tensor([[1.0], [0.0], [0.0]])
+    spikes, u, _ = lif_reference(x, du=0.5, dv=0.0, vth=1.6)
+    assert u.flatten().tolist() == pytest.approx([1.0, 0.5, 0.25])
+    assert spikes.flatten().tolist() == [0, 0, 1]
+    assert LIFPopulation(du=0.5, dv=0.0, vth=1.6)(x).flatten().tolist() == [0, 0, 1]
+
+
+def test_threshold_is_strict():
+    x = torch.ones(3, 2)  # h == vth exactly at step 1
+    assert LIFPopulation(dv=1.0, vth=1.0)(x).sum() == 0
+    assert LIFPopulation(dv=0.5, vth=1.0, engine="spikingjelly")(torch.ones(1, 2)).sum() == 0
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_native_and_spikingjelly_engines_agree(surrogate, detach_reset):
+    x = torch.randn(6, 4, 7, 16) * 1.5
+    kw = dict(dv=0.25, vth=0.8, surrogate=surrogate, detach_reset=detach_reset)
+    native, sj = LIFPopulation(**kw), LIFPopulation(**kw, engine="spikingjelly")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sa, sb = native(xa), sj(xb)
+    weight = torch.randn_like(x)
+    (sa * weight).sum().backward()
+    (sb * weight).sum().backward()
+    assert torch.equal(sa, sb)
+    assert 0.05 < float(sa.detach().mean()) < 0.6  # a meaningful test: neurons do fire, and not always
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid", "fast_sigmoid"])
+@pytest.mark.parametrize("du", [1.0, 0.4])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_fused_backward_matches_autograd(surrogate, du, detach_reset):
+    x = torch.randn(5, 3, 11, dtype=torch.float64) * 1.2
+    sg = get_surrogate(surrogate)
+    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+              for k, v in dict(du=du, dv=0.3, vth=0.9, bias=0.1).items()}
+    ref_params = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = lif_sequence(xa, **params, surrogate=sg, detach_reset=detach_reset)
+    ref = autograd_lif(xb, **ref_params, surrogate=sg, detach_reset=detach_reset)
+    assert torch.equal(out, ref)
+    weight = torch.randn_like(x)
+    (out * weight).sum().backward()
+    (ref * weight).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    for k in params:
+        torch.testing.assert_close(params[k].grad, ref_params[k].grad, msg=f"gradient of {k}")
+
+
+def test_learnable_threshold_and_decay_train():
+    pop = LIFPopulation(learn_threshold=True, learn_decay=True)
+    names = {n for n, _ in pop.named_parameters()}
+    assert names == {"du", "dv", "vth", "bias"}
+    opt = torch.optim.SGD(pop.parameters(), lr=0.1)
+    x = torch.rand(4, 8, 10)
+    before = float(pop.vth)
+    pop(x).mean().neg().backward()  # ask for more spikes: the threshold must fall
+    opt.step()
+    assert float(pop.vth) < before
+
+
+def test_no_state_carried_between_calls():
+    for engine in ("native", "spikingjelly"):
+        pop = LIFPopulation(engine=engine)
+        a = torch.rand(4, 2, 6) * 2
+        first = pop(a)
+        pop(torch.rand(4, 5, 6) * 3)  # another batch, another shape: no reset call needed
+        assert torch.equal(pop(a), first)
+        tensors = [k for k, v in vars(pop).items() if isinstance(v, torch.Tensor)]
+        assert tensors == []
+
+
+def test_forgotten_reset_does_not_keep_graphs():
+    # Neither engine keeps a membrane tensor (and the autograd graph behind it) after a call.
+    pop = LIFPopulation(engine="spikingjelly")
+    x = torch.rand(3, 2, 4, requires_grad=True)
+    pop(x).sum().backward()
+    v = pop._sj_node.v
+    assert not (isinstance(v, torch.Tensor) and v.requires_grad)
+
+
+def test_bad_input_and_options():
+    pop = LIFPopulation()
+    with pytest.raises(DTypeError, match="floating-point"):
+        pop(torch.ones(3, 2, dtype=torch.int64))
+    with pytest.raises(ShapeError, match="rank"):
+        pop(torch.ones(5))
+    with pytest.raises(SpikingAttnError, match="engine"):
+        LIFPopulation(engine="cuda")
+    with pytest.raises(SpikingAttnError, match="surrogate"):
+        LIFPopulation(surrogate="step")
+    with pytest.raises(SpikingAttnError, match="du=1"):
+        LIFPopulation(du=0.5, engine="spikingjelly")
+    with pytest.raises(SpikingAttnError, match="dv"):
+        LIFPopulation(dv=1.5)
+    with pytest.raises(SpikingAttnError, match="vth"):
+        LIFPopulation(vth=0.0)
+
+
+def test_surrogate_formulas():
+    x = torch.tensor([0.0, 0.5])
+    assert get_surrogate("atan").grad(x)[0] == pytest.approx(1.0)
+    assert get_surrogate("atan").grad(x)[1] == pytest.approx(1.0 / (1 + (math.pi / 2) ** 2))
+    assert get_surrogate("sigmoid").grad(x)[0] == pytest.approx(1.0)
+    assert get_surrogate("fast_sigmoid").grad(x)[1] == pytest.approx(1 / 13.5 ** 2)

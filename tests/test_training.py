@@ -1,0 +1,97 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from spiking_attn.checkpoint import load_model, read_checkpoint
+from spiking_attn.errors import CheckpointError, SpikingAttnError
+from spiking_attn.models import ModelConfig
+from spiking_attn.training import train
+
+TINY = dict(task="cue", dim=16, depth=1, heads=2, timesteps=2, progress=False, figures=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    metrics = train(**{**TINY, "figures": True}, epochs=2, out=out)
+    return out, metrics
+
+
+def test_outputs_and_metrics(finished_run):
+    out, metrics = finished_run
+    for name in ("checkpoint.pt", "metrics.json", "training.png", "spikes_attention.png"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["model"] == "spiking" and saved["epochs"] == 2 and saved["timesteps"] == 2
+    assert 0.0 <= saved["test_accuracy"] <= 1.0
+    assert saved["test_accuracy"] == metrics["test_accuracy"]
+    assert "blocks.0.attn.q_lif" in saved["firing_rates"]
+    assert all(0.0 <= r <= 1.0 for r in saved["firing_rates"].values())
+    assert not list(out.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_checkpoint_is_plain_data(finished_run):
+    out, metrics = finished_run
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["config"]["dim"] == 16
+    model = load_model(out / "checkpoint.pt")
+    data_x = torch.rand(3, model.config.num_tokens, model.config.in_features)
+    assert model(data_x).shape == (3, model.config.num_classes)
+
+
+def test_same_seed_same_weights_and_resume_matches(tmp_path):
+    straight = train(**TINY, epochs=3, seed=7, out=tmp_path / "a")
+    part = train(**TINY, epochs=3, seed=7, out=tmp_path / "b", stop_after=1)
+    assert part["completed"] is False and part["epochs_done"] == 1
+    resumed = train(task="cue", resume=tmp_path / "b", progress=False, figures=False)
+    assert resumed["completed"] and resumed["history"] == straight["history"]
+    a = read_checkpoint(tmp_path / "a" / "checkpoint.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "b" / "checkpoint.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_rejects_conflicting_options(finished_run):
+    out, _ = finished_run
+    with pytest.raises(SpikingAttnError, match="timesteps"):
+        train(task="cue", resume=out, timesteps=8, progress=False)
+
+
+def test_corrupt_and_truncated_checkpoints(finished_run, tmp_path):
+    out, _ = finished_run
+    raw = (out / "checkpoint.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "spiking-attn", "x": print}))
+    for name in ("trunc.pt", "junk.pt", "evil.pt", "missing.pt"):
+        with pytest.raises(CheckpointError):
+            load_model(tmp_path / name)
+
+
+def test_checkpoint_from_another_config(finished_run):
+    out, _ = finished_run
+    other = ModelConfig(in_features=12, num_tokens=12, num_classes=4, dim=32, depth=1, heads=2, timesteps=2)
+    with pytest.raises(CheckpointError, match="another config"):
+        load_model(out / "checkpoint.pt", expected_config=other)
+    payload = read_checkpoint(out / "checkpoint.pt")
+    payload["config"]["dim"] = 32  # config and weights disagree
+    torch.save(payload, out / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model(out / "mismatch.pt")
+
+
+def test_bad_training_arguments(tmp_path):
+    with pytest.raises(SpikingAttnError, match="epochs"):
+        train(**TINY, epochs=0, out=tmp_path / "e")
+    with pytest.raises(SpikingAttnError, match="timesteps"):
+        train(**{**TINY, "timesteps": -2}, epochs=1, out=tmp_path / "t")
+    with pytest.raises(SpikingAttnError, match="task"):
+        train(**{**TINY, "task": "imagenet"}, epochs=1, out=tmp_path / "x")
+    assert not any(tmp_path.iterdir())  # failed runs leave no folders behind
+
+
+def test_dense_twin_trains(tmp_path):
+    metrics = train(**{**TINY, "timesteps": 1}, model="dense", epochs=2, out=tmp_path / "d")
+    assert metrics["model"] == "dense" and metrics["firing_rates"] == {}
