@@ -24,18 +24,38 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import lif_kernel
 from .errors import SpikingAttnError, check_choice, check_fraction, check_tensor
 from .surrogate import SURROGATES, get_surrogate
 
 ENGINES = ("native", "spikingjelly")
 
 
+def _current_sequence(x: torch.Tensor, du: float) -> torch.Tensor:
+    """The synaptic current ``u[t]`` for every step, rebuilt from the input ``[T, ...]``."""
+    u_seq = torch.empty_like(x)
+    u_prev = torch.zeros_like(x[0])
+    for t in range(x.shape[0]):
+        u_prev = u_prev * (1.0 - du) + x[t]
+        u_seq[t] = u_prev
+    return u_seq
+
+
 class _FusedLIF(torch.autograd.Function):
-    """The whole time loop in one autograd node: forward saves only ``h`` and the spikes."""
+    """The whole time loop in one autograd node: forward saves only ``h`` and the spikes.
+
+    float32 CPU tensors go through the compiled kernel (``lif_kernel``); other dtypes, or a machine
+    without a C compiler, run the same equations as a loop of torch operations.
+    """
 
     @staticmethod
     def forward(ctx, x, du, dv, vth, bias, surrogate, detach_reset):
         du_f, dv_f, vth_f, b_f = float(du), float(dv), float(vth), float(bias)
+        ctx.consts = (du_f, dv_f, vth_f, surrogate, detach_reset)
+        if lif_kernel.usable(x):
+            spikes, h_seq = lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
+            ctx.save_for_backward(x, h_seq, spikes)
+            return spikes
         spikes = torch.empty_like(x)
         h_seq = torch.empty_like(x)
         v = torch.zeros_like(x[0])
@@ -51,7 +71,6 @@ class _FusedLIF(torch.autograd.Function):
             s = torch.gt(h, vth_f, out=spikes[t])
             v = h * (1.0 - s) if t + 1 < x.shape[0] else v
         ctx.save_for_backward(x, h_seq, spikes)
-        ctx.consts = (du_f, dv_f, vth_f, surrogate, detach_reset)
         return spikes
 
     @staticmethod
@@ -60,17 +79,20 @@ class _FusedLIF(torch.autograd.Function):
         du_f, dv_f, vth_f, surrogate, detach_reset = ctx.consts
         need_du, need_dv, need_vth, need_bias = ctx.needs_input_grad[1:5]
         n_steps = x.shape[0]
+        if lif_kernel.usable(x):
+            u_seq = _current_sequence(x, du_f) if need_du else None
+            grad_x, sums = lif_kernel.backward(grad_spikes, h_seq, spikes, u_seq, du_f, dv_f, vth_f, surrogate,
+                                               detach_reset, (need_du, need_dv, need_vth, need_bias))
+            grads = [torch.tensor(v, dtype=x.dtype) if f else None
+                     for v, f in zip(sums, (need_du, need_dv, need_vth, need_bias))]
+            return grad_x, *grads, None, None
         grad_x = torch.empty_like(x)
         grad_v = None  # dL/dv[t], carried backwards from step t+1
         grad_u = None  # dL/du[t], carried backwards when du < 1
         g_du = g_dv = g_vth = g_bias = None
         acc = {"du": 0.0, "dv": 0.0, "vth": 0.0, "bias": 0.0}
         if need_du:  # u[t] is only needed for d/d(du); rebuild it from x
-            u_seq = torch.empty_like(x)
-            u_prev = torch.zeros_like(x[0])
-            for t in range(n_steps):
-                u_prev = u_prev * (1.0 - du_f) + x[t]
-                u_seq[t] = u_prev
+            u_seq = _current_sequence(x, du_f)
         for t in range(n_steps - 1, -1, -1):
             h, s = h_seq[t], spikes[t]
             sg = surrogate.grad(h - vth_f)

@@ -86,10 +86,11 @@ def test_native_and_spikingjelly_engines_agree(surrogate, detach_reset):
 @pytest.mark.parametrize("surrogate", ["atan", "sigmoid", "fast_sigmoid"])
 @pytest.mark.parametrize("du", [1.0, 0.4])
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_fused_backward_matches_autograd(surrogate, du, detach_reset):
-    x = torch.randn(5, 3, 11, dtype=torch.float64) * 1.2
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32 runs the compiled kernel
+def test_fused_backward_matches_autograd(surrogate, du, detach_reset, dtype):
+    x = torch.randn(5, 3, 11, dtype=dtype) * 1.2
     sg = get_surrogate(surrogate)
-    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+    params = {k: torch.tensor(v, dtype=dtype, requires_grad=True)
               for k, v in dict(du=du, dv=0.3, vth=0.9, bias=0.1).items()}
     ref_params = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -99,9 +100,30 @@ def test_fused_backward_matches_autograd(surrogate, du, detach_reset):
     weight = torch.randn_like(x)
     (out * weight).sum().backward()
     (ref * weight).sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
     for k in params:
-        torch.testing.assert_close(params[k].grad, ref_params[k].grad, msg=f"gradient of {k}")
+        torch.testing.assert_close(params[k].grad, ref_params[k].grad, msg=f"gradient of {k}", **tol)
+
+
+def test_compiled_kernel_is_used_and_matches_torch_loop(monkeypatch):
+    from spiking_attn import lif_kernel
+
+    assert lif_kernel.kernel_status() == "compiled"
+    x = torch.randn(4, 70000) * 1.5  # large enough to be split across threads
+    pop = LIFPopulation(dv=0.2, vth=0.9, learn_threshold=True)
+    xa = x.clone().requires_grad_()
+    out_kernel = pop(xa)
+    (out_kernel * x).sum().backward()
+    g_kernel, vth_kernel = xa.grad.clone(), pop.vth.grad.clone()
+    pop.vth.grad = None
+    monkeypatch.setattr(lif_kernel, "usable", lambda _x: False)
+    xb = x.clone().requires_grad_()
+    out_torch = pop(xb)
+    (out_torch * x).sum().backward()
+    assert torch.equal(out_kernel, out_torch)
+    torch.testing.assert_close(g_kernel, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vth_kernel, pop.vth.grad, atol=1e-2, rtol=1e-4)
 
 
 def test_learnable_threshold_and_decay_train():

@@ -1,0 +1,169 @@
+"""Spiking attention block: forward + backward time and peak memory on CPU, side by side.
+
+Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA, 4 heads):
+  * spiking-attn block, native engine (compiled fused LIF kernel);
+  * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
+  * a Spikformer-style block written only with SpikingJelly layers (layer.Conv1d, layer.BatchNorm1d,
+    neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
+Then token scaling of the attention module alone (SSA, causal SSA and SDSA) for N in 64..2048.
+
+    .venv/bin/python benchmarks/bench_attention_block.py [--repeats 10] [--json out.json]
+
+Each peak-memory figure is measured in a fresh subprocess: the peak resident set size during three
+forward+backward passes minus the resident size just before them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+T, B, N, D, HEADS = 4, 32, 64, 128, 4
+
+
+class SpikformerReferenceBlock(nn.Module):
+    """Spikformer's encoder block (SSA + MLP) written with SpikingJelly layers only."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        def proj(cin, cout):
+            return nn.Sequential(layer.Conv1d(cin, cout, 1, bias=False, step_mode="m"),
+                                 layer.BatchNorm1d(cout, step_mode="m"))
+
+        def lif(vth=1.0):
+            return neuron.LIFNode(tau=2.0, v_threshold=vth, detach_reset=True, step_mode="m")
+
+        self.heads, self.scale = heads, 0.125
+        self.q, self.k, self.v = proj(dim, dim), proj(dim, dim), proj(dim, dim)
+        self.q_lif, self.k_lif, self.v_lif, self.attn_lif = lif(), lif(), lif(), lif(0.5)
+        self.out, self.out_lif = proj(dim, dim), lif()
+        self.fc1, self.fc1_lif = proj(dim, 4 * dim), lif()
+        self.fc2, self.fc2_lif = proj(4 * dim, dim), lif()
+
+    def _heads(self, x):  # [T, B, C, N] -> [T, B, H, N, C/H]
+        t, b, c, n = x.shape
+        return x.reshape(t, b, self.heads, c // self.heads, n).transpose(-1, -2)
+
+    def forward(self, x):  # x: spikes [T, B, C, N]
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self)
+        q = self._heads(self.q_lif(self.q(x)))
+        k = self._heads(self.k_lif(self.k(x)))
+        v = self._heads(self.v_lif(self.v(x)))
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # [T, B, H, N, N]
+        y = (attn @ v).transpose(-1, -2).reshape(x.shape)  # [T, B, C, N]
+        x = x + self.out_lif(self.out(self.attn_lif(y)))
+        return x + self.fc2_lif(self.fc2(self.fc1_lif(self.fc1(x))))
+
+
+def build(variant: str):
+    from spiking_attn.block import SpikingTransformerBlock
+
+    if variant == "sj-spikformer":
+        return SpikformerReferenceBlock(D, HEADS), (torch.rand(T, B, D, N) < 0.2).float()
+    engine = "native" if variant == "native" else "spikingjelly"
+    block = SpikingTransformerBlock(D, HEADS, kind="ssa", lif={"engine": engine})
+    return block, torch.randn(T, B, N, D)
+
+
+def step(model, x):
+    x = x.clone().requires_grad_()
+    model(x).sum().backward()
+
+
+def time_variant(variant: str, repeats: int) -> float:
+    torch.manual_seed(0)
+    model, x = build(variant)
+    for _ in range(3):
+        step(model, x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(model, x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def peak_memory_child(variant: str) -> None:
+    torch.manual_seed(0)
+    model, x = build(variant)
+    base = _rss_kib()
+    for _ in range(3):
+        step(model, x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+
+
+def peak_memory(variant: str) -> float:
+    proc = subprocess.run([sys.executable, __file__, "--memory-child", variant], capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def token_scaling(repeats: int) -> dict:
+    from spiking_attn.attention import SpikingSelfAttention
+
+    results = {}
+    for label, kind, causal in (("ssa", "ssa", False), ("ssa-causal", "ssa", True), ("sdsa", "sdsa", False)):
+        torch.manual_seed(0)
+        attn = SpikingSelfAttention(D, HEADS, kind=kind, causal=causal)
+        results[label] = {}
+        for n in (64, 256, 1024, 2048):
+            x = (torch.rand(T, 4, n, D) < 0.2).float()
+            for _ in range(2):
+                step(attn, x)
+            times = []
+            for _ in range(max(3, repeats // 2)):
+                t0 = time.perf_counter()
+                step(attn, x)
+                times.append(time.perf_counter() - t0)
+            results[label][n] = statistics.median(times)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        peak_memory_child(args.memory_child)
+        return
+    from spiking_attn.lif_kernel import kernel_status
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}")
+    print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
+    variants = ("native", "spikingjelly-engine", "sj-spikformer")
+    block = {v: {"ms": 1e3 * time_variant(v, args.repeats), "peak_mib": peak_memory(v)} for v in variants}
+    ref = block["sj-spikformer"]["ms"]
+    print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")
+    for v, r in block.items():
+        print(f"{v:24s} {r['ms']:9.1f} {r['peak_mib']:9.0f} {ref / r['ms']:25.2f}x")
+    print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
+    scaling = token_scaling(args.repeats)
+    print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
+    for label, row in scaling.items():
+        print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"block": block, "token_scaling_s": scaling}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
