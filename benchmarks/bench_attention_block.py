@@ -5,7 +5,8 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
   * a Spikformer-style block written only with SpikingJelly layers (layer.Conv1d, layer.BatchNorm1d,
     neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
-Then token scaling of the attention module alone (SSA, causal SSA and SDSA) for N in 64..2048.
+Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky), and token scaling of the
+attention module alone (SSA, causal SSA and SDSA) for N in 64..2048.
 
     .venv/bin/python benchmarks/bench_attention_block.py [--repeats 10] [--json out.json]
 
@@ -115,6 +116,50 @@ def peak_memory(variant: str) -> float:
     return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def lif_alone(repeats: int) -> dict:
+    """One population over [T, B, N, 4D] = [4, 32, 64, 512]: ours, SpikingJelly's LIFNode, snnTorch's Leaky."""
+    import snntorch
+    from spikingjelly.activation_based import neuron
+
+    from spiking_attn.neuron import LIFPopulation
+
+    class SnnTorchLeaky(nn.Module):  # snnTorch steps in Python; beta = 1 - dv, reset to zero
+        def __init__(self):
+            super().__init__()
+            self.cell = snntorch.Leaky(beta=0.5, threshold=1.0, reset_mechanism="zero")
+
+        def forward(self, x):
+            mem = self.cell.reset_mem()
+            out = []
+            for t in range(x.shape[0]):
+                spk, mem = self.cell(x[t], mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    class SpikingJellyLIF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.node = neuron.LIFNode(tau=2.0, decay_input=False, v_reset=0.0, step_mode="m")
+
+        def forward(self, x):
+            self.node.reset()
+            return self.node(x)
+
+    x = torch.randn(T, B, N, 4 * D)
+    models = {"native": LIFPopulation(), "spikingjelly LIFNode": SpikingJellyLIF(), "snntorch Leaky": SnnTorchLeaky()}
+    out = {}
+    for name, model in models.items():
+        for _ in range(3):
+            step(model, x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(model, x)
+            times.append(time.perf_counter() - t0)
+        out[name] = 1e3 * statistics.median(times)
+    return out
+
+
 def token_scaling(repeats: int) -> dict:
     from spiking_attn.attention import SpikingSelfAttention
 
@@ -155,6 +200,11 @@ def main() -> None:
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")
     for v, r in block.items():
         print(f"{v:24s} {r['ms']:9.1f} {r['peak_mib']:9.0f} {ref / r['ms']:25.2f}x")
+    print(f"\nOne LIF population forward+backward, [T, B, N, 4D] = [{T}, {B}, {N}, {4 * D}] (median of {args.repeats})")
+    lif = lif_alone(args.repeats)
+    print(f"{'population':24s} {'time ms':>9s} {'native speed-up':>16s}")
+    for name, ms in lif.items():
+        print(f"{name:24s} {ms:9.1f} {ms / lif['native']:15.2f}x")
     print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
     scaling = token_scaling(args.repeats)
     print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
@@ -162,7 +212,7 @@ def main() -> None:
         print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"block": block, "token_scaling_s": scaling}, f, indent=2)
+            json.dump({"block": block, "lif_ms": lif, "token_scaling_s": scaling}, f, indent=2)
 
 
 if __name__ == "__main__":

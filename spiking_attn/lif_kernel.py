@@ -26,7 +26,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "lif_kernel.c"
-FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
+FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd"]
 SURROGATE_IDS = {"atan": 0, "sigmoid": 1, "fast_sigmoid": 2}
 MIN_PARALLEL = 1 << 15  # below this many neurons one thread is faster than handing off work
 
@@ -75,7 +75,7 @@ def _load():
             lib.lif_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32]
             lib.lif_forward.restype = None
             lib.lif_backward.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32,
-                                         _int, _f32, _int, _ptr, _ptr]
+                                         _int, _f32, _int, _int, _ptr]
             lib.lif_backward.restype = None
             _state["lib"] = lib
         except (OSError, RuntimeError) as exc:
@@ -122,20 +122,22 @@ def forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float):
     return spikes, h_seq
 
 
-def backward(grad_spikes, h_seq, spikes, u_seq, du, dv, vth, surrogate, detach_reset, need):
-    """Return ``(grad_x, [g_du, g_dv, g_vth, g_bias])``; ``need`` flags which parameter sums to form."""
+def backward(grad_spikes, h_seq, spikes, u_seq, du, dv, vth, surrogate, detach_reset, params):
+    """Return ``(grad_x, [g_du, g_dv, g_vth, g_bias])``; the sums are formed only if ``params`` is true.
+
+    ``u_seq`` (the current per step) is needed only for the ``du`` gradient; pass None otherwise.
+    """
     grad_spikes = grad_spikes.contiguous()
     T, n = h_seq.shape[0], h_seq[0].numel()
     grad_x = torch.empty_like(h_seq)
     chunks = _chunks(n)
     accs = [(ctypes.c_double * 4)() for _ in chunks]
-    need_arr = (ctypes.c_int * 4)(*[int(bool(f)) for f in need])
     u_ptr = u_seq.data_ptr() if u_seq is not None else None
     index = {c: k for k, c in enumerate(chunks)}
     lib = _load()
     _run(lib.lif_backward, chunks, lambda lo, hi: (
         grad_spikes.data_ptr(), h_seq.data_ptr(), spikes.data_ptr(), u_ptr, grad_x.data_ptr(), T, n, lo, hi,
-        du, dv, vth, SURROGATE_IDS[surrogate.name], float(surrogate.alpha), int(detach_reset), need_arr,
+        du, dv, vth, SURROGATE_IDS[surrogate.name], float(surrogate.alpha), int(detach_reset), int(bool(params)),
         accs[index[(lo, hi)]]))
     totals = [sum(acc[k] for acc in accs) for k in range(4)]
     return grad_x, totals

@@ -82,7 +82,7 @@ class _FusedLIF(torch.autograd.Function):
         if lif_kernel.usable(x):
             u_seq = _current_sequence(x, du_f) if need_du else None
             grad_x, sums = lif_kernel.backward(grad_spikes, h_seq, spikes, u_seq, du_f, dv_f, vth_f, surrogate,
-                                               detach_reset, (need_du, need_dv, need_vth, need_bias))
+                                               detach_reset, need_du or need_dv or need_vth or need_bias)
             grads = [torch.tensor(v, dtype=x.dtype) if f else None
                      for v, f in zip(sums, (need_du, need_dv, need_vth, need_bias))]
             return grad_x, *grads, None, None
