@@ -26,7 +26,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "lif_kernel.c"
-FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd"]
+FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+         "-fopenmp-simd"]
 SURROGATE_IDS = {"atan": 0, "sigmoid": 1, "fast_sigmoid": 2}
 MIN_PARALLEL = 1 << 15  # below this many neurons one thread is faster than handing off work
 
@@ -72,11 +73,11 @@ def _load():
         _state["tried"] = True
         try:
             lib = ctypes.CDLL(str(_build()))
-            lib.lif_forward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32]
+            lib.lif_forward.argtypes = [_ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32]
             lib.lif_forward.restype = None
-            lib.lif_backward.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32,
+            lib.lif_backward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32,
                                          _int, _f32, _int, _int, _ptr]
-            lib.lif_backward.restype = None
+            lib.lif_backward.restype = ctypes.c_int
             _state["lib"] = lib
         except (OSError, RuntimeError) as exc:
             _state["error"] = str(exc)
@@ -111,33 +112,36 @@ def _run(fn, chunks, args_for) -> None:
         future.result()
 
 
-def forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float):
-    """Return ``(spikes, h_seq)`` for a float32 ``[T, ...]`` input."""
-    x = x.contiguous()
+def forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float) -> torch.Tensor:
+    """Spikes of a float32, contiguous ``[T, ...]`` input."""
     T, n = x.shape[0], x[0].numel()
-    spikes, h_seq = torch.empty_like(x), torch.empty_like(x)
+    spikes = torch.empty_like(x)
     lib = _load()
-    _run(lib.lif_forward, _chunks(n), lambda lo, hi: (x.data_ptr(), spikes.data_ptr(), h_seq.data_ptr(), T, n,
-                                                      lo, hi, du, dv, vth, bias))
-    return spikes, h_seq
+    _run(lib.lif_forward, _chunks(n), lambda lo, hi: (x.data_ptr(), spikes.data_ptr(), T, n, lo, hi,
+                                                      du, dv, vth, bias))
+    return spikes
 
 
-def backward(grad_spikes, h_seq, spikes, u_seq, du, dv, vth, surrogate, detach_reset, params):
-    """Return ``(grad_x, [g_du, g_dv, g_vth, g_bias])``; the sums are formed only if ``params`` is true.
+def backward(grad_spikes, x, du, dv, vth, bias, surrogate, detach_reset, params):
+    """Return ``(grad_x, [g_du, g_dv, g_vth, g_bias])`` from the saved input ``x`` (contiguous float32).
 
-    ``u_seq`` (the current per step) is needed only for the ``du`` gradient; pass None otherwise.
+    The parameter sums are formed only if ``params`` is true (they are zeros otherwise).
     """
     grad_spikes = grad_spikes.contiguous()
-    T, n = h_seq.shape[0], h_seq[0].numel()
-    grad_x = torch.empty_like(h_seq)
+    T, n = x.shape[0], x[0].numel()
+    grad_x = torch.empty_like(x)
     chunks = _chunks(n)
-    accs = [(ctypes.c_double * 4)() for _ in chunks]
-    u_ptr = u_seq.data_ptr() if u_seq is not None else None
-    index = {c: k for k, c in enumerate(chunks)}
+    accs = {c: (ctypes.c_double * 4)() for c in chunks}
+    status = {}
     lib = _load()
-    _run(lib.lif_backward, chunks, lambda lo, hi: (
-        grad_spikes.data_ptr(), h_seq.data_ptr(), spikes.data_ptr(), u_ptr, grad_x.data_ptr(), T, n, lo, hi,
-        du, dv, vth, SURROGATE_IDS[surrogate.name], float(surrogate.alpha), int(detach_reset), int(bool(params)),
-        accs[index[(lo, hi)]]))
-    totals = [sum(acc[k] for acc in accs) for k in range(4)]
+
+    def call(*args):
+        status[args[5]] = lib.lif_backward(*args)
+
+    _run(call, chunks, lambda lo, hi: (grad_spikes.data_ptr(), x.data_ptr(), grad_x.data_ptr(), T, n, lo, hi,
+                                       du, dv, vth, bias, SURROGATE_IDS[surrogate.name], float(surrogate.alpha),
+                                       int(detach_reset), int(bool(params)), accs[(lo, hi)]))
+    if any(code != 0 for code in status.values()):
+        raise MemoryError("LIF kernel could not allocate its work buffer")
+    totals = [sum(acc[k] for acc in accs.values()) for k in range(4)]
     return grad_x, totals

@@ -42,10 +42,11 @@ def _current_sequence(x: torch.Tensor, du: float) -> torch.Tensor:
 
 
 class _FusedLIF(torch.autograd.Function):
-    """The whole time loop in one autograd node: forward saves only ``h`` and the spikes.
+    """The whole time loop in one autograd node.
 
-    float32 CPU tensors go through the compiled kernel (``lif_kernel``); other dtypes, or a machine
-    without a C compiler, run the same equations as a loop of torch operations.
+    float32 CPU tensors go through the compiled kernel (``lif_kernel``), which saves only the input
+    and recomputes the membrane in backward. Other dtypes, or a machine without a C compiler, run
+    the same equations as a loop of torch operations that saves the membrane ``h`` and the spikes.
     """
 
     @staticmethod
@@ -53,9 +54,10 @@ class _FusedLIF(torch.autograd.Function):
         du_f, dv_f, vth_f, b_f = float(du), float(dv), float(vth), float(bias)
         ctx.consts = (du_f, dv_f, vth_f, surrogate, detach_reset)
         if lif_kernel.usable(x):
-            spikes, h_seq = lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
-            ctx.save_for_backward(x, h_seq, spikes)
-            return spikes
+            x = x.contiguous()
+            ctx.bias = b_f
+            ctx.save_for_backward(x)  # the kernel re-runs the dynamics in backward: no h to keep
+            return lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
         spikes = torch.empty_like(x)
         h_seq = torch.empty_like(x)
         v = torch.zeros_like(x[0])
@@ -75,17 +77,17 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        x, h_seq, spikes = ctx.saved_tensors
         du_f, dv_f, vth_f, surrogate, detach_reset = ctx.consts
         need_du, need_dv, need_vth, need_bias = ctx.needs_input_grad[1:5]
-        n_steps = x.shape[0]
-        if lif_kernel.usable(x):
-            u_seq = _current_sequence(x, du_f) if need_du else None
-            grad_x, sums = lif_kernel.backward(grad_spikes, h_seq, spikes, u_seq, du_f, dv_f, vth_f, surrogate,
+        if len(ctx.saved_tensors) == 1:  # the compiled kernel ran the forward pass
+            (x,) = ctx.saved_tensors
+            grad_x, sums = lif_kernel.backward(grad_spikes, x, du_f, dv_f, vth_f, ctx.bias, surrogate,
                                                detach_reset, need_du or need_dv or need_vth or need_bias)
             grads = [torch.tensor(v, dtype=x.dtype) if f else None
                      for v, f in zip(sums, (need_du, need_dv, need_vth, need_bias))]
             return grad_x, *grads, None, None
+        x, h_seq, spikes = ctx.saved_tensors
+        n_steps = x.shape[0]
         grad_x = torch.empty_like(x)
         grad_v = None  # dL/dv[t], carried backwards from step t+1
         grad_u = None  # dL/du[t], carried backwards when du < 1
