@@ -82,10 +82,9 @@ def step(model, x):
     model(x).sum().backward()
 
 
-def time_variant(variant: str, repeats: int) -> float:
-    torch.manual_seed(0)
-    model, x = build(variant)
-    for _ in range(3):
+def median_step_time(model, x, repeats: int, warmup: int = 3) -> float:
+    """Median seconds of one forward+backward of ``model`` on ``x``, after ``warmup`` untimed steps."""
+    for _ in range(warmup):
         step(model, x)
     times = []
     for _ in range(repeats):
@@ -93,6 +92,12 @@ def time_variant(variant: str, repeats: int) -> float:
         step(model, x)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def time_variant(variant: str, repeats: int) -> float:
+    torch.manual_seed(0)
+    model, x = build(variant)
+    return median_step_time(model, x, repeats)
 
 
 def _rss_kib() -> int:
@@ -147,17 +152,7 @@ def lif_alone(repeats: int) -> dict:
 
     x = torch.randn(T, B, N, 4 * D)
     models = {"native": LIFPopulation(), "spikingjelly LIFNode": SpikingJellyLIF(), "snntorch Leaky": SnnTorchLeaky()}
-    out = {}
-    for name, model in models.items():
-        for _ in range(3):
-            step(model, x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            step(model, x)
-            times.append(time.perf_counter() - t0)
-        out[name] = 1e3 * statistics.median(times)
-    return out
+    return {name: 1e3 * median_step_time(model, x, repeats) for name, model in models.items()}
 
 
 def token_scaling(repeats: int) -> dict:
@@ -170,14 +165,7 @@ def token_scaling(repeats: int) -> dict:
         results[label] = {}
         for n in (64, 256, 1024, 2048):
             x = (torch.rand(T, 4, n, D) < 0.2).float()
-            for _ in range(2):
-                step(attn, x)
-            times = []
-            for _ in range(max(3, repeats // 2)):
-                t0 = time.perf_counter()
-                step(attn, x)
-                times.append(time.perf_counter() - t0)
-            results[label][n] = statistics.median(times)
+            results[label][n] = median_step_time(attn, x, max(3, repeats // 2), warmup=2)
     return results
 
 
