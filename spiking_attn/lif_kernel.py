@@ -74,7 +74,7 @@ def _load():
         try:
             lib = ctypes.CDLL(str(_build()))
             lib.lif_forward.argtypes = [_ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32]
-            lib.lif_forward.restype = None
+            lib.lif_forward.restype = ctypes.c_int64
             lib.lif_backward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32,
                                          _int, _f32, _int, _int, _ptr]
             lib.lif_backward.restype = ctypes.c_int
@@ -112,14 +112,21 @@ def _run(fn, chunks, args_for) -> None:
         future.result()
 
 
-def forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float) -> torch.Tensor:
-    """Spikes of a float32, contiguous ``[T, ...]`` input."""
+def forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float) -> tuple:
+    """Return ``(spikes, non_finite)`` for a float32, contiguous ``[T, ...]`` input.
+
+    ``non_finite`` counts the NaN and infinite inputs, found in the same pass.
+    """
     T, n = x.shape[0], x[0].numel()
     spikes = torch.empty_like(x)
+    counts = {}
     lib = _load()
-    _run(lib.lif_forward, _chunks(n), lambda lo, hi: (x.data_ptr(), spikes.data_ptr(), T, n, lo, hi,
-                                                      du, dv, vth, bias))
-    return spikes
+
+    def call(*args):
+        counts[args[4]] = lib.lif_forward(*args)
+
+    _run(call, _chunks(n), lambda lo, hi: (x.data_ptr(), spikes.data_ptr(), T, n, lo, hi, du, dv, vth, bias))
+    return spikes, sum(counts.values())
 
 
 def backward(grad_spikes, x, du, dv, vth, bias, surrogate, detach_reset, params):

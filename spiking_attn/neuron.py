@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import lif_kernel
-from .errors import SpikingAttnError, check_choice, check_fraction, check_tensor
+from .errors import NonFiniteError, SpikingAttnError, check_choice, check_fraction, check_tensor
 from .surrogate import SURROGATES, get_surrogate
 
 ENGINES = ("native", "spikingjelly")
@@ -56,8 +56,12 @@ class _FusedLIF(torch.autograd.Function):
         if lif_kernel.usable(x):
             x = x.contiguous()
             ctx.bias = b_f
+            spikes, non_finite = lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
+            if non_finite:
+                raise NonFiniteError(f"x contains {non_finite} NaN or Inf value(s)")
             ctx.save_for_backward(x)  # the kernel re-runs the dynamics in backward: no h to keep
-            return lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
+            return spikes
+        check_tensor(x, "x")  # the torch loop checks for NaN/Inf up front
         spikes = torch.empty_like(x)
         h_seq = torch.empty_like(x)
         v = torch.zeros_like(x[0])
@@ -245,11 +249,13 @@ class LIFPopulation(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # NaN/Inf are caught inside the engines: the compiled kernel counts them in its own pass
         check_tensor(x, "x", ndim=range(2, 8), finite=False)
         if self._sj_node is None:
             du = self.du.clamp(0.0, 1.0) if isinstance(self.du, nn.Parameter) else self.du
             dv = self.dv.clamp(0.0, 1.0) if isinstance(self.dv, nn.Parameter) else self.dv
             return _FusedLIF.apply(x, du, dv, self.vth, self.bias, self.surrogate, self.detach_reset)
+        check_tensor(x, "x")
         node = self._sj_node
         node.reset()  # every call is a new sequence
         try:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from spiking_attn.errors import DTypeError, ShapeError, SpikingAttnError
+from spiking_attn.errors import DTypeError, NonFiniteError, ShapeError, SpikingAttnError
 from spiking_attn.neuron import LIFPopulation, lif_reference, lif_sequence
 from spiking_attn.surrogate import get_surrogate
 
@@ -182,3 +182,13 @@ def test_surrogate_formulas():
     assert get_surrogate("atan").grad(x)[1] == pytest.approx(1.0 / (1 + (math.pi / 2) ** 2))
     assert get_surrogate("sigmoid").grad(x)[0] == pytest.approx(1.0)
     assert get_surrogate("fast_sigmoid").grad(x)[1] == pytest.approx(1 / 13.5 ** 2)
+
+
+@pytest.mark.parametrize("engine", ["native", "spikingjelly"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_rejected(engine, dtype, bad):
+    x = torch.rand(3, 40000, dtype=dtype)
+    x[2, 39999] = bad
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        LIFPopulation(engine=engine)(x)

@@ -48,9 +48,11 @@ INLINE float surrogate(float x, const int kind, float alpha) {
     const float s = h > vth ? 1.0f : 0.0f;          \
     v[j] = h * (1.0f - s);
 
-/* Forward over one block of m columns: writes spikes (stride n). */
-INLINE void forward_block(const float *x, float *spikes, int64_t T, int64_t n, int64_t i0, int64_t m, float ku,
-                          float kv, float vth, float bias, const int decay_u) {
+/* Forward over one block of m columns: writes spikes (stride n) and returns how many inputs were NaN
+ * or infinite (x - x is 0 for every finite x and NaN otherwise), a check that costs no extra pass. */
+INLINE int64_t forward_block(const float *x, float *spikes, int64_t T, int64_t n, int64_t i0, int64_t m,
+                             float ku, float kv, float vth, float bias, const int decay_u) {
+    int64_t non_finite = 0;
     float u[BLOCK], v[BLOCK];
     memset(u, 0, sizeof(float) * m);
     memset(v, 0, sizeof(float) * m);
@@ -58,20 +60,23 @@ INLINE void forward_block(const float *x, float *spikes, int64_t T, int64_t n, i
         const float *restrict xt = x + t * n + i0;
         float *restrict st = spikes + t * n + i0;
         if (decay_u) {
-#pragma omp simd
+#pragma omp simd reduction(+ : non_finite)
             for (int64_t j = 0; j < m; ++j) {
+                non_finite += (xt[j] - xt[j]) != 0.0f;
                 u[j] = u[j] * ku + xt[j];
                 LIF_STEP_BODY(u[j])
                 st[j] = s;
             }
         } else {
-#pragma omp simd
+#pragma omp simd reduction(+ : non_finite)
             for (int64_t j = 0; j < m; ++j) {
+                non_finite += (xt[j] - xt[j]) != 0.0f;
                 LIF_STEP_BODY(xt[j])
                 st[j] = s;
             }
         }
     }
+    return non_finite;
 }
 
 /* Re-run the dynamics of one block into the local buffers h_loc and (if decay_u) u_loc, stride m. */
@@ -102,13 +107,16 @@ INLINE void recompute_block(const float *x, float *h_loc, float *u_loc, int64_t 
     }
 }
 
+/* Returns the number of non-finite inputs in the columns [lo, hi). */
 MULTIVERSION
-void lif_forward(const float *x, float *spikes, int64_t T, int64_t n, int64_t lo, int64_t hi,
-                 float du, float dv, float vth, float bias) {
+int64_t lif_forward(const float *x, float *spikes, int64_t T, int64_t n, int64_t lo, int64_t hi,
+                    float du, float dv, float vth, float bias) {
+    int64_t non_finite = 0;
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
-        forward_block(x, spikes, T, n, i0, m, 1.0f - du, 1.0f - dv, vth, bias, du != 1.0f);
+        non_finite += forward_block(x, spikes, T, n, i0, m, 1.0f - du, 1.0f - dv, vth, bias, du != 1.0f);
     }
+    return non_finite;
 }
 
 /* Backward through time for one block, from the membrane h_loc (and current u_loc) of every step.
