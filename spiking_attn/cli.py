@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from . import __version__
 from .attention import SPIKING_KINDS
 from .data import TASKS
 from .encoders import ENCODERS
@@ -60,6 +61,7 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="spiking-attn", description="Spiking neuromorphic attention: train, inspect, and run the demo.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"spiking-attn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train_options(sub.add_parser("train", help="train a spiking classifier or its dense twin"))
@@ -87,8 +89,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(metrics: dict) -> None:
     done = "" if metrics["completed"] else f" (stopped after epoch {metrics['epochs_done']}; resume to finish)"
+    steps = f" at T={metrics['timesteps']}" if metrics["model"] == "spiking" else ""
     print(f"{metrics['model']} {metrics['attention']} on {metrics['task']}: "
-          f"test accuracy {metrics['test_accuracy']:.4f} at T={metrics['timesteps']}{done}")
+          f"test accuracy {metrics['test_accuracy']:.4f}{steps}{done}")
     if metrics["firing_rates"]:
         print("firing rates (spikes per neuron per step):")
         for name, rate in metrics["firing_rates"].items():

@@ -41,6 +41,50 @@ def _current_sequence(x: torch.Tensor, du: float) -> torch.Tensor:
     return u_seq
 
 
+def _torch_forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float):
+    """The dynamics as a loop of torch operations; returns ``(spikes, h_seq)``."""
+    check_tensor(x, "x")  # the torch loop checks for NaN/Inf up front
+    spikes, h_seq = torch.empty_like(x), torch.empty_like(x)
+    v = torch.zeros_like(x[0])
+    u = torch.zeros_like(x[0]) if du != 1.0 else None
+    for t in range(x.shape[0]):
+        current = x[t] if u is None else u.mul_(1.0 - du).add_(x[t])
+        h = torch.add(current, v, alpha=1.0 - dv, out=h_seq[t])  # [B, ...]
+        if bias != 0.0:
+            h.add_(bias)
+        s = torch.gt(h, vth, out=spikes[t])
+        v = h * (1.0 - s)
+    return spikes, h_seq
+
+
+def _torch_backward(grad_spikes, x, h_seq, spikes, du, dv, vth, surrogate, detach_reset, need):
+    """Backward through time for ``_torch_forward``; returns ``grad_x`` and the four parameter sums."""
+    need_du, need_dv, need_vth, need_bias = need
+    grad_x = torch.empty_like(x)
+    grad_v = torch.zeros_like(x[0])  # dL/dv[t], carried backwards from step t+1
+    grad_u = torch.zeros_like(x[0])  # dL/du[t], carried backwards when du < 1
+    sums = [x.new_zeros(()) for _ in range(4)]  # du, dv, vth, bias
+    u_seq = _current_sequence(x, du) if need_du else None
+    for t in range(x.shape[0] - 1, -1, -1):
+        h, s = h_seq[t], spikes[t]
+        sg = surrogate.grad(h - vth)
+        # v[t] = h (1 - s): dv/dh = (1 - s) - h g, the second term only without detach_reset
+        g_spike = grad_spikes[t] if detach_reset else grad_spikes[t] - grad_v * h
+        grad_h = torch.addcmul(g_spike * sg, grad_v, 1.0 - s)
+        if need_vth:
+            sums[2] -= (g_spike * sg).sum()
+        if need_bias:
+            sums[3] += grad_h.sum()
+        if need_dv and t > 0:
+            sums[1] -= (grad_h * (h_seq[t - 1] * (1.0 - spikes[t - 1]))).sum()
+        grad_v = grad_h * (1.0 - dv)
+        grad_u = grad_h + grad_u * (1.0 - du)
+        grad_x[t] = grad_u
+        if need_du and t > 0:
+            sums[0] -= (grad_u * u_seq[t - 1]).sum()
+    return grad_x, sums
+
+
 class _FusedLIF(torch.autograd.Function):
     """The whole time loop in one autograd node.
 
@@ -52,85 +96,32 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, du, dv, vth, bias, surrogate, detach_reset):
         du_f, dv_f, vth_f, b_f = float(du), float(dv), float(vth), float(bias)
-        ctx.consts = (du_f, dv_f, vth_f, surrogate, detach_reset)
+        ctx.consts = (du_f, dv_f, vth_f, b_f, surrogate, detach_reset)
         if lif_kernel.usable(x):
             x = x.contiguous()
-            ctx.bias = b_f
             spikes, non_finite = lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
             if non_finite:
                 raise NonFiniteError(f"x contains {non_finite} NaN or Inf value(s)")
             ctx.save_for_backward(x)  # the kernel re-runs the dynamics in backward: no h to keep
             return spikes
-        check_tensor(x, "x")  # the torch loop checks for NaN/Inf up front
-        spikes = torch.empty_like(x)
-        h_seq = torch.empty_like(x)
-        v = torch.zeros_like(x[0])
-        u = torch.zeros_like(x[0]) if du_f != 1.0 else None
-        for t in range(x.shape[0]):
-            if u is None:
-                current = x[t]
-            else:
-                current = u.mul_(1.0 - du_f).add_(x[t])
-            h = torch.add(current, v, alpha=1.0 - dv_f, out=h_seq[t])  # [B, ...]
-            if b_f != 0.0:
-                h.add_(b_f)
-            s = torch.gt(h, vth_f, out=spikes[t])
-            v = h * (1.0 - s) if t + 1 < x.shape[0] else v
+        spikes, h_seq = _torch_forward(x, du_f, dv_f, vth_f, b_f)
         ctx.save_for_backward(x, h_seq, spikes)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        du_f, dv_f, vth_f, surrogate, detach_reset = ctx.consts
-        need_du, need_dv, need_vth, need_bias = ctx.needs_input_grad[1:5]
+        du_f, dv_f, vth_f, b_f, surrogate, detach_reset = ctx.consts
+        need = ctx.needs_input_grad[1:5]  # du, dv, vth, bias
         if len(ctx.saved_tensors) == 1:  # the compiled kernel ran the forward pass
             (x,) = ctx.saved_tensors
-            grad_x, sums = lif_kernel.backward(grad_spikes, x, du_f, dv_f, vth_f, ctx.bias, surrogate,
-                                               detach_reset, need_du or need_dv or need_vth or need_bias)
-            grads = [torch.tensor(v, dtype=x.dtype) if f else None
-                     for v, f in zip(sums, (need_du, need_dv, need_vth, need_bias))]
-            return grad_x, *grads, None, None
-        x, h_seq, spikes = ctx.saved_tensors
-        n_steps = x.shape[0]
-        grad_x = torch.empty_like(x)
-        grad_v = None  # dL/dv[t], carried backwards from step t+1
-        grad_u = None  # dL/du[t], carried backwards when du < 1
-        g_du = g_dv = g_vth = g_bias = None
-        acc = {"du": 0.0, "dv": 0.0, "vth": 0.0, "bias": 0.0}
-        if need_du:  # u[t] is only needed for d/d(du); rebuild it from x
-            u_seq = _current_sequence(x, du_f)
-        for t in range(n_steps - 1, -1, -1):
-            h, s = h_seq[t], spikes[t]
-            sg = surrogate.grad(h - vth_f)
-            if grad_v is None:
-                g_spike = grad_spikes[t]
-                grad_h = g_spike * sg
-            else:
-                # v[t] = h (1 - s): dv/dh = (1 - s) - h * g  (the second term only without detach)
-                g_spike = grad_spikes[t] if detach_reset else grad_spikes[t] - grad_v * h
-                grad_h = torch.addcmul(g_spike * sg, grad_v, 1.0 - s)
-            if need_vth:
-                acc["vth"] = acc["vth"] - (g_spike * sg).sum()
-            if need_bias:
-                acc["bias"] = acc["bias"] + grad_h.sum()
-            if need_dv and t > 0:
-                v_prev = h_seq[t - 1] * (1.0 - spikes[t - 1])
-                acc["dv"] = acc["dv"] - (grad_h * v_prev).sum()
-            grad_v = grad_h * (1.0 - dv_f)
-            if du_f == 1.0 and not need_du:
-                grad_x[t] = grad_h
-            else:
-                grad_u = grad_h if grad_u is None else grad_h + grad_u * (1.0 - du_f)
-                grad_x[t] = grad_u
-                if need_du and t > 0:
-                    acc["du"] = acc["du"] - (grad_u * u_seq[t - 1]).sum()
-
-        def as_grad(key, needed):
-            return torch.as_tensor(acc[key], dtype=x.dtype) if needed else None
-
-        g_du, g_dv = as_grad("du", need_du), as_grad("dv", need_dv)
-        g_vth, g_bias = as_grad("vth", need_vth), as_grad("bias", need_bias)
-        return grad_x, g_du, g_dv, g_vth, g_bias, None, None
+            grad_x, sums = lif_kernel.backward(grad_spikes, x, du_f, dv_f, vth_f, b_f, surrogate,
+                                               detach_reset, any(need))
+            sums = [torch.tensor(v, dtype=x.dtype) for v in sums]
+        else:
+            x, h_seq, spikes = ctx.saved_tensors
+            grad_x, sums = _torch_backward(grad_spikes, x, h_seq, spikes, du_f, dv_f, vth_f, surrogate,
+                                           detach_reset, need)
+        return grad_x, *(g if n else None for g, n in zip(sums, need)), None, None
 
 
 def lif_sequence(

@@ -192,3 +192,19 @@ def test_non_finite_input_rejected(engine, dtype, bad):
     x[2, 39999] = bad
     with pytest.raises(NonFiniteError, match="NaN or Inf"):
         LIFPopulation(engine=engine)(x)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(du=st.floats(0.0, 1.0), dv=st.floats(0.0, 1.0), vth=st.floats(0.05, 3.0), bias=st.floats(-0.5, 0.5),
+       steps=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_any_parameters_match_the_step_by_step_reference(du, dv, vth, bias, steps, seed):
+    x = torch.randn(steps, 2, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    pop = LIFPopulation(du=du, dv=dv, vth=vth, bias=bias)
+    stored = {k: float(getattr(pop, k)) for k in ("du", "dv", "vth", "bias")}  # parameters are float32
+    expected, _, _ = lif_reference(x, **stored)
+    assert torch.equal(pop(x), expected)  # float64 input runs the torch loop: the same roundings
+    assert torch.equal(got, expected)
