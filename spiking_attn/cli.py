@@ -56,6 +56,8 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default 6e-3)")
     p.add_argument("--augment", action="store_true", default=None, help="random 1-pixel shifts of the digits")
+    p.add_argument("--learn-threshold", action="store_true", default=None, help="train every population's vth and bias")
+    p.add_argument("--learn-decay", action="store_true", default=None, help="train every population's du and dv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_overrides(args: argparse.Namespace) -> dict:
-    keys = ("engine", "encoder", "surrogate", "dim", "depth", "heads")
+    keys = ("engine", "encoder", "surrogate", "dim", "depth", "heads", "learn_threshold", "learn_decay")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

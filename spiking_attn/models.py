@@ -50,6 +50,8 @@ class ModelConfig:
     surrogate: str = "atan"
     dv: float = 0.5
     vth: float = 1.0
+    learn_threshold: bool = False
+    learn_decay: bool = False
     engine: str = "native"
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class ModelConfig:
         check_choice(self.encoder, "encoder", ENCODERS)
         check_choice(self.surrogate, "surrogate", tuple(SURROGATES))
         check_choice(self.engine, "engine", ENGINES)
+        if self.engine == "spikingjelly" and (self.learn_threshold or self.learn_decay):
+            raise SpikingAttnError("engine 'spikingjelly' does not support learn_threshold or learn_decay")
         check_fraction(self.dv, "dv")
         if not self.vth > 0:
             raise SpikingAttnError(f"vth must be positive, got {self.vth}")
@@ -82,7 +86,8 @@ class ModelConfig:
         return cls(**data)
 
     def lif_kwargs(self) -> dict:
-        return {"dv": self.dv, "vth": self.vth, "surrogate": self.surrogate, "engine": self.engine}
+        return {"dv": self.dv, "vth": self.vth, "surrogate": self.surrogate, "engine": self.engine,
+                "learn_threshold": self.learn_threshold, "learn_decay": self.learn_decay}
 
 
 class SpikingClassifier(nn.Module):

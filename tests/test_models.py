@@ -92,3 +92,13 @@ def test_config_errors():
         ModelConfig(**SMALL, attention="softmax")
     with pytest.raises(SpikingAttnError, match="unknown config field"):
         ModelConfig.from_dict({**SMALL, "colour": "red"})
+
+
+def test_learnable_neuron_parameters_from_the_config():
+    model = build_model(ModelConfig(**SMALL, learn_threshold=True, learn_decay=True))
+    names = {n for n, _ in model.named_parameters()}
+    assert {"blocks.0.attn.q_lif.vth", "blocks.0.attn.q_lif.dv", "head_lif.bias", "head_lif.du"} <= names
+    model(torch.rand(4, 6, 8)).sum().backward()
+    assert model.blocks[0].attn.q_lif.vth.grad is not None
+    with pytest.raises(SpikingAttnError, match="spikingjelly"):
+        ModelConfig(**SMALL, learn_threshold=True, engine="spikingjelly")
