@@ -19,7 +19,6 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -33,7 +32,7 @@ MIN_PARALLEL = 1 << 15  # below this many neurons one thread is faster than hand
 
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "error": None}
-_pool: Optional[ThreadPoolExecutor] = None
+_pool: dict = {"executor": None, "workers": 0, "pid": None}
 
 _i64, _f32, _ptr, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
 
@@ -101,14 +100,21 @@ def _chunks(n: int) -> list:
     return [(bounds[k], bounds[k + 1]) for k in range(workers) if bounds[k] < bounds[k + 1]]
 
 
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of at least ``workers`` threads, made anew in a forked child (Lava forks)."""
+    if _pool["executor"] is None or _pool["workers"] < workers or _pool["pid"] != os.getpid():
+        _pool.update(executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spiking-attn-lif"),
+                     workers=workers, pid=os.getpid())
+    return _pool["executor"]
+
+
 def _run(fn, chunks, args_for) -> None:
-    global _pool
+    """Call ``fn(*args_for(lo, hi))`` for every chunk, in parallel when there is more than one."""
     if len(chunks) == 1:
         fn(*args_for(*chunks[0]))
         return
-    if _pool is None or _pool._max_workers < len(chunks):
-        _pool = ThreadPoolExecutor(max_workers=len(chunks), thread_name_prefix="spiking-attn-lif")
-    for future in [_pool.submit(fn, *args_for(lo, hi)) for lo, hi in chunks]:
+    pool = _executor(len(chunks))
+    for future in [pool.submit(fn, *args_for(lo, hi)) for lo, hi in chunks]:
         future.result()
 
 

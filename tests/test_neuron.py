@@ -207,3 +207,26 @@ def test_any_parameters_match_the_step_by_step_reference(du, dv, vth, bias, step
     stored = {k: float(getattr(pop, k)) for k in ("du", "dv", "vth", "bias")}  # parameters are float32
     expected, _, _ = lif_reference(x, **stored)
     assert torch.equal(pop(x), expected)  # float64 input runs the torch loop: the same roundings
+
+
+def test_kernel_thread_pool_is_rebuilt_in_a_forked_child():
+    # Lava forks its processes; a pool inherited from the parent has no threads in the child.
+    import multiprocessing
+
+    from spiking_attn import lif_kernel
+
+    x = torch.randn(4, 70000)
+    expected, _ = lif_kernel.forward(x, 1.0, 0.5, 1.0, 0.0)  # 2 chunks when torch has 2 threads
+    if len(lif_kernel._chunks(70000)) < 2:
+        pytest.skip("one thread: the pool is not used")
+    assert lif_kernel._pool["executor"] is not None
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        total = pool.apply_async(_kernel_spike_total, (x.numpy(),)).get(timeout=60)
+    assert total == int(expected.numpy().sum())
+
+
+def _kernel_spike_total(x_np):
+    from spiking_attn import lif_kernel
+
+    spikes, _ = lif_kernel.forward(torch.from_numpy(x_np), 1.0, 0.5, 1.0, 0.0)
+    return int(spikes.numpy().sum())
