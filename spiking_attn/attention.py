@@ -180,10 +180,23 @@ class DenseSelfAttention(nn.Module):
         return self.out(routed)
 
 
-def attention_map(q_spikes: torch.Tensor, k_spikes: torch.Tensor, heads: int, causal: bool = False) -> torch.Tensor:
-    """SSA attention scores ``Q K^T`` averaged over time and heads: ``[T, B, N, D] -> [B, N, M]``."""
-    qh, kh = _split_heads(q_spikes, heads), _split_heads(k_spikes, heads)  # [T, B, H, N, Dh]
-    scores = qh @ kh.transpose(-2, -1)  # [T, B, H, N, M]
-    if causal:
-        scores = scores.masked_fill(~_causal_mask(scores.shape[-2], scores.shape[-1], scores.device), 0.0)
-    return scores.mean(dim=(0, 2))
+def attention_map(q: torch.Tensor, k: torch.Tensor, heads: int, causal: bool = False,
+                  softmax_scale: Optional[float] = None) -> torch.Tensor:
+    """Attention scores ``Q K^T`` per head, averaged over heads (and time, for ``[T, B, N, D]`` input).
+
+    Spiking SSA: pass the Q and K spikes ``[T, B, N, D]``; returns ``[B, N, M]`` integer-count means.
+    Dense softmax attention: pass ``[B, N, D]`` and ``softmax_scale``; each head's row-softmax of
+    ``scale Q K^T`` (masked if causal) is averaged, giving ``[B, N, M]`` attention weights.
+    """
+    qh, kh = _split_heads(q, heads), _split_heads(k, heads)  # [..., H, N|M, Dh]
+    scores = qh @ kh.transpose(-2, -1)  # [..., H, N, M]
+    mask = _causal_mask(scores.shape[-2], scores.shape[-1], scores.device) if causal else None
+    if softmax_scale is not None:
+        scores = scores * softmax_scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.softmax(-1)
+    elif mask is not None:
+        scores = scores.masked_fill(~mask, 0.0)
+    head_axis = scores.dim() - 3
+    return scores.mean(dim=(0, head_axis) if q.dim() == 4 else head_axis)

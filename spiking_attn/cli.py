@@ -9,7 +9,6 @@ Bad input ends with one line on stderr and a non-zero exit status, never a trace
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Optional, Sequence

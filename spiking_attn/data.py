@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import check_choice, check_positive_int
+from .errors import SpikingAttnError, check_choice, check_positive_int
 
 TASKS = ("digits", "cue")
 
@@ -46,15 +46,12 @@ def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_s
 
     check_choice(tokens, "tokens", ("rows", "patches"))
     bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0  # [S, 8, 8] in [0, 1]
-    if tokens == "rows":
-        seq = images  # [S, 8 rows, 8 pixels]
-    else:
-        seq = images.reshape(-1, 4, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(-1, 16, 4)  # [S, 16, 2*2]
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)  # [S, 8, 8] in [0, 1]
+    x = images if tokens == "rows" else _patches(images)  # [S, 8, 8] rows or [S, 16, 4] patches
     idx_train, idx_test = train_test_split(
-        np.arange(len(seq)), test_size=test_fraction, random_state=split_seed, stratify=bunch.target
+        np.arange(len(x)), test_size=test_fraction, random_state=split_seed, stratify=bunch.target
     )
-    x, y = torch.from_numpy(np.ascontiguousarray(seq)), torch.from_numpy(bunch.target.astype(np.int64))
+    y = torch.from_numpy(bunch.target.astype(np.int64))
     return TokenDataset("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], 10)
 
 
@@ -67,7 +64,7 @@ def make_cue_task(
                         ("num_classes", num_classes), ("features", features)):
         check_positive_int(value, name)
     if features < num_classes + 2:
-        raise ValueError(f"features ({features}) must be at least num_classes + 2 ({num_classes + 2})")
+        raise SpikingAttnError(f"features ({features}) must be at least num_classes + 2 ({num_classes + 2})")
     gen = torch.Generator().manual_seed(seed)
     protos = (torch.rand(num_classes, features - 1, generator=gen) > 0.5).float()  # [C, F-1]
 
@@ -91,25 +88,24 @@ def load_task(name: str) -> TokenDataset:
     return load_digits_tokens() if name == "digits" else make_cue_task()
 
 
-def _digits_images(tokens: torch.Tensor) -> torch.Tensor:
-    if tokens.shape[1:] == (8, 8):
-        return tokens  # rows: [B, 8, 8] already
-    return tokens.reshape(-1, 4, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 8, 8)  # patches -> [B, 8, 8]
+def _patches(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 8, 8]`` images -> ``[B, 16, 4]`` tokens, one per 2x2 patch in row-major patch order."""
+    return images.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4).contiguous()
 
 
-def _digits_tokens(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if like.shape[1:] == (8, 8):
-        return images
-    return images.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4)  # [B, 16, 4]
+def _unpatch(tokens: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_patches``: ``[B, 16, 4]`` -> ``[B, 8, 8]``."""
+    return tokens.reshape(-1, 4, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 8, 8)
 
 
 def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Augment digit token sequences by a random translation of up to ``max_shift`` pixels (zero fill)."""
-    images = _digits_images(tokens)  # [B, 8, 8]
+    rows = tokens.shape[1:] == (8, 8)
+    images = tokens if rows else _unpatch(tokens)  # [B, 8, 8]
     padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # [B, 8+2s, 8+2s]
     offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)  # [B, 2]
-    rows = offsets[:, 0, None] + torch.arange(8)  # [B, 8]
-    cols = offsets[:, 1, None] + torch.arange(8)  # [B, 8]
+    row_idx = offsets[:, 0, None] + torch.arange(8)  # [B, 8]
+    col_idx = offsets[:, 1, None] + torch.arange(8)  # [B, 8]
     batch = torch.arange(len(images))[:, None, None]
-    shifted = padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, 8, 8]
-    return _digits_tokens(shifted, tokens)
+    shifted = padded[batch, row_idx[:, :, None], col_idx[:, None, :]]  # [B, 8, 8]
+    return shifted if rows else _patches(shifted)

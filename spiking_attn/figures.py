@@ -50,11 +50,9 @@ def _dense_attention_maps(model: nn.Module, x: torch.Tensor) -> list:
             h.remove()
     maps = []
     for name, layer in layers:
-        q, k = captured[(name, "q_act")], captured[(name, "k_act")]
-        scores = torch.einsum("bnd,bmd->bnm", q, k) * layer.scale  # all heads pooled
-        if layer.kind == "softmax":
-            scores = scores.softmax(-1)
-        maps.append((f"{name} ({layer.kind})", scores[0], "key token"))
+        q, k = captured[(name, "q_act")], captured[(name, "k_act")]  # [B, N, D]
+        scale = layer.scale if layer.kind == "softmax" else None
+        maps.append((f"{name} ({layer.kind})", attention_map(q, k, layer.heads, layer.causal, scale)[0], "key token"))
     return maps
 
 

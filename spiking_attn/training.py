@@ -11,6 +11,7 @@ restarted at an epoch boundary replays the same stream.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -70,14 +71,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     correct = 0
     recorder = SpikeRecorder(model, keep="counts") if firing_rates else None
     try:
-        if recorder:
-            recorder.__enter__()
-        for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size], generator=gen)
-            correct += int((logits.argmax(-1) == y[start:start + batch_size]).sum())
+        with recorder or contextlib.nullcontext():
+            for start in range(0, len(x), batch_size):
+                logits = model(x[start:start + batch_size], generator=gen)
+                correct += int((logits.argmax(-1) == y[start:start + batch_size]).sum())
     finally:
-        if recorder:
-            recorder.__exit__(None, None, None)
         model.train(was_training)
     result = {"accuracy": correct / len(x)}
     if recorder:

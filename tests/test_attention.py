@@ -108,3 +108,17 @@ def test_linear_bn_folds_exactly():
     layer.eval()
     x = torch.randn(3, 5, 12)
     torch.testing.assert_close(layer.fold()(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_dense_attention_map_is_the_per_head_softmax():
+    from spiking_attn.attention import attention_map
+
+    attn = DenseSelfAttention(16, heads=2, kind="softmax", causal=True).eval()
+    q, k = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    weights = attention_map(q, k, attn.heads, attn.causal, attn.scale)  # [B, N, M]
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 5))
+    assert torch.all(weights.triu(1) == 0)  # no weight on future keys
+    qh, kh = q.reshape(3, 5, 2, 8).transpose(1, 2), k.reshape(3, 5, 2, 8).transpose(1, 2)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    per_head = (qh @ kh.transpose(-2, -1) * attn.scale).masked_fill(~mask, float("-inf")).softmax(-1)
+    torch.testing.assert_close(weights, per_head.mean(1))

@@ -60,3 +60,11 @@ def test_encoder_errors():
         RateEncoder(4)(torch.tensor([1.5]))
     with pytest.raises(SpikingAttnError, match="NaN"):
         make_encoder("direct", 2)(torch.tensor([float("nan")]))
+
+
+def test_shift_augmentation_keeps_patch_layout():
+    rows, patches = load_digits_tokens("rows"), load_digits_tokens("patches")
+    a = shift_digits(rows.x_train[:32], torch.Generator().manual_seed(5))
+    b = shift_digits(patches.x_train[:32], torch.Generator().manual_seed(5))
+    # same shifts applied to the same images, seen through the two token layouts
+    assert torch.equal(b[:, 1 * 4 + 2], a[:, 2:4, 4:6].reshape(-1, 4))

@@ -93,5 +93,6 @@ def test_bad_training_arguments(tmp_path):
 
 
 def test_dense_twin_trains(tmp_path):
-    metrics = train(**{**TINY, "timesteps": 1}, model="dense", epochs=2, out=tmp_path / "d")
+    metrics = train(**{**TINY, "timesteps": 1, "figures": True}, model="dense", epochs=2, out=tmp_path / "d")
     assert metrics["model"] == "dense" and metrics["firing_rates"] == {}
+    assert (tmp_path / "d" / "spikes_attention.png").stat().st_size > 0  # the dense attention maps
