@@ -1,5 +1,6 @@
-"""Train a small spiking classifier on the synthetic cue task, check that both LIF engines give the same
-spikes, and plot the firing rate of every population next to the spike raster of the first attention.
+"""Train a small spiking classifier on the synthetic cue task (the cue reaches the model through its cue
+path, ``model(x, cue=...)``), check that both LIF engines give the same spikes, and plot the firing rate of
+every population next to the spike raster of the first attention.
 
     .venv/bin/python examples/engines_and_rates.py [--out runs/example]
 
@@ -31,13 +32,13 @@ def main() -> None:
     print(f"cue task, spiking SSA, T={metrics['timesteps']}: test accuracy {metrics['test_accuracy']:.3f}")
 
     data = load_task("cue")
-    x = data.x_test[:64]
+    x, cue = data.x_test[:64], data.cue_test[:64]
     native = load_model(out / "checkpoint.pt")
     sj = load_model(out / "checkpoint.pt", engine="spikingjelly")
     with SpikeRecorder(native) as rec_native, torch.no_grad():
-        native(x)
+        native(x, cue=cue)
     with SpikeRecorder(sj) as rec_sj, torch.no_grad():
-        sj(x)
+        sj(x, cue=cue)
     same = all(torch.equal(rec_native.spikes[n], rec_sj.spikes[n]) for n in rec_native.spikes)
     total = sum(int(s.sum()) for s in rec_native.spikes.values())
     print(f"native vs spikingjelly engine: identical spikes in every population: {same} ({total} spikes)")

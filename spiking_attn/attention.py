@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from .errors import ShapeError, SpikingAttnError, check_choice, check_tensor
 from .layers import LinearBN
-from .neuron import LIFPopulation
+from .neuron import population
 
 SPIKING_KINDS = ("ssa", "sdsa")
 DENSE_KINDS = ("softmax", "ssa", "sdsa")
@@ -89,7 +89,7 @@ class SpikingSelfAttention(nn.Module):
         causal: mask future tokens (decoder-style).
         scale: SSA product scale; default ``1/sqrt(D/H)``.
         attn_vth: threshold of the population after the attention product (0.5 in both papers).
-        lif: keyword arguments for every ``LIFPopulation`` (dv, surrogate, engine, ...).
+        lif: keyword arguments for every population (``neuron.population``: dv, surrogate, engine, ...).
 
     Shapes: ``x`` spikes ``[T, B, N, D]``; optional ``context`` spikes ``[T, B, M, D]``.
     Returns the output current ``[T, B, N, D]`` (add it to a membrane stream).
@@ -104,8 +104,8 @@ class SpikingSelfAttention(nn.Module):
         self.dim, self.heads, self.causal = dim, heads, bool(causal)
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim // heads)
         self.q, self.k, self.v = LinearBN(dim, dim), LinearBN(dim, dim), LinearBN(dim, dim)
-        self.q_lif, self.k_lif, self.v_lif = (LIFPopulation(**lif) for _ in range(3))
-        self.attn_lif = LIFPopulation(**{**lif, "vth": attn_vth})
+        self.q_lif, self.k_lif, self.v_lif = (population(dim, lif) for _ in range(3))
+        self.attn_lif = population(dim, {**lif, "vth": attn_vth})
         self.out = LinearBN(dim, dim)
 
     def extra_repr(self) -> str:

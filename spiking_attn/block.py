@@ -20,7 +20,7 @@ from torch import nn
 from .attention import ACTIVATIONS, DenseSelfAttention, SpikingSelfAttention
 from .errors import check_choice
 from .layers import LinearBN
-from .neuron import LIFPopulation
+from .neuron import population
 
 
 class SpikingMLP(nn.Module):
@@ -29,7 +29,7 @@ class SpikingMLP(nn.Module):
     def __init__(self, dim: int, hidden: int, lif: Optional[dict] = None) -> None:
         super().__init__()
         self.fc1 = LinearBN(dim, hidden)
-        self.fc1_lif = LIFPopulation(**(lif or {}))
+        self.fc1_lif = population(hidden, lif)
         self.fc2 = LinearBN(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,23 +58,27 @@ class SpikingTransformerBlock(nn.Module):
         lif: keyword arguments for every population.
 
     Shapes: ``x`` currents ``[T, B, N, D]``, optional ``context`` spikes ``[T, B, M, D]`` -> ``[T, B, N, D]``.
+    ``cue`` (spikes ``[T, B, C]``) is accepted and not read: the plain block has no top-down input (the
+    classifier gives a cue its own token instead).
     """
 
     def __init__(self, dim: int, heads: int = 4, kind: str = "sdsa", causal: bool = False,
                  mlp_ratio: float = 4.0, lif: Optional[dict] = None) -> None:
         super().__init__()
-        self.pre_attn_lif = LIFPopulation(**(lif or {}))
+        self.pre_attn_lif = population(dim, lif)
         self.attn = SpikingSelfAttention(dim, heads, kind, causal, lif=lif)
-        self.pre_mlp_lif = LIFPopulation(**(lif or {}))
+        self.pre_mlp_lif = population(dim, lif)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
+                cue: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.pre_attn_lif(x), context)
         return x + self.mlp(self.pre_mlp_lif(x))
 
 
 class DenseTransformerBlock(nn.Module):
-    """Dense twin of ``SpikingTransformerBlock``. Shapes: ``[B, N, D]`` (context ``[B, M, D]``)."""
+    """Dense twin of ``SpikingTransformerBlock``. Shapes: ``[B, N, D]`` (context ``[B, M, D]``, cue ``[B, C]``,
+    not read)."""
 
     def __init__(self, dim: int, heads: int = 4, kind: str = "softmax", causal: bool = False,
                  mlp_ratio: float = 4.0, act: str = "relu") -> None:
@@ -84,6 +88,7 @@ class DenseTransformerBlock(nn.Module):
         self.pre_mlp_act = ACTIVATIONS[act]()
         self.mlp = DenseMLP(dim, int(dim * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
+                cue: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.pre_attn_act(x), context)
         return x + self.mlp(self.pre_mlp_act(x))

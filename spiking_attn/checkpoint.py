@@ -2,11 +2,15 @@
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts::
 
-    {"format": "spiking-attn", "version": 1, "config": {...ModelConfig fields...},
+    {"format": "spiking-attn", "version": 2, "config": {...ModelConfig fields...},
      "state_dict": {...}, "training": {...optimizer, scheduler, epoch, history...}}
 
 It is loaded with ``torch.load(weights_only=True)``, so loading can never run code.
 Every write goes to a temporary file in the same folder and is renamed into place.
+
+Versions: a checkpoint written by an earlier version is migrated when read (``MIGRATIONS``):
+version 1 (the foundation) had no mechanism, cue or per-channel fields, and its ``learn_threshold``
+also trained the bias, so it becomes ``learn_threshold`` + ``learn_bias``.
 """
 from __future__ import annotations
 
@@ -23,7 +27,16 @@ from .errors import CheckpointError, SpikingAttnError
 from .models import ModelConfig, build_model
 
 FORMAT = "spiking-attn"
-VERSION = 1
+VERSION = 2
+
+
+def _migrate_v1(payload: dict) -> dict:
+    config = dict(payload["config"])
+    config.setdefault("learn_bias", bool(config.get("learn_threshold", False)))
+    return {**payload, "config": config, "version": 2}
+
+
+MIGRATIONS = {1: _migrate_v1}  # version -> function returning the payload one version up
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -73,11 +86,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a spiking-attn checkpoint ({reason[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a spiking-attn checkpoint")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has version {payload.get('version')!r}, expected {VERSION}")
+    version = payload.get("version")
+    if not (isinstance(version, int) and (version == VERSION or version in MIGRATIONS)):
+        raise CheckpointError(f"checkpoint {str(path)!r} has version {version!r}; this release reads versions "
+                              f"{', '.join(map(str, sorted({*MIGRATIONS, VERSION})))}")
     for key, kind in (("config", dict), ("state_dict", dict), ("training", dict)):
         if not isinstance(payload.get(key), kind):
             raise CheckpointError(f"checkpoint {str(path)!r} has no valid {key!r} entry")
+    while payload["version"] != VERSION:
+        payload = MIGRATIONS[payload["version"]](payload)
     return payload
 
 

@@ -2,6 +2,7 @@
 
     spiking-attn train --task digits --model spiking --timesteps 4 --epochs 40 --seed 0 --out runs/x
     spiking-attn train --resume runs/x
+    spiking-attn train --list-mechanisms
     spiking-attn demo
 
 Bad input ends with one line on stderr and a non-zero exit status, never a traceback.
@@ -17,6 +18,7 @@ from . import __version__
 from .attention import SPIKING_KINDS
 from .data import TASKS
 from .encoders import ENCODERS
+from .mechanisms import MECHANISMS
 from .models import MODEL_KINDS
 from .neuron import ENGINES
 from .surrogate import SURROGATES
@@ -43,7 +45,10 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     if demo:
         return
-    p.add_argument("--task", choices=TASKS, help="digits (default) or cue")
+    p.add_argument("--task", choices=TASKS.names(), help=f"task (default digits): {', '.join(TASKS.names())}")
+    p.add_argument("--mechanism", choices=MECHANISMS.names(),
+                   help="attention mechanism (default none, the plain transformer); see --list-mechanisms")
+    p.add_argument("--list-mechanisms", action="store_true", help="print the registered mechanisms and exit")
     p.add_argument("--model", choices=MODEL_KINDS, help="spiking (default) or dense twin")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now, then stop (resumable)")
@@ -55,8 +60,11 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default 6e-3)")
     p.add_argument("--augment", action="store_true", default=None, help="random 1-pixel shifts of the digits")
-    p.add_argument("--learn-threshold", action="store_true", default=None, help="train every population's vth and bias")
+    p.add_argument("--learn-threshold", action="store_true", default=None, help="train every population's vth")
+    p.add_argument("--learn-bias", action="store_true", default=None, help="train every population's bias")
     p.add_argument("--learn-decay", action="store_true", default=None, help="train every population's du and dv")
+    p.add_argument("--per-channel", action="store_true", default=None,
+                   help="one set of neuron parameters per channel instead of per population")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,17 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_overrides(args: argparse.Namespace) -> dict:
-    keys = ("engine", "encoder", "surrogate", "dim", "depth", "heads", "learn_threshold", "learn_decay")
+    keys = ("engine", "encoder", "surrogate", "dim", "depth", "heads", "learn_threshold", "learn_bias",
+            "learn_decay", "per_channel")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
+    if args.list_mechanisms:
+        width = max(map(len, MECHANISMS.names()))
+        for name, spec in MECHANISMS.items():
+            print(f"{name:{width}s}  {spec.summary}")
+        return 0
     if args.out is None and args.resume is None:
         raise UsageError("train needs --out DIR (or --resume DIR)")
     metrics = train(task=args.task, model=args.model, timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
-                    out=args.out, resume=args.resume, attention=args.attention, batch_size=args.batch_size,
+                    out=args.out, resume=args.resume, attention=args.attention, mechanism=args.mechanism,
+                    batch_size=args.batch_size,
                     lr=args.lr, augment=args.augment, stop_after=args.stop_after,
                     progress=not args.no_progress, **_config_overrides(args))
     _print_summary(metrics)
@@ -91,7 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_summary(metrics: dict) -> None:
     done = "" if metrics["completed"] else f" (stopped after epoch {metrics['epochs_done']}; resume to finish)"
     steps = f" at T={metrics['timesteps']}" if metrics["model"] == "spiking" else ""
-    print(f"{metrics['model']} {metrics['attention']} on {metrics['task']}: "
+    mechanism = "" if metrics.get("mechanism", "none") == "none" else f" + {metrics['mechanism']}"
+    print(f"{metrics['model']} {metrics['attention']}{mechanism} on {metrics['task']}: "
           f"test accuracy {metrics['test_accuracy']:.4f}{steps}{done}")
     if metrics["firing_rates"]:
         print("firing rates (spikes per neuron per step):")

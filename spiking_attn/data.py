@@ -1,27 +1,33 @@
-"""Embedded data sets; nothing is downloaded.
+"""Embedded tasks; nothing is downloaded. Every task is an entry of the ``TASKS`` registry.
 
-* ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package),
-  as a token sequence: ``'rows'`` gives 8 tokens of 8 pixels, ``'patches'`` 16 tokens of 2x2 pixels.
+* ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package), as a
+  token sequence: ``'rows'`` gives 8 tokens of 8 pixels, ``'patches'`` 16 tokens of 2x2 pixels.
   Pixels are scaled to [0, 1]. The train/test split is stratified and fixed by ``split_seed``.
-* ``cue``: a synthetic attention task generated on the fly. Each sequence holds noisy tokens that
-  carry one of ``C`` class prototypes; exactly one token has its cue channel set, and the label is
-  the class of that cued token, so a model has to find and read the cued token.
+* ``cue``: a synthetic top-down attention task generated on the fly. Each sequence holds noisy tokens
+  that carry one of ``C`` class prototypes; the cue (an index given beside the tokens, through the
+  model's cue path) names one token position, and the label is the class of the token there. The
+  tokens alone do not tell which one is cued.
+
+A task's data is a ``TokenDataset``; ``context(split, idx)`` gives the keyword arguments a model call
+takes besides the tokens (``{'cue': ...}`` for cued tasks), so training and evaluation pass them on
+without knowing what they are.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .errors import SpikingAttnError, check_choice, check_positive_int
-
-TASKS = ("digits", "cue")
+from .registry import Registry
 
 
 @dataclass(frozen=True)
 class TokenDataset:
-    """Train/test tensors: ``x`` ``[S, N, F]`` float32 in [0, 1], ``y`` ``[S]`` int64."""
+    """Train/test tensors: ``x`` ``[S, N, F]`` float32 in [0, 1], ``y`` ``[S]`` int64, and for cued tasks
+    ``cue`` ``[S]`` int64 indices in ``[0, num_cues)``."""
 
     name: str
     x_train: torch.Tensor
@@ -29,6 +35,9 @@ class TokenDataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    cue_train: Optional[torch.Tensor] = None
+    cue_test: Optional[torch.Tensor] = None
+    num_cues: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -37,6 +46,33 @@ class TokenDataset:
     @property
     def in_features(self) -> int:
         return self.x_train.shape[2]
+
+    def context(self, split: str, idx=None) -> dict:
+        """Keyword arguments for the model besides ``x``, for ``split`` ('train' or 'test') rows ``idx``."""
+        check_choice(split, "split", ("train", "test"))
+        cue = self.cue_train if split == "train" else self.cue_test
+        if cue is None:
+            return {}
+        return {"cue": cue if idx is None else cue[idx]}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: how to load it and how to train on it by default."""
+
+    name: str
+    summary: str
+    load: Callable[[], TokenDataset]
+    epochs: int
+    augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+
+
+TASKS: Registry[TaskSpec] = Registry("task")
+
+
+def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
+    """Add a task to the registry (``--task`` choices, ``train(task=...)``)."""
+    return TASKS.register(spec.name, spec, replace=replace)
 
 
 def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_seed: int = 0) -> TokenDataset:
@@ -57,35 +93,32 @@ def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_s
 
 def make_cue_task(
     num_train: int = 2000, num_test: int = 500, num_tokens: int = 12, num_classes: int = 4,
-    features: int = 12, noise: float = 0.15, seed: int = 0,
+    features: int = 11, noise: float = 0.15, seed: int = 0,
 ) -> TokenDataset:
     """Synthetic cued-recall sequences (see module docstring). Seeded and generated in memory."""
     for name, value in (("num_train", num_train), ("num_test", num_test), ("num_tokens", num_tokens),
                         ("num_classes", num_classes), ("features", features)):
         check_positive_int(value, name)
-    if features < num_classes + 2:
-        raise SpikingAttnError(f"features ({features}) must be at least num_classes + 2 ({num_classes + 2})")
+    if features < num_classes + 1:
+        raise SpikingAttnError(f"features ({features}) must be at least num_classes + 1 ({num_classes + 1})")
     gen = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(num_classes, features - 1, generator=gen) > 0.5).float()  # [C, F-1]
+    protos = (torch.rand(num_classes, features, generator=gen) > 0.5).float()  # [C, F]
 
     def sample(count: int):
         classes = torch.randint(num_classes, (count, num_tokens), generator=gen)  # [S, N]
-        x = protos[classes] * (1 - 2 * noise) + noise * torch.rand(count, num_tokens, features - 1, generator=gen)
-        cue_pos = torch.randint(num_tokens, (count,), generator=gen)  # [S]
-        cue = torch.zeros(count, num_tokens, 1)
-        cue[torch.arange(count), cue_pos, 0] = 1.0
-        y = classes[torch.arange(count), cue_pos]
-        return torch.cat([x, cue], dim=-1).clamp(0, 1), y  # [S, N, F], [S]
+        x = protos[classes] * (1 - 2 * noise) + noise * torch.rand(count, num_tokens, features, generator=gen)
+        cue = torch.randint(num_tokens, (count,), generator=gen)  # [S]: the cued position
+        y = classes[torch.arange(count), cue]
+        return x.clamp(0, 1), y, cue  # [S, N, F], [S], [S]
 
-    x_train, y_train = sample(num_train)
-    x_test, y_test = sample(num_test)
-    return TokenDataset("cue", x_train, y_train, x_test, y_test, num_classes)
+    x_train, y_train, cue_train = sample(num_train)
+    x_test, y_test, cue_test = sample(num_test)
+    return TokenDataset("cue", x_train, y_train, x_test, y_test, num_classes, cue_train, cue_test, num_tokens)
 
 
 def load_task(name: str) -> TokenDataset:
-    """Load the embedded task called ``name`` ('digits' or 'cue')."""
-    check_choice(name, "task", TASKS)
-    return load_digits_tokens() if name == "digits" else make_cue_task()
+    """Load the registered task called ``name``."""
+    return TASKS.get(name).load()
 
 
 def _patches(images: torch.Tensor) -> torch.Tensor:
@@ -109,3 +142,9 @@ def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: in
     batch = torch.arange(len(images))[:, None, None]
     shifted = padded[batch, row_idx[:, :, None], col_idx[:, None, :]]  # [B, 8, 8]
     return shifted if rows else _patches(shifted)
+
+
+register_task(TaskSpec("digits", "scikit-learn's 8x8 digits, 8 row tokens of 8 pixels (1437 train / 360 test)",
+                       load_digits_tokens, epochs=40, augment=shift_digits))
+register_task(TaskSpec("cue", "synthetic: recall the class of the token whose position the cue names",
+                       make_cue_task, epochs=30))

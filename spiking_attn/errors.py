@@ -90,3 +90,10 @@ def check_fraction(value: float, name: str, *, low: float = 0.0, high: float = 1
     if not math.isfinite(value) or not (low <= value <= high):
         raise SpikingAttnError(f"{name} must lie in [{low}, {high}], got {value}")
     return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a real bool (not a string such as 'no', not 0/1), else raise."""
+    if not isinstance(value, bool):
+        raise DTypeError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -36,7 +36,7 @@ def plot_training(history: dict, path: str | os.PathLike, title: str = "") -> No
 
 
 @torch.no_grad()
-def _dense_attention_maps(model: nn.Module, x: torch.Tensor) -> list:
+def _dense_attention_maps(model: nn.Module, x: torch.Tensor, context: dict) -> list:
     captured, handles = {}, []
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, DenseSelfAttention)]
     for name, layer in layers:
@@ -44,7 +44,7 @@ def _dense_attention_maps(model: nn.Module, x: torch.Tensor) -> list:
             handles.append(getattr(layer, part).register_forward_hook(
                 lambda _m, _i, out, key=(name, part): captured.__setitem__(key, out)))
     try:
-        model(x)
+        model(x, **context)
     finally:
         for h in handles:
             h.remove()
@@ -56,20 +56,23 @@ def _dense_attention_maps(model: nn.Module, x: torch.Tensor) -> list:
     return maps
 
 
-def plot_spikes_and_attention(model: nn.Module, x: torch.Tensor, path: str | os.PathLike) -> None:
+def plot_spikes_and_attention(model: nn.Module, x: torch.Tensor, path: str | os.PathLike, **context) -> None:
     """Spike raster of sample 0 for a few populations, and each attention layer's map.
+
+    ``context`` holds the model's other inputs for that sample (``cue=...``).
 
     SSA maps are ``Q K^T`` averaged over steps and heads; an SDSA map shows, per token and channel,
     how often the query passed the ``LIF(sum K*V)`` mask. Dense models show their attention scores.
     """
     model.eval()
     x = x[:1]
+    context = {k: v[:1] for k, v in context.items()}
     rasters, maps = [], []
     attn_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingSelfAttention)]
     if attn_layers:
         with SpikeRecorder(model) as rec:
             with torch.no_grad():
-                model(x)
+                model(x, **context)
         spikes = rec.spikes
         names = [n for n in spikes if n.endswith(("pre_attn_lif", "head_lif"))][:3]
         rasters = [(n, spikes[n][:, 0]) for n in names]  # [T, N, D]
@@ -81,7 +84,7 @@ def plot_spikes_and_attention(model: nn.Module, x: torch.Tensor, path: str | os.
                 gate = spikes[f"{name}.attn_lif"][:, :1]  # [T, 1, 1|N, D]
                 maps.append((f"{name} (SDSA: Q AND kv)", (q * gate).mean(0)[0], "channel"))
     else:
-        maps = _dense_attention_maps(model, x)
+        maps = _dense_attention_maps(model, x, context)
     ncols = max(len(rasters) + len(maps), 1)
     fig, axes = plt.subplots(1, ncols, figsize=(3.6 * ncols, 3.6), squeeze=False)
     for ax, (name, s) in zip(axes[0], rasters):

@@ -1,16 +1,24 @@
-"""Loader for the compiled LIF kernel (``csrc/lif_kernel.c``), the fast path of the native engine.
+"""The compiled LIF engine: ``csrc/lif_kernel.c`` built on first use and driven through ctypes.
 
-The C file is compiled once with the system C compiler into ``$XDG_CACHE_HOME/spiking-attn`` (or
-``~/.cache/spiking-attn``), keyed by a hash of the source and flags, written atomically and loaded
-with ctypes. Columns of the ``[T, n]`` problem are split across ``torch.get_num_threads()`` threads;
-ctypes releases the GIL, so they run in parallel. If no compiler is available the native engine
-runs its pure-torch loop instead and logs that once; ``kernel_status()`` tells which is in use.
+The C source is compiled once with the system C compiler into ``$XDG_CACHE_HOME/spiking-attn`` (or
+``~/.cache/spiking-attn``), keyed by a hash of the sources and flags, written atomically. It holds a
+float32 and a float64 instance of the same code. Columns of the ``[T, n]`` problem are split across
+``torch.get_num_threads()`` threads; ctypes releases the GIL, so they run in parallel. If no compiler
+is available, the native engine runs ``neuron.run_reference`` instead and logs that once;
+``kernel_status()`` tells which is in use.
+
+``run`` is one autograd node for the whole sequence. Parameters and modulation reach the kernel as
+operands (``data[t*tstride + (c // div) % mod]`` for column ``c``), derived here from their shapes:
+scalars, per-channel, per-sample and per-token tensors are read in place, any other broadcastable
+shape is expanded once. The forward pass saves only the input (plus ``z = h - threshold`` when the
+surrogate is not one the kernel knows); the backward pass recomputes the membrane in cache.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -19,22 +27,39 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
+from .errors import NonFiniteError
+from .surrogate import ATan, FastSigmoid, Sigmoid
+
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "lif_kernel.c"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "lif_kernel.c", CSRC / "lif_kernel_body.h")
 FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-         "-fopenmp-simd"]
-SURROGATE_IDS = {"atan": 0, "sigmoid": 1, "fast_sigmoid": 2}
+         "-Wno-psabi"]
 MIN_PARALLEL = 1 << 15  # below this many neurons one thread is faster than handing off work
+OPERANDS = ("du", "dv", "vth", "bias", "theta_decay", "theta_step", "gain", "shift")  # slots of operand_t
+F_DECAY_U, F_ADAPTIVE, F_GAIN, F_SHIFT, F_DETACH, F_PARAMS = 1, 2, 4, 8, 16, 32
+SG_TABLE = 3
+SURROGATE_KINDS = {ATan: 0, Sigmoid: 1, FastSigmoid: 2}  # exact types; anything else uses the table path
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "error": None}
 _pool: dict = {"executor": None, "workers": 0, "pid": None}
 
-_i64, _f32, _ptr, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
+_i64, _int, _ptr, _dbl = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_double
+
+
+class _Operand(ctypes.Structure):
+    _fields_ = [("data", _ptr), ("tstride", _i64), ("div", _i64), ("mod", _i64)]
+
+
+_OperandArray = _Operand * len(OPERANDS)
+_PointerArray = _ptr * len(OPERANDS)
 
 
 def _cache_dir() -> Path:
@@ -46,18 +71,20 @@ def _build() -> Path:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + platform.machine().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"lif_kernel_{key}.so"
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    digest.update(" ".join(FLAGS).encode() + platform.machine().encode())
+    target = _cache_dir() / f"lif_kernel_{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        proc = subprocess.run([compiler, *FLAGS, str(SOURCES[0]), "-o", tmp, "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[:500]}")
+            raise RuntimeError(f"compiling {SOURCES[0].name} failed: {proc.stderr.strip()[:500]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -72,15 +99,18 @@ def _load():
         _state["tried"] = True
         try:
             lib = ctypes.CDLL(str(_build()))
-            lib.lif_forward.argtypes = [_ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32]
-            lib.lif_forward.restype = ctypes.c_int64
-            lib.lif_backward.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _f32, _f32, _f32, _f32,
-                                         _int, _f32, _int, _int, _ptr]
-            lib.lif_backward.restype = ctypes.c_int
+            for suffix in SUFFIX.values():
+                fwd = getattr(lib, f"lif_forward_{suffix}")
+                fwd.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, ctypes.POINTER(_Operand), _int]
+                fwd.restype = _i64
+                bwd = getattr(lib, f"lif_backward_{suffix}")
+                bwd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, ctypes.POINTER(_ptr), _i64, _i64, _i64, _i64,
+                                ctypes.POINTER(_Operand), _int, _int, _dbl]
+                bwd.restype = _int
             _state["lib"] = lib
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, AttributeError) as exc:
             _state["error"] = str(exc)
-            log.warning("LIF kernel unavailable (%s); the native engine uses its torch loop", exc)
+            log.warning("LIF kernel unavailable (%s); the native engine runs the torch reference loop", exc)
         return _state["lib"]
 
 
@@ -90,8 +120,8 @@ def kernel_status() -> str:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether the kernel can take ``x`` (float32 on CPU) and is built."""
-    return x.dtype == torch.float32 and x.device.type == "cpu" and _load() is not None
+    """Whether the kernel can take ``x`` (float32 or float64 on the CPU) and is built."""
+    return x.dtype in SUFFIX and x.device.type == "cpu" and _load() is not None
 
 
 def _chunks(n: int) -> list:
@@ -108,53 +138,143 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     return _pool["executor"]
 
 
-def _run(fn, chunks, args_for) -> None:
-    """Call ``fn(*args_for(lo, hi))`` for every chunk, in parallel when there is more than one."""
-    if len(chunks) == 1:
-        fn(*args_for(*chunks[0]))
-        return
-    pool = _executor(len(chunks))
-    for future in [pool.submit(fn, *args_for(lo, hi)) for lo, hi in chunks]:
-        future.result()
-
-
-def forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float) -> tuple:
-    """Return ``(spikes, non_finite)`` for a float32, contiguous ``[T, ...]`` input.
-
-    ``non_finite`` counts the NaN and infinite inputs, found in the same pass.
-    """
-    T, n = x.shape[0], x[0].numel()
-    spikes = torch.empty_like(x)
-    counts = {}
-    lib = _load()
-
-    def call(*args):
-        counts[args[4]] = lib.lif_forward(*args)
-
-    _run(call, _chunks(n), lambda lo, hi: (x.data_ptr(), spikes.data_ptr(), T, n, lo, hi, du, dv, vth, bias))
-    return spikes, sum(counts.values())
-
-
-def backward(grad_spikes, x, du, dv, vth, bias, surrogate, detach_reset, params):
-    """Return ``(grad_x, [g_du, g_dv, g_vth, g_bias])`` from the saved input ``x`` (contiguous float32).
-
-    The parameter sums are formed only if ``params`` is true (they are zeros otherwise).
-    """
-    grad_spikes = grad_spikes.contiguous()
-    T, n = x.shape[0], x[0].numel()
-    grad_x = torch.empty_like(x)
+def _run_chunks(fn, n: int, args_for) -> list:
+    """Call ``fn(*args_for(lo, hi))`` for every column chunk, in parallel when there is more than one."""
     chunks = _chunks(n)
-    accs = {c: (ctypes.c_double * 4)() for c in chunks}
-    status = {}
-    lib = _load()
+    if len(chunks) == 1:
+        return [fn(*args_for(*chunks[0]))]
+    pool = _executor(len(chunks))
+    return [f.result() for f in [pool.submit(fn, *args_for(lo, hi)) for lo, hi in chunks]]
 
-    def call(*args):
-        status[args[5]] = lib.lif_backward(*args)
 
-    _run(call, chunks, lambda lo, hi: (grad_spikes.data_ptr(), x.data_ptr(), grad_x.data_ptr(), T, n, lo, hi,
-                                       du, dv, vth, bias, SURROGATE_IDS[surrogate.name], float(surrogate.alpha),
-                                       int(detach_reset), int(bool(params)), accs[(lo, hi)]))
-    if any(code != 0 for code in status.values()):
-        raise MemoryError("LIF kernel could not allocate its work buffer")
-    totals = [sum(acc[k] for acc in accs.values()) for k in range(4)]
-    return grad_x, totals
+# ---------------------------------------------------------------------------------------------------
+# Operands: how a broadcastable tensor is read by column
+
+
+def _pattern(shape: Sequence[int], population: Sequence[int]) -> Optional[tuple]:
+    """``(div, mod)`` if a contiguous tensor of ``shape`` (right-aligned to ``population``) varies over one
+    unbroken run of the population's dims, so column ``c`` reads element ``(c // div) % mod``; else None."""
+    aligned = (1,) * (len(population) - len(shape)) + tuple(shape)
+    varying = [i for i, size in enumerate(aligned) if size != 1]
+    if not varying:
+        return 1, 1
+    a, b = varying[0], varying[-1] + 1
+    if any(aligned[i] != population[i] for i in range(a, b)):
+        return None
+    return math.prod(population[b:]), math.prod(population[a:b])
+
+
+def _operand(t: torch.Tensor, T: int, population: Sequence[int]) -> tuple:
+    """``(data, tstride, div, mod, per_step)`` for a tensor broadcastable to ``[T, *population]``."""
+    n = math.prod(population)
+    per_step = t.dim() == len(population) + 1 and t.shape[0] > 1
+    if t.dim() == len(population) + 1 and not per_step:
+        t = t[0]
+    step_shape = t.shape[1:] if per_step else t.shape
+    pattern = _pattern(step_shape, population)
+    if pattern is None:
+        full = (T, *population) if per_step else tuple(population)
+        data, pattern = t.expand(full).contiguous(), (1, n)
+    else:
+        data = t.contiguous()
+    div, mod = pattern
+    return data, (mod if per_step else 0), div, mod, per_step
+
+
+class _KernelLIF(torch.autograd.Function):
+    """The compiled kernel as one autograd node over the whole sequence."""
+
+    @staticmethod
+    def forward(ctx, x, du, dv, vth, bias, theta_decay, theta_step, gain, shift, options):
+        surrogate, detach_reset, return_membrane = options
+        lib = _load()
+        x = x.contiguous()
+        T, population = x.shape[0], tuple(x.shape[1:])
+        n = x[0].numel()
+        inputs = (du, dv, vth, bias, theta_decay, theta_step, gain, shift)
+        operands = [None if t is None else _operand(t, T, population) for t in inputs]
+        need = ctx.needs_input_grad[1:9]
+        all_ones = float(du) == 1.0 if du.numel() == 1 else bool((du == 1).all())
+        flags = ((F_DECAY_U if need[0] or not all_ones else 0)
+                 | (F_ADAPTIVE if theta_step is not None else 0)
+                 | (F_GAIN if gain is not None else 0) | (F_SHIFT if shift is not None else 0)
+                 | (F_DETACH if detach_reset else 0))
+        kind = SURROGATE_KINDS.get(type(surrogate), SG_TABLE)
+        spikes = torch.empty_like(x)
+        membrane = torch.empty_like(x) if return_membrane else x.new_empty(0)
+        z = torch.empty_like(x) if kind == SG_TABLE and any(ctx.needs_input_grad[:9]) else None
+        structs = _structs(operands)
+        fwd = getattr(lib, f"lif_forward_{SUFFIX[x.dtype]}")
+        counts = _run_chunks(fwd, n, lambda lo, hi: (x.data_ptr(), spikes.data_ptr(),
+                                                     membrane.data_ptr() if return_membrane else None,
+                                                     None if z is None else z.data_ptr(), T, n, lo, hi, structs,
+                                                     flags))
+        if any(count < 0 for count in counts):
+            raise MemoryError("LIF kernel could not allocate its work buffer")
+        if sum(counts):
+            raise NonFiniteError(f"x contains {sum(counts)} NaN or Inf value(s)")
+        ctx.save_for_backward(x, z, *(None if op is None else op[0] for op in operands))
+        ctx.meta = (operands, flags, kind, surrogate, [None if t is None else t.shape for t in inputs])
+        if not return_membrane:
+            ctx.mark_non_differentiable(membrane)
+        return spikes, membrane
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_membrane):
+        x, z, *data = ctx.saved_tensors
+        operands, flags, kind, surrogate, shapes = ctx.meta
+        operands = [None if op is None else (d, *op[1:]) for op, d in zip(operands, data)]
+        T, population, n = x.shape[0], tuple(x.shape[1:]), x[0].numel()
+        need = ctx.needs_input_grad[1:9]
+        if any(need[:6]):
+            flags |= F_PARAMS
+        grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
+        if grad_membrane is not None and grad_membrane.numel() == 0:
+            grad_membrane = None
+        grad_membrane = None if grad_membrane is None else grad_membrane.contiguous()
+        table = surrogate.grad(z).to(x.dtype).contiguous() if kind == SG_TABLE else None
+        grad_x = torch.empty_like(x)
+        outputs = [None] * len(OPERANDS)
+        for k, op in enumerate(operands):
+            if op is not None and need[k]:
+                outputs[k] = x.new_zeros((T, n) if op[4] else (n,))
+        pointers = _PointerArray(*(None if g is None else g.data_ptr() for g in outputs))
+        structs = _structs(operands)
+        bwd = getattr(_load(), f"lif_backward_{SUFFIX[x.dtype]}")
+        alpha = float(getattr(surrogate, "alpha", 0.0)) if kind != SG_TABLE else 0.0
+        status = _run_chunks(bwd, n, lambda lo, hi: (
+            grad_spikes.data_ptr(), None if grad_membrane is None else grad_membrane.data_ptr(), x.data_ptr(),
+            None if table is None else table.data_ptr(), grad_x.data_ptr(), pointers, T, n, lo, hi, structs, flags,
+            kind, alpha))
+        if any(code != 0 for code in status):
+            raise MemoryError("LIF kernel could not allocate its work buffer")
+        grads = [None if g is None else _reduce(g, x.shape if g.dim() == 2 else population, shape)
+                 for g, shape in zip(outputs, shapes)]
+        return (grad_x, *grads, None)
+
+
+def _structs(operands) -> _OperandArray:
+    array = _OperandArray()
+    for k, op in enumerate(operands):
+        if op is None:
+            array[k] = _Operand(None, 0, 1, 1)
+        else:
+            data, tstride, div, mod, _ = op
+            array[k] = _Operand(data.data_ptr(), tstride, div, mod)
+    return array
+
+
+def _reduce(g: torch.Tensor, full: Sequence[int], shape: torch.Size) -> torch.Tensor:
+    """Sum a gradient laid out over ``full`` (the input, or the population) down to ``shape``."""
+    full = tuple(full)
+    if len(shape) > len(full):
+        full = (1,) * (len(shape) - len(full)) + full
+    return g.view(full).sum_to_size(shape)
+
+
+def run(x: torch.Tensor, params, *, gain=None, shift=None, surrogate=None, detach_reset=False,
+        return_membrane=False) -> tuple:
+    """Run the kernel on checked inputs (``params`` already in ``x``'s dtype); ``(spikes, membrane or None)``."""
+    spikes, membrane = _KernelLIF.apply(x, params.du, params.dv, params.vth, params.bias, params.theta_decay,
+                                        params.theta_step, gain, shift, (surrogate, detach_reset, return_membrane))
+    return spikes, (membrane if return_membrane else None)

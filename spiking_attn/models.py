@@ -1,25 +1,34 @@
-"""Token classifiers: embedding -> L transformer blocks -> head, as a spiking model or its dense twin.
+"""Token classifiers: embedding -> L blocks -> head, as a spiking model or its dense twin.
 
-Both read one frozen ``ModelConfig``. Parameter names match between the two (``embed``, ``pos``,
-``blocks.i.attn.q.linear.weight``, ..., ``head``), so weights copy across by name.
+Both read one frozen ``ModelConfig``; the blocks come from the mechanism the config names
+(``mechanisms/``, the plain transformer being ``none``). Parameter names match between the two
+(``embed``, ``pos``, ``blocks.i...``, ``head``), so weights copy across by name.
+
+Top-down context: ``model(x, cue=None)``. ``cue`` is an index ``[B]`` (integers in
+``[0, num_cues)``) or a vector ``[B, num_cues]``. The spiking model encodes it like any input (an index
+becomes a one-hot spike train), so the cue reaches the blocks as spikes ``[T, B, C]``; the dense twin
+passes ``[B, C]``. Every block receives it; mechanisms that do not read it themselves get it as an
+extra token (``MechanismSpec.cue_token``).
 
 The spiking head is applied to every token's spikes at every step and then averaged over tokens and
 steps (the same as averaging first, because the head is linear), so the head's input stays binary.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .attention import ACTIVATIONS, DENSE_KINDS, SPIKING_KINDS
-from .block import DenseTransformerBlock, SpikingTransformerBlock
 from .encoders import ENCODERS, make_encoder
-from .errors import ShapeError, SpikingAttnError, check_choice, check_fraction, check_positive_int, check_tensor
+from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
+                     check_fraction, check_positive_int, check_tensor)
 from .layers import LinearBN
-from .neuron import ENGINES, LIFPopulation
+from .neuron import ENGINES, population
 from .surrogate import SURROGATES
 
 MODEL_KINDS = ("spiking", "dense")
@@ -29,8 +38,10 @@ MODEL_KINDS = ("spiking", "dense")
 class ModelConfig:
     """Everything needed to rebuild a classifier; stored by value in every checkpoint.
 
-    ``attention`` is 'ssa' or 'sdsa' for the spiking model; the dense twin uses
-    ``dense_attention`` ('softmax', 'ssa' or 'sdsa').
+    ``attention`` is 'ssa' or 'sdsa' for the spiking model; the dense twin uses ``dense_attention``
+    ('softmax', 'ssa' or 'sdsa'). ``mechanism`` names a registered mechanism ('none' is the plain
+    transformer) and ``mechanism_options`` its own options (stored complete, with defaults filled in).
+    ``num_cues`` is the width of the top-down cue (0: the model takes no cue).
     """
 
     in_features: int
@@ -51,16 +62,27 @@ class ModelConfig:
     dv: float = 0.5
     vth: float = 1.0
     learn_threshold: bool = False
+    learn_bias: bool = False
     learn_decay: bool = False
+    per_channel: bool = False
     engine: str = "native"
+    mechanism: str = "none"
+    mechanism_options: dict = field(default_factory=dict)
+    num_cues: int = 0
 
     def __post_init__(self) -> None:
         for name in ("in_features", "num_tokens", "num_classes", "dim", "depth", "heads", "timesteps"):
             check_positive_int(getattr(self, name), name)
+        if isinstance(self.num_cues, bool) or not isinstance(self.num_cues, int) or self.num_cues < 0:
+            raise SpikingAttnError(f"num_cues must be a non-negative integer, got {self.num_cues!r}")
         if self.dim % self.heads:
             raise SpikingAttnError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise SpikingAttnError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) \
+                or not math.isfinite(self.mlp_ratio) or not self.mlp_ratio > 0 or int(self.dim * self.mlp_ratio) < 1:
+            raise SpikingAttnError(f"mlp_ratio must be a positive number giving a hidden width of at least 1, "
+                                   f"got {self.mlp_ratio!r}")
+        for name in ("causal", "learn_threshold", "learn_bias", "learn_decay", "per_channel"):
+            check_bool(getattr(self, name), name)
         check_choice(self.model, "model", MODEL_KINDS)
         check_choice(self.attention, "attention", SPIKING_KINDS)
         check_choice(self.dense_attention, "dense_attention", DENSE_KINDS)
@@ -68,17 +90,25 @@ class ModelConfig:
         check_choice(self.encoder, "encoder", ENCODERS)
         check_choice(self.surrogate, "surrogate", tuple(SURROGATES))
         check_choice(self.engine, "engine", ENGINES)
-        if self.engine == "spikingjelly" and (self.learn_threshold or self.learn_decay):
-            raise SpikingAttnError("engine 'spikingjelly' does not support learn_threshold or learn_decay")
+        for name in ("dv", "vth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DTypeError(f"{name} must be a number, got {value!r}")
         check_fraction(self.dv, "dv")
-        if not self.vth > 0:
-            raise SpikingAttnError(f"vth must be positive, got {self.vth}")
+        if not (math.isfinite(self.vth) and self.vth > 0):
+            raise SpikingAttnError(f"vth must be a positive finite number, got {self.vth}")
+        from .mechanisms import get_mechanism
+
+        spec = get_mechanism(self.mechanism)
+        object.__setattr__(self, "mechanism_options", spec.options_dict(self.mechanism_options))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise DTypeError(f"a model config must be a dict, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -86,83 +116,141 @@ class ModelConfig:
         return cls(**data)
 
     def lif_kwargs(self) -> dict:
+        """Keyword arguments for every population of the model (``neuron.population``)."""
         return {"dv": self.dv, "vth": self.vth, "surrogate": self.surrogate, "engine": self.engine,
-                "learn_threshold": self.learn_threshold, "learn_decay": self.learn_decay}
+                "learn_threshold": self.learn_threshold, "learn_bias": self.learn_bias,
+                "learn_decay": self.learn_decay, "per_channel": self.per_channel}
+
+
+def cue_vector(cue, batch: int, num_cues: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """Check a cue and return it as ``[B, C]`` floats (an index becomes one-hot), or None."""
+    if cue is None:
+        return None
+    if num_cues == 0:
+        raise SpikingAttnError("cue was given, but the model was built with num_cues=0 and takes no cue")
+    if not isinstance(cue, torch.Tensor):
+        raise DTypeError(f"cue must be a torch.Tensor (an index [B] or a vector [B, {num_cues}]), "
+                         f"got {type(cue).__name__}")
+    if cue.dtype == torch.bool or cue.is_complex():
+        raise DTypeError(f"cue must hold integer indices or real numbers, got dtype {cue.dtype}")
+    if not cue.is_floating_point():
+        if cue.dim() != 1 or cue.shape[0] != batch:
+            raise ShapeError(f"an index cue must have shape [B] = [{batch}], got {tuple(cue.shape)}")
+        if bool((cue < 0).any()) or bool((cue >= num_cues).any()):
+            raise SpikingAttnError(f"cue indices must lie in [0, {num_cues}), got range "
+                                   f"[{int(cue.min())}, {int(cue.max())}]")
+        return F.one_hot(cue.long(), num_cues).to(dtype)
+    if cue.dim() != 2 or tuple(cue.shape) != (batch, num_cues):
+        raise ShapeError(f"a vector cue must have shape [B, C] = [{batch}, {num_cues}], got {tuple(cue.shape)}")
+    if not bool(torch.isfinite(cue).all()):
+        raise NonFiniteError("cue contains NaN or Inf")
+    return cue.to(dtype)
+
+
+def _check_tokens(x: torch.Tensor, config: ModelConfig, ndim) -> None:
+    check_tensor(x, "x", ndim=ndim, last_dim=config.in_features, finite=False)
+    if x.shape[-2] != config.num_tokens:
+        raise ShapeError(f"x has {x.shape[-2]} tokens but the model expects {config.num_tokens}")
 
 
 class SpikingClassifier(nn.Module):
-    """Spiking transformer classifier.
+    """Spiking classifier: encoder -> embedding -> the mechanism's blocks -> head.
 
     Input: analog tokens ``[B, N, F]`` (encoded to ``[T, B, N, F]`` by ``config.encoder``) or an
-    already encoded ``[T, B, N, F]`` sequence. Output: logits ``[B, C]`` (mean over steps and tokens).
+    already encoded ``[T, B, N, F]`` sequence; optional ``cue`` (see the module docstring).
+    Output: logits ``[B, C]`` (mean over steps and tokens).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, spec=None) -> None:
         super().__init__()
-        self.config = config
-        c = config
-        lif = c.lif_kwargs()
+        from .mechanisms import get_mechanism
+
+        spec = spec or get_mechanism(config.mechanism)
+        self.config = c = config
+        options = spec.parse_options(c.mechanism_options)
         self.encoder = make_encoder(c.encoder, c.timesteps)
-        self.embed = LinearBN(c.in_features, c.dim)  # the encoding layer: the only analog input
+        self.embed = LinearBN(c.in_features, c.dim)  # the encoding layer: analog input (with direct encoding)
         self.pos = nn.Parameter(torch.zeros(c.num_tokens, c.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(
-            SpikingTransformerBlock(c.dim, c.heads, c.attention, c.causal, c.mlp_ratio, lif)
-            for _ in range(c.depth)
-        )
-        self.head_lif = LIFPopulation(**lif)
+        self.cue_embed = LinearBN(c.num_cues, c.dim) if c.num_cues and spec.cue_token else None
+        self.blocks = nn.ModuleList(spec.spiking_block(c, options) for _ in range(c.depth))
+        self.head_lif = population(c.dim, c.lif_kwargs())
         self.head = nn.Linear(c.dim, c.num_classes)
+
+    def _encode_values(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return self.encoder(x, generator=generator) if self.config.encoder == "rate" else self.encoder(x)
 
     def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Check ``x`` and return the ``[T, B, N, F]`` input sequence."""
         c = self.config
-        check_tensor(x, "x", ndim=(3, 4), last_dim=c.in_features)
-        if x.shape[-2] != c.num_tokens:
-            raise ShapeError(f"x has {x.shape[-2]} tokens but the model expects {c.num_tokens}")
+        _check_tokens(x, c, (3, 4))
         if x.dim() == 4:
             check_tensor(x, "x", timesteps=c.timesteps, finite=False)
             return x
-        if c.encoder == "rate":
-            return self.encoder(x, generator=generator)
-        return self.encoder(x)
+        return self._encode_values(x, generator)
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode_cue(self, cue, batch: int, dtype: torch.dtype,
+                   generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        """Check ``cue`` and return it as a spike sequence ``[T, B, C]``, or None."""
+        values = cue_vector(cue, batch, self.config.num_cues, dtype)
+        return None if values is None else self._encode_values(values, generator)
+
+    def forward(self, x: torch.Tensor, cue: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         seq = self.encode(x, generator)  # [T, B, N, F]
+        cue_seq = self.encode_cue(cue, seq.shape[1], seq.dtype, generator)  # [T, B, C] or None
         h = self.embed(seq) + self.pos  # [T, B, N, D] membrane currents
+        if self.cue_embed is not None:
+            source = cue_seq if cue_seq is not None else seq.new_zeros(*seq.shape[:2], self.config.num_cues)
+            h = torch.cat([h, self.cue_embed(source).unsqueeze(2)], dim=2)  # [T, B, N+1, D]
         for block in self.blocks:
-            h = block(h)
-        per_token = self.head(self.head_lif(h))  # [T, B, N, C]
+            h = block(h, cue=cue_seq)
+        per_token = self.head(self.head_lif(h))  # [T, B, N(+1), C]
         return per_token.mean(dim=(0, 2))  # [B, C]
 
 
 class DenseClassifier(nn.Module):
-    """Dense twin of ``SpikingClassifier``. Input ``[B, N, F]``, output logits ``[B, C]``."""
+    """Dense twin of ``SpikingClassifier``. Input ``[B, N, F]`` and optional ``cue``; output logits ``[B, C]``."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, spec=None) -> None:
         super().__init__()
-        self.config = config
-        c = config
+        from .mechanisms import get_mechanism
+
+        spec = spec or get_mechanism(config.mechanism)
+        self.config = c = config
+        options = spec.parse_options(c.mechanism_options)
         self.embed = LinearBN(c.in_features, c.dim)
         self.pos = nn.Parameter(torch.zeros(c.num_tokens, c.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(
-            DenseTransformerBlock(c.dim, c.heads, c.dense_attention, c.causal, c.mlp_ratio, c.dense_act)
-            for _ in range(c.depth)
-        )
+        self.cue_embed = LinearBN(c.num_cues, c.dim) if c.num_cues and spec.cue_token else None
+        self.blocks = nn.ModuleList(spec.dense_block(c, options) for _ in range(c.depth))
         self.head_act = ACTIVATIONS[c.dense_act]()
         self.head = nn.Linear(c.dim, c.num_classes)
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cue: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         c = self.config
-        check_tensor(x, "x", ndim=3, last_dim=c.in_features)
-        if x.shape[-2] != c.num_tokens:
-            raise ShapeError(f"x has {x.shape[-2]} tokens but the model expects {c.num_tokens}")
+        _check_tokens(x, c, 3)
+        check_tensor(x, "x")
+        cue_vec = cue_vector(cue, x.shape[0], c.num_cues, x.dtype)  # [B, C] or None
         h = self.embed(x) + self.pos  # [B, N, D]
+        if self.cue_embed is not None:
+            source = cue_vec if cue_vec is not None else x.new_zeros(x.shape[0], c.num_cues)
+            h = torch.cat([h, self.cue_embed(source).unsqueeze(1)], dim=1)  # [B, N+1, D]
         for block in self.blocks:
-            h = block(h)
+            h = block(h, cue=cue_vec)
         return self.head(self.head_act(h)).mean(dim=1)  # [B, C]
 
 
+MODEL_CLASSES = {"spiking": SpikingClassifier, "dense": DenseClassifier}
+
+
 def build_model(config: ModelConfig) -> nn.Module:
-    """Build the classifier that ``config.model`` names."""
-    return SpikingClassifier(config) if config.model == "spiking" else DenseClassifier(config)
+    """Build the model ``config`` describes: the registered mechanism ``config.mechanism``, as the
+    spiking model or the dense twin (``config.model``)."""
+    if not isinstance(config, ModelConfig):
+        raise DTypeError(f"build_model takes a ModelConfig (ModelConfig.from_dict turns a dict into one), "
+                         f"got {type(config).__name__}")
+    from .mechanisms import get_mechanism
+
+    return get_mechanism(config.mechanism).build(config)

@@ -1,256 +1,465 @@
 r"""Leaky integrate-and-fire populations: the one neuron model of spiking-attn.
 
-Loihi's current-based LIF (CUBA-LIF), float form, for every neuron ``i`` and time step ``t``::
+The equations are written once, in ``lif_step``: Loihi's current-based LIF (CUBA-LIF, float form)
+with an optional adaptive threshold (Lava's ``ATRLIF`` threshold dynamics) and per-call modulation.
+Every engine runs them:
 
-    u[t] = u[t-1] * (1 - du) + x[t]            synaptic current
-    h[t] = v[t-1] * (1 - dv) + u[t] + bias     membrane potential before firing
-    s[t] = h[t] > vth                          spike (strict inequality, as Lava)
-    v[t] = h[t] * (1 - s[t])                   reset to zero where a spike was fired
+* ``native``: the compiled kernel (``lif_kernel.py``, float32 and float64 on the CPU), or, where it
+  cannot run (no C compiler, another device), ``lif_step`` itself in a loop under autograd;
+* ``spikingjelly``: SpikingJelly's LIF transition (charge, fire, hard reset) for the membrane, fed with
+  this module's current and thresholds; a cross-check written by other hands.
 
-with ``u[-1] = v[-1] = 0`` at the start of every sequence. With ``du = 1`` the current is the input
-and this is SpikingJelly's ``LIFNode(decay_input=False, v_reset=0.0)`` with ``tau = 1/dv``.
+Tensors are time-first, ``[T, B, ...]``; the population is everything after the time axis. A call is a
+whole sequence that starts from rest (``u = v = 0``, ``theta = vth``): nothing is kept between calls,
+so nothing leaks from one batch into the next and no global reset is ever needed.
 
-In the backward pass ``ds/dh`` is replaced by a surrogate ``g(h - vth)`` (see ``surrogate.py``).
-Unless ``detach_reset`` is set, the gradient also flows through the reset term ``-h * s``.
-
-Tensors are time-first, ``[T, B, ...]``. A population keeps no state between calls: every call is a
-new sequence, so nothing leaks from one batch into the next and no global reset is ever needed.
+Parameters (``LIFParams``) are tensors broadcastable to the population: a scalar, one value per
+channel ``[D]``, or one per neuron. Modulation (an input ``gain`` and a ``threshold_shift``) is given at
+call time and broadcasts to ``[T, B, ...]`` (a ``[B, ...]`` tensor broadcasts the same way, the same at
+every step).
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Callable, NamedTuple, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import lif_kernel
-from .errors import NonFiniteError, SpikingAttnError, check_choice, check_fraction, check_tensor
-from .surrogate import SURROGATES, get_surrogate
+from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
+                     check_tensor)
+from .surrogate import ATan, get_surrogate, surrogate_name
 
 ENGINES = ("native", "spikingjelly")
+PARAM_NAMES = ("du", "dv", "vth", "bias", "theta_decay", "theta_step")
+VTH_FLOOR = 1e-4  # the projection keeps learned thresholds at or above this (see LIFPopulation.constrain_)
 
 
-def _current_sequence(x: torch.Tensor, du: float) -> torch.Tensor:
-    """The synaptic current ``u[t]`` for every step, rebuilt from the input ``[T, ...]``."""
-    u_seq = torch.empty_like(x)
-    u_prev = torch.zeros_like(x[0])
-    for t in range(x.shape[0]):
-        u_prev = u_prev * (1.0 - du) + x[t]
-        u_seq[t] = u_prev
-    return u_seq
+@dataclass(frozen=True)
+class LIFParams:
+    """The parameters of a population as one call uses them: tensors broadcastable to the population.
 
-
-def _torch_forward(x: torch.Tensor, du: float, dv: float, vth: float, bias: float):
-    """The dynamics as a loop of torch operations; returns ``(spikes, h_seq)``."""
-    check_tensor(x, "x")  # the torch loop checks for NaN/Inf up front
-    spikes, h_seq = torch.empty_like(x), torch.empty_like(x)
-    v = torch.zeros_like(x[0])
-    u = torch.zeros_like(x[0]) if du != 1.0 else None
-    for t in range(x.shape[0]):
-        current = x[t] if u is None else u.mul_(1.0 - du).add_(x[t])
-        h = torch.add(current, v, alpha=1.0 - dv, out=h_seq[t])  # [B, ...]
-        if bias != 0.0:
-            h.add_(bias)
-        s = torch.gt(h, vth, out=spikes[t])
-        v = h * (1.0 - s)
-    return spikes, h_seq
-
-
-def _torch_backward(grad_spikes, x, h_seq, spikes, du, dv, vth, surrogate, detach_reset, need):
-    """Backward through time for ``_torch_forward``; returns ``grad_x`` and the four parameter sums."""
-    need_du, need_dv, need_vth, need_bias = need
-    grad_x = torch.empty_like(x)
-    grad_v = torch.zeros_like(x[0])  # dL/dv[t], carried backwards from step t+1
-    grad_u = torch.zeros_like(x[0])  # dL/du[t], carried backwards when du < 1
-    sums = [x.new_zeros(()) for _ in range(4)]  # du, dv, vth, bias
-    u_seq = _current_sequence(x, du) if need_du else None
-    for t in range(x.shape[0] - 1, -1, -1):
-        h, s = h_seq[t], spikes[t]
-        sg = surrogate.grad(h - vth)
-        # v[t] = h (1 - s): dv/dh = (1 - s) - h g, the second term only without detach_reset
-        g_spike = grad_spikes[t] if detach_reset else grad_spikes[t] - grad_v * h
-        grad_h = torch.addcmul(g_spike * sg, grad_v, 1.0 - s)
-        if need_vth:
-            sums[2] -= (g_spike * sg).sum()
-        if need_bias:
-            sums[3] += grad_h.sum()
-        if need_dv and t > 0:
-            sums[1] -= (grad_h * (h_seq[t - 1] * (1.0 - spikes[t - 1]))).sum()
-        grad_v = grad_h * (1.0 - dv)
-        grad_u = grad_h + grad_u * (1.0 - du)
-        grad_x[t] = grad_u
-        if need_du and t > 0:
-            sums[0] -= (grad_u * u_seq[t - 1]).sum()
-    return grad_x, sums
-
-
-class _FusedLIF(torch.autograd.Function):
-    """The whole time loop in one autograd node.
-
-    float32 CPU tensors go through the compiled kernel (``lif_kernel``), which saves only the input
-    and recomputes the membrane in backward. Other dtypes, or a machine without a C compiler, run
-    the same equations as a loop of torch operations that saves the membrane ``h`` and the spikes.
+    Attributes:
+        du: current decay in [0, 1] (1: the current is the input of the step).
+        dv: voltage decay in [0, 1] (``tau = 1/dv`` in SpikingJelly's terms).
+        vth: resting firing threshold, > 0 (``theta_0`` of Lava's ATRLIF).
+        bias: constant input added to the membrane every step.
+        theta_decay: adaptive threshold only: decay of the threshold back to ``vth``, in [0, 1].
+        theta_step: adaptive threshold only: rise of the threshold per spike, >= 0.
+            The threshold adapts if and only if ``theta_step`` is given.
     """
 
-    @staticmethod
-    def forward(ctx, x, du, dv, vth, bias, surrogate, detach_reset):
-        du_f, dv_f, vth_f, b_f = float(du), float(dv), float(vth), float(bias)
-        ctx.consts = (du_f, dv_f, vth_f, b_f, surrogate, detach_reset)
-        if lif_kernel.usable(x):
-            x = x.contiguous()
-            spikes, non_finite = lif_kernel.forward(x, du_f, dv_f, vth_f, b_f)
-            if non_finite:
-                raise NonFiniteError(f"x contains {non_finite} NaN or Inf value(s)")
-            ctx.save_for_backward(x)  # the kernel re-runs the dynamics in backward: no h to keep
-            return spikes
-        spikes, h_seq = _torch_forward(x, du_f, dv_f, vth_f, b_f)
-        ctx.save_for_backward(x, h_seq, spikes)
-        return spikes
+    du: torch.Tensor
+    dv: torch.Tensor
+    vth: torch.Tensor
+    bias: torch.Tensor
+    theta_decay: Optional[torch.Tensor] = None
+    theta_step: Optional[torch.Tensor] = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.theta_step is not None
+
+    def items(self):
+        """``(name, tensor)`` for every parameter that is set."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def to(self, like: torch.Tensor) -> "LIFParams":
+        """The same parameters in the dtype and on the device of ``like`` (differentiable)."""
+        return replace(self, **{k: v.to(dtype=like.dtype, device=like.device) for k, v in self.items()})
+
+
+class LIFState(NamedTuple):
+    """State carried from one step to the next: current ``u``, membrane ``v``, threshold ``theta``."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+    theta: Optional[torch.Tensor]
+
+
+class LIFOutput(NamedTuple):
+    """What a population returns with ``return_membrane=True``: spikes and the membrane after reset."""
+
+    spikes: torch.Tensor
+    membrane: torch.Tensor
+
+
+def initial_state(x0: torch.Tensor, params: LIFParams) -> LIFState:
+    """The state at rest for one step's input ``x0`` ``[B, ...]``: ``u = v = 0``, ``theta = vth``."""
+    zeros = torch.zeros_like(x0)
+    theta = (zeros + params.vth) if params.adaptive else None
+    return LIFState(zeros, zeros, theta)
+
+
+def heaviside(z: torch.Tensor) -> torch.Tensor:
+    """The spike function without a surrogate: ``1`` where ``z > 0``."""
+    return (z > 0).to(z.dtype)
+
+
+def lif_step(x: torch.Tensor, state: LIFState, params: LIFParams, *, gain: Optional[torch.Tensor] = None,
+             shift: Optional[torch.Tensor] = None, fire: Callable[[torch.Tensor], torch.Tensor] = heaviside,
+             detach_reset: bool = False) -> tuple:
+    r"""One time step of the population: the equations of spiking-attn's neuron, in the only place they
+    are written. Returns ``(spikes, new_state)``.
+
+    For every neuron, with input ``x[t]``, gain ``g[t]`` (default 1) and threshold shift ``c[t]``
+    (default 0)::
+
+        u[t]     = u[t-1] * (1 - du) + g[t] * x[t]                 synaptic current
+        h[t]     = u[t] + v[t-1] * (1 - dv) + bias                  membrane before firing
+        theta[t] = (theta[t-1] - vth) * (1 - theta_decay) + vth     adaptive threshold decays to vth
+        s[t]     = h[t] > theta[t] + c[t]                           spike (strict, as Lava's LIF)
+        v[t]     = h[t] * (1 - s[t])                                reset to zero
+        theta[t] = theta[t] + theta_step * s[t]                     ...and rises after a spike
+
+    with ``u[-1] = v[-1] = 0`` and ``theta[-1] = vth``. Without adaptation (``theta_step`` unset),
+    ``theta[t] = vth`` throughout. Expressions are evaluated left to right exactly as written; the
+    compiled kernel uses the same order, so both give the same spikes bit for bit.
+
+    Relation to Lava (lava-nc 0.10): with no adaptation this is ``LIF``'s float model. The threshold
+    dynamics are ``ATRLIF``'s (``theta_0 = vth``, ``delta_theta = theta_decay``), but ATRLIF does not
+    reset ``v``: it fires on ``v - r >= theta`` and adds ``2*theta`` to a refractory state ``r`` that
+    decays with its own ``delta_r``. Here ``v`` is reset to zero and the comparison is strict.
+
+    In training, ``fire`` is a surrogate spike function (``SpikeFunction``). ``detach_reset`` stops the
+    gradient through every effect of a spike on the state: the reset and the threshold jump.
+    """
+    if gain is not None:
+        x = x * gain
+    u = state.u * (1 - params.du) + x
+    h = u + state.v * (1 - params.dv) + params.bias
+    theta = state.theta
+    if params.adaptive:
+        theta = (theta - params.vth) * (1 - params.theta_decay) + params.vth
+        threshold = theta
+    else:
+        threshold = params.vth
+    if shift is not None:
+        threshold = threshold + shift
+    s = fire(h - threshold)
+    s_reset = s.detach() if detach_reset else s
+    v = h * (1 - s_reset)
+    if params.adaptive:
+        theta = theta + params.theta_step * s_reset
+    return s, LIFState(u, v, theta)
+
+
+class SpikeFunction(torch.autograd.Function):
+    """Heaviside forward (``z > 0``); ``grad_out * surrogate.grad(z)`` backward."""
 
     @staticmethod
-    def backward(ctx, grad_spikes):
-        du_f, dv_f, vth_f, b_f, surrogate, detach_reset = ctx.consts
-        need = ctx.needs_input_grad[1:5]  # du, dv, vth, bias
-        if len(ctx.saved_tensors) == 1:  # the compiled kernel ran the forward pass
-            (x,) = ctx.saved_tensors
-            grad_x, sums = lif_kernel.backward(grad_spikes, x, du_f, dv_f, vth_f, b_f, surrogate,
-                                               detach_reset, any(need))
-            sums = [torch.tensor(v, dtype=x.dtype) for v in sums]
+    def forward(ctx, z, surrogate):
+        ctx.save_for_backward(z)
+        ctx.surrogate = surrogate
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (z,) = ctx.saved_tensors
+        return grad_out * ctx.surrogate.grad(z), None
+
+
+def modulation_at(mod: Optional[torch.Tensor], t: int, ndim: int) -> Optional[torch.Tensor]:
+    """Step ``t`` of a modulation tensor that broadcasts to an input of rank ``ndim`` (``[T, B, ...]``)."""
+    if mod is None or mod.dim() < ndim:
+        return mod
+    return mod[t] if mod.shape[0] > 1 else mod[0]
+
+
+def run_reference(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, surrogate=None,
+                  detach_reset: bool = False, return_membrane: bool = False):
+    """``lif_step`` over every step of ``x`` ``[T, B, ...]``, differentiable through autograd.
+
+    This is the native engine where the compiled kernel cannot run, and the reference every engine is
+    tested against. Returns ``(spikes, membrane or None)``.
+    """
+    fire = heaviside if surrogate is None else (lambda z: SpikeFunction.apply(z, surrogate))
+    state = initial_state(x[0], params)
+    spikes, membrane = [], []
+    for t in range(x.shape[0]):
+        s, state = lif_step(x[t], state, params, gain=modulation_at(gain, t, x.dim()),
+                            shift=modulation_at(shift, t, x.dim()), fire=fire, detach_reset=detach_reset)
+        spikes.append(s)
+        if return_membrane:
+            membrane.append(state.v)
+    return torch.stack(spikes), (torch.stack(membrane) if return_membrane else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks shared by the function and the module
+
+# name: (smallest allowed, largest allowed, whether the smallest itself is allowed); NaN never is
+_DOMAINS = {
+    "du": (0.0, 1.0, True),
+    "dv": (0.0, 1.0, True),
+    "vth": (0.0, math.inf, False),
+    "bias": (-math.inf, math.inf, False),
+    "theta_decay": (0.0, 1.0, True),
+    "theta_step": (0.0, math.inf, True),
+}
+
+
+def _describe(name: str) -> str:
+    low, high, closed = _DOMAINS[name]
+    if name == "bias":
+        return "finite"
+    if high == math.inf:
+        return f"{'>=' if closed else '>'} {low:g}"
+    return f"in [{low:g}, {high:g}]"
+
+
+def _inside(name: str, value: float) -> bool:
+    low, high, closed = _DOMAINS[name]
+    return math.isfinite(value) and value <= high and (value >= low if closed else value > low)
+
+
+def check_params(params: LIFParams, where: str = "") -> None:
+    """Raise ``SpikingAttnError`` if a parameter lies outside its domain (NaN and Inf included)."""
+    for name, value in params.items():
+        v = value.detach()
+        if v.numel() == 1:
+            extremes = (float(v),)
         else:
-            x, h_seq, spikes = ctx.saved_tensors
-            grad_x, sums = _torch_backward(grad_spikes, x, h_seq, spikes, du_f, dv_f, vth_f, surrogate,
-                                           detach_reset, need)
-        return grad_x, *(g if n else None for g, n in zip(sums, need)), None, None
+            lo, hi = torch.aminmax(v)
+            extremes = (float(lo), float(hi))
+        for e in extremes:
+            if not _inside(name, e):
+                raise SpikingAttnError(f"{where}{name} must be {_describe(name)}, got {e}"
+                                       + (" (at least one element)" if v.numel() > 1 else ""))
 
 
-def lif_sequence(
-    x: torch.Tensor,
-    du: torch.Tensor | float = 1.0,
-    dv: torch.Tensor | float = 0.5,
-    vth: torch.Tensor | float = 1.0,
-    bias: torch.Tensor | float = 0.0,
-    surrogate: str | object = "atan",
-    detach_reset: bool = False,
-) -> torch.Tensor:
-    """Run the CUBA-LIF over a whole ``[T, B, ...]`` input and return the spikes (same shape).
+def _broadcasts(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(tuple(shape)), reversed(tuple(target))))
 
-    A pure function: the state starts at zero and is not returned. Parameters may be floats or
-    0-dim tensors (tensors that require grad receive gradients).
+
+def _check_broadcast(name: str, t: torch.Tensor, target: Sequence[int], what: str) -> None:
+    if not _broadcasts(t.shape, target):
+        raise ShapeError(f"{name} of shape {tuple(t.shape)} does not broadcast to {what} {tuple(target)}")
+
+
+def _check_modulation(name: str, mod, x: torch.Tensor) -> Optional[torch.Tensor]:
+    if mod is None:
+        return None
+    if isinstance(mod, (int, float)) and not isinstance(mod, bool):
+        mod = torch.tensor(float(mod), dtype=x.dtype, device=x.device)
+    check_tensor(mod, name, ndim=range(0, x.dim() + 1))
+    _check_broadcast(name, mod, x.shape, "the input shape [T, B, ...]")
+    return mod.to(dtype=x.dtype)
+
+
+def make_params(du=1.0, dv=0.5, vth=1.0, bias=0.0, theta_decay=None, theta_step=None, *,
+                like: Optional[torch.Tensor] = None) -> LIFParams:
+    """Build ``LIFParams`` from floats or tensors (floats become 0-dim tensors of ``like``'s dtype)."""
+    if (theta_decay is None) != (theta_step is None):
+        raise SpikingAttnError("an adaptive threshold needs both theta_decay and theta_step")
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    values = {}
+    for name, value in zip(PARAM_NAMES, (du, dv, vth, bias, theta_decay, theta_step)):
+        if value is None and name.startswith("theta_"):
+            continue
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                raise DTypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DTypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+        else:
+            value = torch.tensor(float(value), dtype=dtype)
+        values[name] = value
+    return LIFParams(**values)
+
+
+def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=None, surrogate=None,
+            detach_reset: bool = False, return_membrane: bool = False, engine: str = "native",
+            where: str = ""):
+    """Check the input, the parameters and the modulation, then run ``engine``.
+
+    Returns the spikes ``[T, B, ...]`` (same dtype as ``x``), or ``LIFOutput(spikes, membrane)`` with
+    ``return_membrane=True``.
     """
-    sg = get_surrogate(surrogate) if isinstance(surrogate, str) else surrogate
-    params = [p if isinstance(p, torch.Tensor) else torch.tensor(float(p)) for p in (du, dv, vth, bias)]
-    return _FusedLIF.apply(x, *params, sg, detach_reset)
+    check_choice(engine, "engine", ENGINES)
+    # NaN/Inf in x are caught inside the engines: the compiled kernel counts them in its own pass
+    check_tensor(x, "x", ndim=range(2, 9), finite=False)
+    population = x.shape[1:]
+    for name, value in params.items():
+        _check_broadcast(f"{where}{name}", value, population, "the population shape")
+    check_params(params, where)
+    gain = _check_modulation("gain", gain, x)
+    threshold_shift = _check_modulation("threshold_shift", threshold_shift, x)
+    surrogate = ATan() if surrogate is None else get_surrogate(surrogate)
+    params = params.to(x)
+    if engine == "spikingjelly":
+        from .spikingjelly_engine import run_spikingjelly
+
+        spikes, membrane = run_spikingjelly(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
+                                            detach_reset=detach_reset, return_membrane=return_membrane)
+    elif lif_kernel.usable(x):
+        spikes, membrane = lif_kernel.run(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
+                                          detach_reset=detach_reset, return_membrane=return_membrane)
+    else:
+        check_tensor(x, "x")
+        spikes, membrane = run_reference(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
+                                         detach_reset=detach_reset, return_membrane=return_membrane)
+    return LIFOutput(spikes, membrane) if return_membrane else spikes
 
 
-def lif_reference(x, du=1.0, dv=0.5, vth=1.0, bias=0.0):
-    """Step-by-step float64 reference of the equations above; returns (spikes, u, v) sequences."""
-    u = torch.zeros_like(x[0], dtype=torch.float64)
-    v = torch.zeros_like(u)
+def lif_sequence(x: torch.Tensor, du=1.0, dv=0.5, vth=1.0, bias=0.0, surrogate="atan",
+                 detach_reset: bool = False, *, theta_decay=None, theta_step=None, gain=None,
+                 threshold_shift=None, return_membrane: bool = False, engine: str = "native"):
+    """Run the LIF (equations in ``lif_step``) over a whole ``[T, B, ...]`` input.
+
+    A pure function: the state starts at rest and is not returned. Parameters are numbers or tensors
+    broadcastable to the population ``x.shape[1:]`` (tensors that require grad receive gradients), cast
+    to ``x``'s dtype. ``gain`` and ``threshold_shift`` broadcast to ``x.shape``.
+
+    Returns the spikes, or ``LIFOutput(spikes, membrane)`` with ``return_membrane=True``.
+    """
+    params = make_params(du, dv, vth, bias, theta_decay, theta_step,
+                         like=x if isinstance(x, torch.Tensor) and x.is_floating_point() else None)
+    return run_lif(x, params, gain=gain, threshold_shift=threshold_shift, surrogate=get_surrogate(surrogate),
+                   detach_reset=check_bool(detach_reset, "detach_reset"),
+                   return_membrane=check_bool(return_membrane, "return_membrane"), engine=engine)
+
+
+def lif_reference(x: torch.Tensor, du=1.0, dv=0.5, vth=1.0, bias=0.0, theta_decay=None, theta_step=None,
+                  gain=None, threshold_shift=None):
+    """Step-by-step float64 reference (no gradient); returns ``(spikes, u, v)`` sequences."""
+    x = x.double()
+    params = make_params(du, dv, vth, bias, theta_decay, theta_step, like=x).to(x)
+    gain = None if gain is None else torch.as_tensor(gain, dtype=torch.float64)
+    shift = None if threshold_shift is None else torch.as_tensor(threshold_shift, dtype=torch.float64)
+    state = initial_state(x[0], params)
     out_s, out_u, out_v = [], [], []
     for t in range(x.shape[0]):
-        u = u * (1 - du) + x[t].double()
-        h = v * (1 - dv) + u + bias
-        s = (h > vth).double()
-        v = h * (1 - s)
-        out_s.append(s), out_u.append(u), out_v.append(v)
+        s, state = lif_step(x[t], state, params, gain=modulation_at(gain, t, x.dim()),
+                            shift=modulation_at(shift, t, x.dim()))
+        out_s.append(s), out_u.append(state.u), out_v.append(state.v)
     return torch.stack(out_s), torch.stack(out_u), torch.stack(out_v)
 
 
+# ---------------------------------------------------------------------------------------------------
+# The module
+
+
 class LIFPopulation(nn.Module):
-    """A population of CUBA-LIF neurons run over a ``[T, B, ...]`` sequence (equations above).
+    """A population of CUBA-LIF neurons run over a ``[T, B, ...]`` sequence (equations in ``lif_step``).
 
     Args:
-        du: current decay in [0, 1]; 1 means the current is the input of the step.
-        dv: voltage decay in [0, 1]; ``tau = 1/dv`` in SpikingJelly's terms.
-        vth: firing threshold (> 0).
-        bias: constant input current added every step.
-        surrogate: 'atan', 'sigmoid' or 'fast_sigmoid'.
-        alpha: surrogate sharpness; None keeps the surrogate's default.
-        learn_threshold: make ``vth`` (and ``bias``) trainable parameters.
-        learn_decay: make ``du`` and ``dv`` trainable parameters (clamped to [0, 1] in forward).
-        detach_reset: stop the gradient through the reset term.
-        engine: 'native' (fused, default) or 'spikingjelly' (wraps ``LIFNode``; needs du = 1).
+        du, dv, vth, bias: numbers or tensors broadcastable to the population (see ``LIFParams``).
+        theta_decay, theta_step: set both for an adaptive threshold (Lava's ATRLIF threshold dynamics).
+        shape: the shape every parameter is expanded to, e.g. ``(D,)`` for one value per channel; ``()``
+            keeps each parameter as given.
+        surrogate: 'atan', 'sigmoid', 'fast_sigmoid', or any object with a ``grad(z)`` method.
+        alpha: sharpness of a surrogate chosen by name; None keeps its default.
+        learn_threshold, learn_bias, learn_decay, learn_adaptation: which parameters train
+            (``vth``; ``bias``; ``du`` and ``dv``; ``theta_decay`` and ``theta_step``).
+        detach_reset: stop the gradient through the reset and the threshold jump.
+        engine: 'native' (compiled kernel) or 'spikingjelly' (cross-check).
 
-    Shapes: input ``[T, B, ...]`` float, output spikes ``[T, B, ...]`` in {0, 1}, same dtype.
+    The value stored is the value used: parameters are checked against their domains at every call
+    (an error names the parameter), and ``constrain_()`` projects learned values back into them
+    (``attach_constraints`` makes an optimiser call it after every step; ``train`` does).
+
+    Call: ``pop(x, gain=None, threshold_shift=None, return_membrane=False)`` with ``x`` ``[T, B, ...]``
+    float; returns spikes of the same shape and dtype, or ``LIFOutput(spikes, membrane)``.
     """
 
-    def __init__(
-        self,
-        du: float = 1.0,
-        dv: float = 0.5,
-        vth: float = 1.0,
-        bias: float = 0.0,
-        surrogate: str = "atan",
-        alpha: Optional[float] = None,
-        learn_threshold: bool = False,
-        learn_decay: bool = False,
-        detach_reset: bool = False,
-        engine: str = "native",
-    ) -> None:
+    def __init__(self, du=1.0, dv=0.5, vth=1.0, bias=0.0, *, theta_decay=None, theta_step=None,
+                 shape: Sequence[int] = (), surrogate="atan", alpha: Optional[float] = None,
+                 learn_threshold: bool = False, learn_bias: bool = False, learn_decay: bool = False,
+                 learn_adaptation: bool = False, detach_reset: bool = False, engine: str = "native") -> None:
         super().__init__()
-        check_fraction(du, "du")
-        check_fraction(dv, "dv")
-        if not float(vth) > 0:
-            raise SpikingAttnError(f"vth must be positive, got {vth}")
         self.engine = check_choice(engine, "engine", ENGINES)
         self.surrogate = get_surrogate(surrogate, alpha)
-        self.detach_reset = bool(detach_reset)
-        self._register("du", du, learn_decay)
-        self._register("dv", dv, learn_decay)
-        self._register("vth", vth, learn_threshold)
-        self._register("bias", bias, learn_threshold)
-        self._sj_node = None
-        if engine == "spikingjelly":
-            self._sj_node = self._build_spikingjelly_node(learn_threshold or learn_decay)
+        self.detach_reset = check_bool(detach_reset, "detach_reset")
+        learn = {"du": learn_decay, "dv": learn_decay, "vth": learn_threshold, "bias": learn_bias,
+                 "theta_decay": learn_adaptation, "theta_step": learn_adaptation}
+        for name in ("learn_threshold", "learn_bias", "learn_decay", "learn_adaptation"):
+            check_bool(locals()[name], name)
+        try:
+            shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise DTypeError(f"shape must be a sequence of integers, got {shape!r}") from None
+        if any(s <= 0 for s in shape):
+            raise SpikingAttnError(f"shape must hold positive sizes, got {shape}")
+        if learn_adaptation and theta_step is None:
+            raise SpikingAttnError("learn_adaptation needs an adaptive threshold (theta_decay and theta_step)")
+        given = make_params(du, dv, vth, bias, theta_decay, theta_step)
+        for name, value in given.items():
+            try:
+                target = torch.broadcast_shapes(value.shape, shape)
+            except RuntimeError:
+                raise ShapeError(f"{name} of shape {tuple(value.shape)} does not broadcast with shape {shape}") from None
+            tensor = value.detach().to(torch.get_default_dtype()).expand(target).clone()
+            if learn[name]:
+                setattr(self, name, nn.Parameter(tensor))
+            else:
+                self.register_buffer(name, tensor)
+        check_params(self.params(), "LIFPopulation: ")
 
-    def _register(self, name: str, value: float, learnable: bool) -> None:
-        tensor = torch.tensor(float(value))
-        if learnable:
-            setattr(self, name, nn.Parameter(tensor))
-        else:
-            self.register_buffer(name, tensor)
+    @property
+    def adaptive(self) -> bool:
+        return hasattr(self, "theta_step")
 
-    def _build_spikingjelly_node(self, learnable: bool):
-        if learnable:
-            raise SpikingAttnError("engine='spikingjelly' does not support learnable threshold or decays")
-        if float(self.du) != 1.0:
-            raise SpikingAttnError(f"engine='spikingjelly' needs du=1 (no current decay), got du={float(self.du)}")
-        if float(self.dv) >= 1.0:
-            raise SpikingAttnError(f"engine='spikingjelly' needs dv < 1 (tau = 1/dv > 1), got dv={float(self.dv)}")
-        from spikingjelly.activation_based import neuron
+    def params(self) -> LIFParams:
+        """The stored parameters, exactly as every engine and exporter uses them."""
+        return LIFParams(**{name: getattr(self, name) for name in PARAM_NAMES if hasattr(self, name)})
 
-        # SpikingJelly fires on h >= vth; the next float32 above vth makes that our strict h > vth.
-        vth_strict = float(np.nextafter(np.float32(float(self.vth)), np.float32(np.inf)))
-        tau = 1.0 / float(self.dv) if float(self.dv) > 0 else float("inf")
-        return neuron.LIFNode(
-            tau=tau,
-            decay_input=False,
-            v_threshold=vth_strict,
-            v_reset=0.0,
-            surrogate_function=self.surrogate.spikingjelly(),
-            detach_reset=self.detach_reset,
-            step_mode="m",
-        )
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Project the parameters into their domains in place (decays to [0, 1], ``vth >= VTH_FLOOR``,
+        ``theta_step >= 0``). Values already inside are left untouched."""
+        for name, value in self.params().items():
+            if name in ("du", "dv", "theta_decay"):
+                value.clamp_(0.0, 1.0)
+            elif name == "vth":
+                value.clamp_(min=VTH_FLOOR)
+            elif name == "theta_step":
+                value.clamp_(min=0.0)
 
     def extra_repr(self) -> str:
-        return (
-            f"du={float(self.du):g}, dv={float(self.dv):g}, vth={float(self.vth):g}, "
-            f"bias={float(self.bias):g}, surrogate={self.surrogate.name}, engine={self.engine}"
-        )
+        def show(t: torch.Tensor) -> str:
+            return f"{float(t):g}" if t.numel() == 1 else f"<{'x'.join(map(str, t.shape))}>"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # NaN/Inf are caught inside the engines: the compiled kernel counts them in its own pass
-        check_tensor(x, "x", ndim=range(2, 8), finite=False)
-        if self._sj_node is None:
-            du = self.du.clamp(0.0, 1.0) if isinstance(self.du, nn.Parameter) else self.du
-            dv = self.dv.clamp(0.0, 1.0) if isinstance(self.dv, nn.Parameter) else self.dv
-            return _FusedLIF.apply(x, du, dv, self.vth, self.bias, self.surrogate, self.detach_reset)
-        check_tensor(x, "x")
-        node = self._sj_node
-        node.reset()  # every call is a new sequence
-        try:
-            b = float(self.bias)
-            return node(x + b if b != 0.0 else x)
-        finally:
-            node.reset()  # drop the last membrane (and its graph) so nothing is kept
+        parts = [f"{name}={show(value)}" for name, value in self.params().items()]
+        return ", ".join(parts + [f"surrogate={surrogate_name(self.surrogate)}", f"engine={self.engine}"])
+
+    def forward(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
+                threshold_shift: Optional[torch.Tensor] = None, return_membrane: bool = False):
+        return run_lif(x, self.params(), gain=gain, threshold_shift=threshold_shift, surrogate=self.surrogate,
+                       detach_reset=self.detach_reset, return_membrane=check_bool(return_membrane, "return_membrane"),
+                       engine=self.engine, where="LIFPopulation: ")
+
+
+def population(width: int, lif: Optional[dict] = None) -> LIFPopulation:
+    """A ``LIFPopulation`` from a keyword dict (``ModelConfig.lif_kwargs()``) for a layer of ``width``
+    channels: ``per_channel=True`` in the dict gives every parameter the shape ``(width,)``."""
+    kwargs = dict(lif or {})
+    per_channel = kwargs.pop("per_channel", False)
+    return LIFPopulation(**kwargs, shape=(width,) if per_channel else ())
+
+
+def populations(model: nn.Module):
+    """Every ``(name, LIFPopulation)`` in ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LIFPopulation)]
+
+
+def constrain_parameters(model: nn.Module) -> None:
+    """Project the parameters of every population in ``model`` into their domains (``constrain_``)."""
+    for _, pop in populations(model):
+        pop.constrain_()
+
+
+def attach_constraints(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """Make ``optimizer`` project every population of ``model`` after each ``step()``.
+
+    Returns the hook handle (``.remove()`` detaches it). Use it in a custom training loop that learns
+    neuron parameters; ``spiking_attn.train`` does this itself.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise DTypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return optimizer.register_step_post_hook(lambda *_: constrain_parameters(model))

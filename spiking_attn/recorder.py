@@ -5,8 +5,14 @@
     rec.spikes["blocks.0.attn.q_lif"]   # [T, B, ...] spikes of that population
     rec.firing_rates()                   # {population name: mean spikes per neuron per step}
 
-Works on any model: it finds every ``LIFPopulation`` by walking ``model.named_modules()``.
-Hooks are removed when the ``with`` block ends, even on error.
+    with SpikeRecorder(model, membrane=True) as rec:
+        model(x)
+    rec.membranes["blocks.0.attn.q_lif"]  # [T, B, ...] membrane after reset, step by step
+
+Works on any model: it finds every ``LIFPopulation`` by walking ``model.named_modules()``. The
+membrane is taken from the population's output when the caller asked for it, and otherwise
+recomputed from the same input and modulation without a gradient, so recording never changes what
+the model returns. Hooks are removed when the ``with`` block ends, even on error.
 """
 from __future__ import annotations
 
@@ -15,22 +21,29 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from .neuron import LIFPopulation
+from .errors import DTypeError, SpikingAttnError, check_bool, check_choice
+from .neuron import LIFOutput, LIFPopulation
 
 
 class SpikeRecorder:
-    """Record the output spikes of every LIF population in ``model``.
+    """Record the output spikes (and optionally the membrane) of every LIF population in ``model``.
 
     Args:
         model: any ``nn.Module``.
         names: only record these populations (default: all).
         keep: 'spikes' keeps full tensors (detached, on CPU, concatenated over calls along the
             batch axis); 'counts' keeps only spike and neuron-step totals, for long runs.
+        membrane: also keep every population's membrane (needs ``keep='spikes'``).
     """
 
-    def __init__(self, model: nn.Module, names: Optional[Iterable[str]] = None, keep: str = "spikes") -> None:
-        if keep not in ("spikes", "counts"):
-            raise ValueError(f"keep must be 'spikes' or 'counts', got {keep!r}")
+    def __init__(self, model: nn.Module, names: Optional[Iterable[str]] = None, keep: str = "spikes",
+                 membrane: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise DTypeError(f"SpikeRecorder needs an nn.Module, got {type(model).__name__}")
+        check_choice(keep, "keep", ("spikes", "counts"))
+        self.membrane = check_bool(membrane, "membrane")
+        if membrane and keep != "spikes":
+            raise SpikingAttnError("membrane=True needs keep='spikes'")
         self.model = model
         self.keep = keep
         pops = {n: m for n, m in model.named_modules() if isinstance(m, LIFPopulation)}
@@ -38,24 +51,34 @@ class SpikeRecorder:
             names = list(names)
             missing = [n for n in names if n not in pops]
             if missing:
-                raise ValueError(f"no LIF population named {missing[0]!r} in the model")
+                raise SpikingAttnError(f"no LIF population named {missing[0]!r} in the model")
             pops = {n: pops[n] for n in names}
         self.populations: Dict[str, LIFPopulation] = pops
         self._chunks: Dict[str, list] = {n: [] for n in pops}
+        self._membrane_chunks: Dict[str, list] = {n: [] for n in pops}
         self.counts: Dict[str, list] = {n: [0.0, 0] for n in pops}  # [spikes, neuron-steps]
         self._handles: list = []
 
     def _hook(self, name: str):
-        def record(_module, _inputs, output):
-            out = output.detach()
+        def record(module, args, kwargs, output):
+            spikes = output.spikes if isinstance(output, LIFOutput) else output
+            out = spikes.detach()
             self.counts[name][0] += float(out.sum())
             self.counts[name][1] += out.numel()
             if self.keep == "spikes":
                 self._chunks[name].append(out.cpu())
+            if self.membrane:
+                if isinstance(output, LIFOutput):
+                    membrane = output.membrane
+                else:
+                    with torch.no_grad():  # forward() itself: the hooks do not run again
+                        membrane = module.forward(*args, **{**kwargs, "return_membrane": True}).membrane
+                self._membrane_chunks[name].append(membrane.detach().cpu())
         return record
 
     def __enter__(self) -> "SpikeRecorder":
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.populations.items()]
+        self._handles = [m.register_forward_hook(self._hook(n), with_kwargs=True)
+                         for n, m in self.populations.items()]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -67,8 +90,15 @@ class SpikeRecorder:
     def spikes(self) -> Dict[str, torch.Tensor]:
         """Recorded spikes per population, ``[T, B_total, ...]`` (calls joined along the batch axis)."""
         if self.keep != "spikes":
-            raise ValueError("spikes were not kept; create the recorder with keep='spikes'")
+            raise SpikingAttnError("spikes were not kept; create the recorder with keep='spikes'")
         return {n: torch.cat(c, dim=1) for n, c in self._chunks.items() if c}
+
+    @property
+    def membranes(self) -> Dict[str, torch.Tensor]:
+        """Recorded membranes per population (after reset), ``[T, B_total, ...]``."""
+        if not self.membrane:
+            raise SpikingAttnError("membranes were not kept; create the recorder with membrane=True")
+        return {n: torch.cat(c, dim=1) for n, c in self._membrane_chunks.items() if c}
 
     def firing_rates(self) -> Dict[str, float]:
         """Mean spikes per neuron per time step, for each population that ran."""

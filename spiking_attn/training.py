@@ -25,14 +25,13 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint, write_json
-from .data import TASKS, TokenDataset, load_task, shift_digits
-from .errors import SpikingAttnError, check_choice, check_positive_int
+from .data import TASKS, TokenDataset, load_task
+from .errors import DTypeError, ShapeError, SpikingAttnError, check_choice, check_positive_int
 from .models import MODEL_KINDS, ModelConfig, build_model
+from .neuron import attach_constraints
 from .recorder import SpikeRecorder
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EPOCHS = {"digits": 40, "cue": 30}
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class TrainSettings:
     augment: bool = False  # random 1-pixel shifts of the digits (ignored for other tasks)
 
     def __post_init__(self) -> None:
-        check_choice(self.task, "task", TASKS)
+        check_choice(self.task, "task", TASKS.names())
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         if not self.lr > 0:
@@ -63,8 +62,18 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-             firing_rates: bool = False, seed: int = 0) -> dict:
-    """Accuracy of ``model`` on ``(x, y)``; with ``firing_rates`` also the mean rate of every population."""
+             firing_rates: bool = False, seed: int = 0, **context: torch.Tensor) -> dict:
+    """Accuracy of ``model`` on ``(x, y)``; with ``firing_rates`` also the mean rate of every population.
+
+    ``context`` holds further per-sample model inputs (``cue=...``), sliced along the batch like ``x``.
+    """
+    for name, value in (("x", x), ("y", y), *context.items()):
+        if not isinstance(value, torch.Tensor):
+            raise DTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() == 0 or len(value) != len(x) or len(x) == 0:
+            raise ShapeError(f"{name} must hold one entry per sample of x ({len(x) if x.dim() else 0}), "
+                             f"got shape {tuple(value.shape)}")
+    check_positive_int(batch_size, "batch_size")
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -73,8 +82,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     try:
         with recorder or contextlib.nullcontext():
             for start in range(0, len(x), batch_size):
-                logits = model(x[start:start + batch_size], generator=gen)
-                correct += int((logits.argmax(-1) == y[start:start + batch_size]).sum())
+                part = slice(start, start + batch_size)
+                logits = model(x[part], generator=gen, **{k: v[part] for k, v in context.items()})
+                correct += int((logits.argmax(-1) == y[part]).sum())
     finally:
         model.train(was_training)
     result = {"accuracy": correct / len(x)}
@@ -86,14 +96,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, epoch: int, bar) -> dict:
     model.train()
     gen = _epoch_generator(settings.seed, epoch)
+    augment = TASKS.get(settings.task).augment if settings.augment else None
     order = torch.randperm(len(data.x_train), generator=gen)
     total_loss, correct = 0.0, 0
     for start in range(0, len(order), settings.batch_size):
         idx = order[start:start + settings.batch_size]
         x = data.x_train[idx]
-        if settings.augment and data.name == "digits":
-            x = shift_digits(x, gen)
-        logits = model(x, generator=gen)
+        if augment is not None:
+            x = augment(x, gen)
+        logits = model(x, generator=gen, **data.context("train", idx))
         loss = F.cross_entropy(logits, data.y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,7 +127,7 @@ def _resolve_resume(resume, given: dict) -> tuple:
     except (KeyError, TypeError, SpikingAttnError) as exc:
         raise SpikingAttnError(f"checkpoint {str(ckpt_path)!r} has no usable training state ({exc})") from None
     stored = {**asdict(settings), "model": config.model, "timesteps": config.timesteps,
-              "attention": config.attention}
+              "attention": config.attention, "mechanism": config.mechanism}
     for key, value in given.items():
         if value is not None and stored.get(key, value) != value:
             raise SpikingAttnError(
@@ -127,13 +138,13 @@ def _resolve_resume(resume, given: dict) -> tuple:
 def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Optional[int] = None,
           epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
           resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
-          batch_size: Optional[int] = None, lr: Optional[float] = None, augment: Optional[bool] = None,
-          stop_after: Optional[int] = None,
+          mechanism: Optional[str] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
+          augment: Optional[bool] = None, stop_after: Optional[int] = None,
           progress: bool = True, figures: bool = True, **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
     Args:
-        task: 'digits' (default) or 'cue'.
+        task: a registered task: 'digits' (default), 'cue', ... (``data.TASKS``).
         model: 'spiking' (default) or 'dense'.
         timesteps: T for the spiking model (default 4).
         epochs: total epochs (default per task).
@@ -141,8 +152,10 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         out: output folder (default: ``resume`` when resuming; required otherwise).
         resume: folder of an earlier run to continue.
         attention: 'sdsa' (default) or 'ssa' for the spiking model.
+        mechanism: a registered mechanism (default 'none', the plain transformer).
         batch_size, lr: optimiser settings (defaults in ``TrainSettings``).
-        augment: random 1-pixel shifts of the digits during training (default off).
+        augment: the task's augmentation during training, if it has one (digits: random 1-pixel shifts;
+            default off).
         stop_after: train at most this many epochs in this call, then return (the run can be resumed).
         progress: show a tqdm bar.
         figures: write training.png and spikes_attention.png on completion.
@@ -157,15 +170,16 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         if config_overrides:
             raise SpikingAttnError(f"--resume takes the model config from the checkpoint; do not pass {sorted(config_overrides)}")
         given = {"task": task, "model": model, "timesteps": timesteps, "epochs": epochs, "seed": seed,
-                 "attention": attention, "batch_size": batch_size, "lr": lr, "augment": augment}
+                 "attention": attention, "mechanism": mechanism, "batch_size": batch_size, "lr": lr,
+                 "augment": augment}
         payload, config, settings = _resolve_resume(resume, given)
         out = Path(out if out is not None else resume)
     else:
         if out is None:
             raise SpikingAttnError("out must name an output folder")
-        task = "digits" if task is None else check_choice(task, "task", TASKS)
+        task = "digits" if task is None else check_choice(task, "task", TASKS.names())
         check_choice(model or "spiking", "model", MODEL_KINDS)
-        settings = TrainSettings(task=task, epochs=DEFAULT_EPOCHS[task] if epochs is None else epochs,
+        settings = TrainSettings(task=task, epochs=TASKS.get(task).epochs if epochs is None else epochs,
                                  seed=0 if seed is None else seed,
                                  **{k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("augment", augment))
                                     if v is not None})
@@ -174,8 +188,9 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
     data = load_task(settings.task)
     if payload is None:
         fields = dict(in_features=data.in_features, num_tokens=data.num_tokens, num_classes=data.num_classes,
-                      model=model or "spiking", timesteps=4 if timesteps is None else timesteps,
-                      attention=attention or "sdsa")
+                      num_cues=data.num_cues, model=model or "spiking",
+                      timesteps=4 if timesteps is None else timesteps, attention=attention or "sdsa",
+                      mechanism=mechanism or "none")
         try:
             config = ModelConfig(**{**fields, **config_overrides})
         except TypeError as exc:
@@ -194,6 +209,7 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
     torch.manual_seed(settings.seed)
     net = build_model(config)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    attach_constraints(optimizer, net)  # learned neuron parameters stay in their domains
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
     history = {"train_loss": [], "train_accuracy": [], "test_accuracy": []}
     start_epoch = 0
@@ -215,7 +231,8 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
         for epoch in range(start_epoch, end_epoch):
             stats = _train_epoch(net, optimizer, data, settings, epoch, bar)
             scheduler.step()
-            test_acc = evaluate(net, data.x_test, data.y_test, seed=settings.seed)["accuracy"]
+            test_acc = evaluate(net, data.x_test, data.y_test, seed=settings.seed,
+                                **data.context("test"))["accuracy"]
             for key, value in (*stats.items(), ("test_accuracy", test_acc)):
                 history[key].append(value)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test=f"{test_acc:.3f}")
@@ -225,10 +242,11 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
     finally:
         bar.close()
     completed = end_epoch == settings.epochs
-    final = evaluate(net, data.x_test, data.y_test, seed=settings.seed, firing_rates=config.model == "spiking")
+    final = evaluate(net, data.x_test, data.y_test, seed=settings.seed, firing_rates=config.model == "spiking",
+                     **data.context("test"))
     metrics = {
         "task": settings.task, "model": config.model, "attention": config.attention if config.model == "spiking"
-        else config.dense_attention, "test_accuracy": final["accuracy"],
+        else config.dense_attention, "mechanism": config.mechanism, "test_accuracy": final["accuracy"],
         "firing_rates": final.get("firing_rates", {}), "epochs": settings.epochs,
         "epochs_done": end_epoch, "completed": completed, "timesteps": config.timesteps,
         "seed": settings.seed, "parameters": sum(p.numel() for p in net.parameters()),
@@ -240,5 +258,6 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
             from .figures import plot_spikes_and_attention, plot_training
 
             plot_training(history, out / "training.png", f"{config.model} ({metrics['attention']}) on {settings.task}")
-            plot_spikes_and_attention(net, data.x_test[:1], out / "spikes_attention.png")
+            plot_spikes_and_attention(net, data.x_test[:1], out / "spikes_attention.png",
+                                      **data.context("test", slice(0, 1)))
     return metrics

@@ -20,9 +20,20 @@ def test_digits_split_is_fixed_and_tokenised():
 def test_cue_task_label_is_the_cued_token_class():
     data = make_cue_task(num_train=50, num_test=10, seed=3)
     again = make_cue_task(num_train=50, num_test=10, seed=3)
-    assert torch.equal(data.x_train, again.x_train)
-    cue = data.x_train[..., -1]  # [S, N]
-    assert torch.all(cue.sum(1) == 1)
+    assert torch.equal(data.x_train, again.x_train) and torch.equal(data.cue_train, again.cue_train)
+    assert data.num_cues == data.num_tokens == 12
+    assert data.cue_train.shape == (50,) and data.cue_train.dtype == torch.int64
+    assert int(data.cue_train.min()) >= 0 and int(data.cue_train.max()) < 12
+    # the label is the class of the cued token: cued tokens of two samples are nearest neighbours
+    # when their labels agree, and a token at another position does not tell the label
+    cued = data.x_train[torch.arange(50), data.cue_train]  # [S, F]
+    dist = torch.cdist(cued, cued) + torch.eye(50) * 1e9
+    assert float((data.y_train[dist.argmin(1)] == data.y_train).float().mean()) > 0.95
+    other = data.x_train[torch.arange(50), (data.cue_train + 1) % 12]
+    dist = torch.cdist(other, other) + torch.eye(50) * 1e9
+    assert float((data.y_train[dist.argmin(1)] == data.y_train).float().mean()) < 0.6
+    assert data.context("train", torch.tensor([0, 1]))["cue"].tolist() == data.cue_train[:2].tolist()
+    assert load_digits_tokens().context("test") == {}  # no cue on digits
     assert load_task("cue").num_classes == 4
     with pytest.raises(SpikingAttnError, match="task"):
         load_task("mnist")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spiking_attn.errors import NonFiniteError, ShapeError, SpikingAttnError
+from spiking_attn.errors import DTypeError, NonFiniteError, ShapeError, SpikingAttnError
 from spiking_attn.models import ModelConfig, build_model
 from spiking_attn.neuron import LIFPopulation
 from spiking_attn.recorder import SpikeRecorder
@@ -85,6 +85,83 @@ def test_model_input_errors():
         model(torch.ones(2, 6, 8, dtype=torch.int32))
 
 
+def test_learnable_neuron_parameters_from_the_config():
+    model = build_model(ModelConfig(**SMALL, learn_threshold=True, learn_decay=True))
+    names = {n for n, _ in model.named_parameters()}
+    assert {"blocks.0.attn.q_lif.vth", "blocks.0.attn.q_lif.dv", "head_lif.du"} <= names
+    assert "head_lif.bias" not in names  # learn_threshold trains the threshold only
+    assert "head_lif.bias" in {n for n, _ in build_model(ModelConfig(**SMALL, learn_bias=True)).named_parameters()}
+    model(torch.rand(4, 6, 8)).sum().backward()
+    assert model.blocks[0].attn.q_lif.vth.grad is not None
+    sj = build_model(ModelConfig(**SMALL, learn_threshold=True, engine="spikingjelly"))
+    sj(torch.rand(4, 6, 8)).sum().backward()  # the spikingjelly engine trains neuron parameters too
+    assert sj.blocks[0].attn.q_lif.vth.grad is not None
+
+
+def test_per_channel_neuron_parameters():
+    model = build_model(ModelConfig(**SMALL, per_channel=True, learn_threshold=True))
+    assert model.blocks[0].attn.q_lif.vth.shape == (16,)
+    assert model.blocks[0].mlp.fc1_lif.vth.shape == (64,)  # hidden width, mlp_ratio 4
+    assert model.head_lif.dv.shape == (16,)
+    model(torch.rand(4, 6, 8)).sum().backward()
+    assert model.head_lif.vth.grad.shape == (16,)
+
+
+CUED = dict(SMALL, num_cues=5)
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_cue_reaches_the_model(kind):
+    model = build_model(ModelConfig(**CUED, model=kind)).eval()
+    x = torch.rand(4, 6, 8)
+    with torch.no_grad():
+        model.cue_embed.linear.weight.mul_(8.0)  # at initialisation the cue token barely fires
+        by_index = model(x, cue=torch.tensor([0, 1, 2, 4]))
+        by_vector = model(x, cue=torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 4]), 5).float())
+        other = model(x, cue=torch.tensor([3, 3, 3, 3]))
+        none = model(x)
+    assert by_index.shape == (4, 3)
+    torch.testing.assert_close(by_index, by_vector)
+    assert not torch.allclose(by_index, other)
+    assert none.shape == (4, 3)
+
+
+def test_cue_is_encoded_as_spikes_and_passed_to_every_block():
+    model = build_model(ModelConfig(**{**CUED, "depth": 2}))
+    seen = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, _a, kwargs, _o: seen.append(kwargs["cue"]), with_kwargs=True)
+    model(torch.rand(3, 6, 8), cue=torch.tensor([0, 4, 2]))
+    assert len(seen) == 2 and all(c.shape == (3, 3, 5) for c in seen)  # [T, B, C]
+    assert torch.equal(seen[0][:, 1], torch.tensor([[0.0, 0, 0, 0, 1]] * 3))  # one-hot spike train
+    report = spike_driven_report(model, torch.rand(3, 6, 8), cue=torch.tensor([0, 4, 2]))
+    assert "cue_embed.linear" in report.checked and report.non_binary == ["embed.linear"]
+
+
+def test_twins_with_cues_share_parameter_names():
+    spiking, dense = build_model(ModelConfig(**CUED)), build_model(ModelConfig(**CUED, model="dense"))
+    assert {n: p.shape for n, p in spiking.named_parameters()} == {n: p.shape for n, p in dense.named_parameters()}
+
+
+def test_bad_cues():
+    model = build_model(ModelConfig(**CUED))
+    x = torch.rand(2, 6, 8)
+    with pytest.raises(SpikingAttnError, match=r"cue indices must lie in \[0, 5\)"):
+        model(x, cue=torch.tensor([0, 5]))
+    with pytest.raises(ShapeError, match=r"index cue must have shape \[B\]"):
+        model(x, cue=torch.tensor([0, 1, 2]))
+    with pytest.raises(ShapeError, match="vector cue"):
+        model(x, cue=torch.rand(2, 4))
+    with pytest.raises(DTypeError, match="dtype torch.bool"):
+        model(x, cue=torch.tensor([True, False]))
+    with pytest.raises(DTypeError, match="cue must be a torch.Tensor"):
+        model(x, cue=[0, 1])
+    with pytest.raises(NonFiniteError, match="cue"):
+        model(x, cue=torch.full((2, 5), float("nan")))
+    with pytest.raises(SpikingAttnError, match="num_cues=0"):
+        build_model(ModelConfig(**SMALL))(x, cue=torch.tensor([0, 1]))
+
+
 def test_config_errors():
     with pytest.raises(SpikingAttnError, match="timesteps"):
         ModelConfig(**{**SMALL, "timesteps": 0})
@@ -92,13 +169,15 @@ def test_config_errors():
         ModelConfig(**SMALL, attention="softmax")
     with pytest.raises(SpikingAttnError, match="unknown config field"):
         ModelConfig.from_dict({**SMALL, "colour": "red"})
-
-
-def test_learnable_neuron_parameters_from_the_config():
-    model = build_model(ModelConfig(**SMALL, learn_threshold=True, learn_decay=True))
-    names = {n for n, _ in model.named_parameters()}
-    assert {"blocks.0.attn.q_lif.vth", "blocks.0.attn.q_lif.dv", "head_lif.bias", "head_lif.du"} <= names
-    model(torch.rand(4, 6, 8)).sum().backward()
-    assert model.blocks[0].attn.q_lif.vth.grad is not None
-    with pytest.raises(SpikingAttnError, match="spikingjelly"):
-        ModelConfig(**SMALL, learn_threshold=True, engine="spikingjelly")
+    with pytest.raises(SpikingAttnError, match="unknown mechanism 'thalamus'; choose one of: none"):
+        ModelConfig(**SMALL, mechanism="thalamus")
+    with pytest.raises(SpikingAttnError, match="unknown option"):
+        ModelConfig(**SMALL, mechanism_options={"areas": 3})
+    with pytest.raises(SpikingAttnError, match="num_cues"):
+        ModelConfig(**SMALL, num_cues=-1)
+    with pytest.raises(DTypeError, match="learn_threshold"):
+        ModelConfig(**SMALL, learn_threshold="no")
+    with pytest.raises(SpikingAttnError, match="mlp_ratio"):
+        ModelConfig(**SMALL, mlp_ratio=float("inf"))
+    with pytest.raises(DTypeError, match="ModelConfig"):
+        build_model(dict(SMALL))

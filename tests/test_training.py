@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import pickle
 
 import pytest
@@ -96,3 +97,42 @@ def test_dense_twin_trains(tmp_path):
     metrics = train(**{**TINY, "timesteps": 1, "figures": True}, model="dense", epochs=2, out=tmp_path / "d")
     assert metrics["model"] == "dense" and metrics["firing_rates"] == {}
     assert (tmp_path / "d" / "spikes_attention.png").stat().st_size > 0  # the dense attention maps
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["v1_spiking_learn_threshold", "v1_dense"])
+def test_version_1_checkpoints_load_and_give_the_same_outputs(name):
+    # written by the foundation release (checkpoint version 1) with non-default neuron parameters
+    model = load_model(DATA / f"{name}.pt")
+    io = torch.load(DATA / f"{name}_io.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.equal(model(io["x"]), io["logits"])
+    config = model.config
+    assert config.mechanism == "none" and config.num_cues == 0
+    if config.model == "spiking":
+        # version 1's learn_threshold also trained the bias: the migration keeps that
+        assert config.learn_threshold and config.learn_bias
+        assert isinstance(model.head_lif.bias, torch.nn.Parameter)
+        assert float(model.head_lif.vth.detach()) == pytest.approx(0.8)
+    assert read_checkpoint(DATA / f"{name}.pt")["version"] == 2  # migrated on reading
+
+
+def test_unknown_checkpoint_version(tmp_path):
+    payload = read_checkpoint(DATA / "v1_dense.pt")
+    payload["version"] = 7
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 7"):
+        load_model(tmp_path / "future.pt")
+
+
+def test_learned_neuron_parameters_stay_in_range_during_training(tmp_path):
+    metrics = train(**TINY, epochs=2, lr=0.5, learn_threshold=True, learn_decay=True, out=tmp_path / "r")
+    model = load_model(tmp_path / "r" / "checkpoint.pt")
+    for name, value in model.state_dict().items():
+        if name.endswith((".dv", ".du")):
+            assert 0.0 <= float(value.min()) and float(value.max()) <= 1.0, name
+        if name.endswith(".vth"):
+            assert float(value.min()) > 0.0, name
+    assert metrics["completed"]

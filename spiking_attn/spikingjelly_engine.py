@@ -1,0 +1,101 @@
+"""The ``spikingjelly`` engine: the same neuron, with SpikingJelly computing the membrane.
+
+SpikingJelly's LIF (``LIFNode(decay_input=False, v_reset=0)``) charges ``H = V - V/tau + X``, fires on
+``H >= V_th`` and resets to zero. It has no current state, no bias, one threshold per layer and no
+adaptation. This engine feeds it what it lacks, step by step from ``neuron.LIFParams``:
+
+* ``X = u[t] + bias``, with the current ``u`` (decay ``du``, input gain) computed here;
+* ``tau = 1/dv`` (a tensor when ``dv`` is per neuron);
+* ``V_th`` = the threshold of ``lif_step`` (adaptive, shifted) moved to the next representable number
+  above it, so that SpikingJelly's ``>=`` is our strict ``>``.
+
+So the charge, the spike function with its surrogate, and the reset are SpikingJelly's, through its
+public ``functional.lif_multi_step`` and ``functional.lif_step``. It exists as an independent
+cross-check of the native engine (same spikes; gradients to float rounding), not for speed. Nothing
+is a registered child module and nothing is kept between calls: every parameter is read when called.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .errors import check_tensor
+from .neuron import LIFParams, modulation_at
+
+
+class _GeqSpike(torch.autograd.Function):
+    """SpikingJelly's firing convention (``z >= 0``) with any surrogate object's ``grad``."""
+
+    @staticmethod
+    def forward(ctx, z, surrogate):
+        ctx.save_for_backward(z)
+        ctx.surrogate = surrogate
+        return (z >= 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (z,) = ctx.saved_tensors
+        return grad_out * ctx.surrogate.grad(z), None
+
+
+def _fire_function(surrogate):
+    """SpikingJelly's own surrogate module when there is an identical one, else an adaptor."""
+    to_sj = getattr(surrogate, "spikingjelly", None)
+    if callable(to_sj):
+        return to_sj()
+    return lambda z: _GeqSpike.apply(z, surrogate)
+
+
+def _strict(threshold: torch.Tensor) -> torch.Tensor:
+    """The next number above ``threshold`` (differentiable with slope 1): ``>=`` on it is ``>`` on ours."""
+    plain = threshold.detach()
+    return threshold + (torch.nextafter(plain, torch.full_like(plain, float("inf"))) - plain)
+
+
+def _is_plain(x: torch.Tensor, params: LIFParams, gain, shift) -> bool:
+    """Whether SpikingJelly's multi-step LIF can run the whole sequence as it is."""
+    scalars = all(p.numel() == 1 and not p.requires_grad for _, p in params.items())
+    return (scalars and not params.adaptive and gain is None and shift is None and float(params.du) == 1.0
+            and 0.0 < float(params.dv) < 1.0)
+
+
+def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, surrogate=None,
+                     detach_reset: bool = False, return_membrane: bool = False) -> tuple:
+    """Run the population on SpikingJelly's LIF; returns ``(spikes, membrane or None)``."""
+    from spikingjelly.activation_based import functional as sjf
+
+    check_tensor(x, "x")
+    fire = _fire_function(surrogate)
+    v0 = torch.zeros_like(x[0])
+    if _is_plain(x, params, gain, shift):
+        b = float(params.bias)
+        vth = float(_strict(params.vth.reshape(())))
+        spikes, _, v_seq = sjf.lif_multi_step(x + b if b != 0.0 else x, v0, 1.0 / float(params.dv), False, vth, 0.0,
+                                              fire, detach_reset, return_membrane)
+        return spikes, v_seq
+    # General case: one SpikingJelly step at a time. A plain callable (not one of SpikingJelly's
+    # surrogate classes) selects its pure-torch transition, which accepts tensor tau and thresholds.
+    def fire_fn(z):
+        return fire(z)
+
+    tau = 1.0 / params.dv
+    u, v = torch.zeros_like(x[0]), v0
+    theta: Optional[torch.Tensor] = (v0 + params.vth) if params.adaptive else None
+    spikes, membrane = [], []
+    for t in range(x.shape[0]):
+        g, c = modulation_at(gain, t, x.dim()), modulation_at(shift, t, x.dim())
+        xt = x[t] if g is None else x[t] * g
+        u = u * (1 - params.du) + xt
+        if params.adaptive:
+            theta = (theta - params.vth) * (1 - params.theta_decay) + params.vth
+        threshold = theta if params.adaptive else params.vth
+        if c is not None:
+            threshold = threshold + c
+        s, v = sjf.lif_step(u + params.bias, v, tau, False, _strict(threshold), 0.0, fire_fn, detach_reset)
+        if params.adaptive:
+            theta = theta + params.theta_step * (s.detach() if detach_reset else s)
+        spikes.append(s)
+        if return_membrane:
+            membrane.append(v)
+    return torch.stack(spikes), (torch.stack(membrane) if return_membrane else None)
