@@ -5,7 +5,9 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
   * a Spikformer-style block written only with SpikingJelly layers (layer.Conv1d, layer.BatchNorm1d,
     neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
-Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky), and token scaling of the
+Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
+per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
+parameters (timed round-robin, so that machine noise hits every layout alike); and token scaling of the
 attention module alone (SSA, causal SSA and SDSA) for N in 64..2048.
 
     .venv/bin/python benchmarks/bench_attention_block.py [--repeats 10] [--json out.json]
@@ -155,6 +157,38 @@ def lif_alone(repeats: int) -> dict:
     return {name: 1e3 * median_step_time(model, x, repeats) for name, model in models.items()}
 
 
+def lif_layouts(repeats: int) -> dict:
+    """Our population over [T, B, N, 4D] with each parameter layout, timed round-robin; ms per layout."""
+    from spiking_attn.neuron import LIFPopulation
+
+    width = 4 * D
+    channel = torch.linspace(0.5, 1.5, width)
+    layouts = {
+        "scalar parameters": (LIFPopulation(), {}),
+        "per-channel vth, dv, bias": (LIFPopulation(vth=channel, dv=channel / 3, bias=channel / 100), {}),
+        "learned scalar vth": (LIFPopulation(learn_threshold=True), {}),
+        "learned per-channel vth": (LIFPopulation(learn_threshold=True, shape=(width,)), {}),
+        "gain per sample": (LIFPopulation(), {"gain": torch.rand(B, 1, 1) + 0.5}),
+        "threshold shift per channel": (LIFPopulation(), {"threshold_shift": channel - 1}),
+        "adaptive threshold": (LIFPopulation(theta_decay=0.1, theta_step=0.5), {}),
+    }
+    x = torch.randn(T, B, N, width)
+
+    def run(pop, kwargs):
+        xs = x.clone().requires_grad_()
+        pop(xs, **kwargs).sum().backward()
+
+    for pop, kwargs in layouts.values():  # warm up
+        run(pop, kwargs)
+    times = {name: [] for name in layouts}
+    for _ in range(repeats):
+        for name, (pop, kwargs) in layouts.items():
+            t0 = time.perf_counter()
+            run(pop, kwargs)
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
 def token_scaling(repeats: int) -> dict:
     from spiking_attn.attention import SpikingSelfAttention
 
@@ -193,6 +227,13 @@ def main() -> None:
     print(f"{'population':24s} {'time ms':>9s} {'native speed-up':>16s}")
     for name, ms in lif.items():
         print(f"{name:24s} {ms:9.1f} {ms / lif['native']:15.2f}x")
+    print(f"\nOur population, forward+backward by parameter layout, [{T}, {B}, {N}, {4 * D}] "
+          f"(median of {2 * args.repeats}, round-robin)")
+    layouts = lif_layouts(2 * args.repeats)
+    base = layouts["scalar parameters"]
+    print(f"{'layout':30s} {'time ms':>9s} {'vs scalar':>10s}")
+    for name, ms in layouts.items():
+        print(f"{name:30s} {ms:9.2f} {ms / base:9.2f}x")
     print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
     scaling = token_scaling(args.repeats)
     print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
@@ -200,7 +241,8 @@ def main() -> None:
         print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"block": block, "lif_ms": lif, "token_scaling_s": scaling}, f, indent=2)
+            json.dump({"block": block, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling}, f,
+                      indent=2)
 
 
 if __name__ == "__main__":

@@ -268,7 +268,8 @@ def test_optimiser_steps_keep_parameters_in_their_domains():
         pop(x).sum().neg().backward()  # more spikes: push vth down and the decays out of [0, 1]
         opt.step()
         pop(x)  # the next call accepts what the optimiser left
-    assert float(pop.vth.min()) > 0 and 0 <= float(pop.dv.min()) and float(pop.dv.max()) <= 1
+    vth, dv = pop.vth.detach(), pop.dv.detach()
+    assert float(vth.min()) > 0 and 0 <= float(dv.min()) and float(dv.max()) <= 1
 
 
 def test_learnable_parameters_are_separate():
