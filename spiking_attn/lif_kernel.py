@@ -214,7 +214,8 @@ class _KernelLIF(torch.autograd.Function):
         if sum(counts):
             raise NonFiniteError(f"x contains {sum(counts)} NaN or Inf value(s)")
         ctx.save_for_backward(x, z, *(None if op is None else op[0] for op in operands))
-        ctx.meta = (operands, flags, kind, surrogate, [None if t is None else t.shape for t in inputs])
+        layouts = [None if op is None else op[1:] for op in operands]  # (tstride, div, mod, per_step)
+        ctx.meta = (layouts, flags, kind, surrogate, [None if t is None else t.shape for t in inputs])
         if not return_membrane:
             ctx.mark_non_differentiable(membrane)
         return spikes, membrane
@@ -222,8 +223,8 @@ class _KernelLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_membrane):
         x, z, *data = ctx.saved_tensors
-        operands, flags, kind, surrogate, shapes = ctx.meta
-        operands = [None if op is None else (d, *op[1:]) for op, d in zip(operands, data)]
+        layouts, flags, kind, surrogate, shapes = ctx.meta
+        operands = [None if layout is None else (d, *layout) for layout, d in zip(layouts, data)]
         T, population, n = x.shape[0], tuple(x.shape[1:]), x[0].numel()
         need = ctx.needs_input_grad[1:9]
         if any(need[:6]):

@@ -67,7 +67,7 @@ class ModelConfig:
     per_channel: bool = False
     engine: str = "native"
     mechanism: str = "none"
-    mechanism_options: dict = field(default_factory=dict)
+    mechanism_options: dict = field(default_factory=dict, hash=False)
     num_cues: int = 0
 
     def __post_init__(self) -> None:

@@ -126,24 +126,38 @@ def lif_step(x: torch.Tensor, state: LIFState, params: LIFParams, *, gain: Optio
     In training, ``fire`` is a surrogate spike function (``SpikeFunction``). ``detach_reset`` stops the
     gradient through every effect of a spike on the state: the reset and the threshold jump.
     """
-    if gain is not None:
-        x = x * gain
-    u = state.u * (1 - params.du) + x
+    u = synaptic_current(state.u, x, params, gain)
     h = u + state.v * (1 - params.dv) + params.bias
-    theta = state.theta
-    if params.adaptive:
-        theta = (theta - params.vth) * (1 - params.theta_decay) + params.vth
-        threshold = theta
-    else:
-        threshold = params.vth
-    if shift is not None:
-        threshold = threshold + shift
+    theta = decayed_threshold(state.theta, params)
+    threshold = firing_threshold(theta, params, shift)
     s = fire(h - threshold)
     s_reset = s.detach() if detach_reset else s
     v = h * (1 - s_reset)
-    if params.adaptive:
-        theta = theta + params.theta_step * s_reset
-    return s, LIFState(u, v, theta)
+    return s, LIFState(u, v, raised_threshold(theta, s_reset, params))
+
+
+# The parts of lif_step that every engine computes the same way (the spikingjelly engine uses them
+# around SpikingJelly's own membrane update).
+
+def synaptic_current(u, x, params: LIFParams, gain=None):
+    """``u[t] = u[t-1] * (1 - du) + g[t] * x[t]``."""
+    return u * (1 - params.du) + (x if gain is None else x * gain)
+
+
+def decayed_threshold(theta, params: LIFParams):
+    """``theta[t] = (theta[t-1] - vth) * (1 - theta_decay) + vth``; None without adaptation."""
+    return (theta - params.vth) * (1 - params.theta_decay) + params.vth if params.adaptive else None
+
+
+def firing_threshold(theta, params: LIFParams, shift=None):
+    """The threshold a spike must exceed: ``theta[t]`` (or ``vth``) plus the shift ``c[t]``."""
+    threshold = theta if params.adaptive else params.vth
+    return threshold if shift is None else threshold + shift
+
+
+def raised_threshold(theta, s, params: LIFParams):
+    """``theta[t] + theta_step * s[t]`` after the spike; None without adaptation."""
+    return theta + params.theta_step * s if params.adaptive else None
 
 
 class SpikeFunction(torch.autograd.Function):

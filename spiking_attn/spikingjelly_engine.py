@@ -16,12 +16,11 @@ is a registered child module and nothing is kept between calls: every parameter 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .errors import check_tensor
-from .neuron import LIFParams, modulation_at
+from .neuron import (LIFParams, decayed_threshold, firing_threshold, initial_state, modulation_at, raised_threshold,
+                     synaptic_current)
 
 
 class _GeqSpike(torch.autograd.Function):
@@ -80,21 +79,15 @@ def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=Non
         return fire(z)
 
     tau = 1.0 / params.dv
-    u, v = torch.zeros_like(x[0]), v0
-    theta: Optional[torch.Tensor] = (v0 + params.vth) if params.adaptive else None
+    u, _, theta = initial_state(x[0], params)
+    v = v0
     spikes, membrane = [], []
     for t in range(x.shape[0]):
-        g, c = modulation_at(gain, t, x.dim()), modulation_at(shift, t, x.dim())
-        xt = x[t] if g is None else x[t] * g
-        u = u * (1 - params.du) + xt
-        if params.adaptive:
-            theta = (theta - params.vth) * (1 - params.theta_decay) + params.vth
-        threshold = theta if params.adaptive else params.vth
-        if c is not None:
-            threshold = threshold + c
+        u = synaptic_current(u, x[t], params, modulation_at(gain, t, x.dim()))
+        theta = decayed_threshold(theta, params)
+        threshold = firing_threshold(theta, params, modulation_at(shift, t, x.dim()))
         s, v = sjf.lif_step(u + params.bias, v, tau, False, _strict(threshold), 0.0, fire_fn, detach_reset)
-        if params.adaptive:
-            theta = theta + params.theta_step * (s.detach() if detach_reset else s)
+        theta = raised_threshold(theta, s.detach() if detach_reset else s, params)
         spikes.append(s)
         if return_membrane:
             membrane.append(v)
