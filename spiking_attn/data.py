@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .errors import SpikingAttnError, check_choice, check_positive_int
+from .errors import DTypeError, SpikingAttnError, check_choice, check_positive_int
 from .registry import Registry
 
 
@@ -72,6 +72,8 @@ TASKS: Registry[TaskSpec] = Registry("task")
 
 def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     """Add a task to the registry (``--task`` choices, ``train(task=...)``)."""
+    if not isinstance(spec, TaskSpec):
+        raise DTypeError(f"register_task takes a TaskSpec, got {type(spec).__name__}")
     return TASKS.register(spec.name, spec, replace=replace)
 
 

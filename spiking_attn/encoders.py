@@ -1,5 +1,8 @@
 """Encoders: turn an analog input ``[B, ...]`` into a time-first sequence ``[T, B, ...]``.
 
+Every encoder is called as ``encoder(x, generator=None, name="x")``: ``generator`` feeds the random
+draws (rate code only) and ``name`` is the argument named in error messages.
+
 * ``direct``  - the analog value is repeated every step; the first weight layer sees real numbers
   (it is the model's encoding layer, counted as MACs by energy estimates).
 * ``rate``    - Bernoulli spikes with probability equal to the input (inputs in [0, 1]).
@@ -31,8 +34,8 @@ class DirectEncoder(nn.Module):
         super().__init__()
         self.timesteps = check_positive_int(timesteps, "timesteps")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x")
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, name: str = "x") -> torch.Tensor:
+        check_tensor(x, name)
         return x.unsqueeze(0).expand(self.timesteps, *x.shape)  # [T, B, ...]
 
 
@@ -43,9 +46,9 @@ class RateEncoder(nn.Module):
         super().__init__()
         self.timesteps = check_positive_int(timesteps, "timesteps")
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        check_tensor(x, "x")
-        _check_unit_range(x, "x")
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, name: str = "x") -> torch.Tensor:
+        check_tensor(x, name)
+        _check_unit_range(x, name)
         probs = x.unsqueeze(0).expand(self.timesteps, *x.shape)  # [T, B, ...]
         return torch.bernoulli(probs, generator=generator)
 
@@ -57,9 +60,9 @@ class LatencyEncoder(nn.Module):
         super().__init__()
         self.timesteps = check_positive_int(timesteps, "timesteps")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x")
-        _check_unit_range(x, "x")
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, name: str = "x") -> torch.Tensor:
+        check_tensor(x, name)
+        _check_unit_range(x, name)
         steps = torch.round((1 - x) * (self.timesteps - 1)).long()  # [B, ...]
         t_axis = torch.arange(self.timesteps).view(-1, *([1] * x.dim()))  # [T, 1, ...]
         spikes = (t_axis == steps.unsqueeze(0)) & (x > 0).unsqueeze(0)  # [T, B, ...]

@@ -31,8 +31,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import NonFiniteError
-from .surrogate import ATan, FastSigmoid, Sigmoid
+from .errors import DTypeError, NonFiniteError, ShapeError, SpikingAttnError
+from .surrogate import ATan, FastSigmoid, Sigmoid, surrogate_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ SURROGATE_KINDS = {ATan: 0, Sigmoid: 1, FastSigmoid: 2}  # exact types; anything
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
+_pool_lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "error": None}
 _pool: dict = {"executor": None, "workers": 0, "pid": None}
 
@@ -60,6 +61,17 @@ class _Operand(ctypes.Structure):
 
 _OperandArray = _Operand * len(OPERANDS)
 _PointerArray = _ptr * len(OPERANDS)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (Lava forks its processes) starts with fresh locks and no thread pool: the parent's
+    threads do not exist there, and a lock the parent held at the fork would never be released."""
+    global _lock, _pool_lock
+    _lock, _pool_lock = threading.Lock(), threading.Lock()
+    _pool.update(executor=None, workers=0, pid=None)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cache_dir() -> Path:
@@ -132,10 +144,14 @@ def _chunks(n: int) -> list:
 
 def _executor(workers: int) -> ThreadPoolExecutor:
     """A thread pool of at least ``workers`` threads, made anew in a forked child (Lava forks)."""
-    if _pool["executor"] is None or _pool["workers"] < workers or _pool["pid"] != os.getpid():
-        _pool.update(executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spiking-attn-lif"),
-                     workers=workers, pid=os.getpid())
-    return _pool["executor"]
+    with _pool_lock:
+        if _pool["executor"] is None or _pool["workers"] < workers or _pool["pid"] != os.getpid():
+            old = _pool["executor"] if _pool["pid"] == os.getpid() else None  # a parent's pool has no threads here
+            _pool.update(executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spiking-attn-lif"),
+                         workers=workers, pid=os.getpid())
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool["executor"]
 
 
 def _run_chunks(fn, n: int, args_for) -> list:
@@ -194,8 +210,7 @@ class _KernelLIF(torch.autograd.Function):
         inputs = (du, dv, vth, bias, theta_decay, theta_step, gain, shift)
         operands = [None if t is None else _operand(t, T, population) for t in inputs]
         need = ctx.needs_input_grad[1:9]
-        all_ones = float(du) == 1.0 if du.numel() == 1 else bool((du == 1).all())
-        flags = ((F_DECAY_U if need[0] or not all_ones else 0)
+        flags = ((F_DECAY_U if need[0] or not bool((du == 1).all()) else 0)
                  | (F_ADAPTIVE if theta_step is not None else 0)
                  | (F_GAIN if gain is not None else 0) | (F_SHIFT if shift is not None else 0)
                  | (F_DETACH if detach_reset else 0))
@@ -222,6 +237,9 @@ class _KernelLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_membrane):
+        if torch.is_grad_enabled():  # create_graph=True: refuse rather than return a silently constant gradient
+            raise SpikingAttnError("the compiled LIF kernel gives first-order gradients only; for a gradient of a "
+                                   "gradient (create_graph=True) use engine='spikingjelly', which runs on autograd")
         x, z, *data = ctx.saved_tensors
         layouts, flags, kind, surrogate, shapes = ctx.meta
         operands = [None if layout is None else (d, *layout) for layout, d in zip(layouts, data)]
@@ -230,10 +248,8 @@ class _KernelLIF(torch.autograd.Function):
         if any(need[:6]):
             flags |= F_PARAMS
         grad_spikes = torch.zeros_like(x) if grad_spikes is None else grad_spikes.contiguous()
-        if grad_membrane is not None and grad_membrane.numel() == 0:
-            grad_membrane = None
-        grad_membrane = None if grad_membrane is None else grad_membrane.contiguous()
-        table = surrogate.grad(z).to(x.dtype).contiguous() if kind == SG_TABLE else None
+        grad_membrane = grad_membrane.contiguous() if grad_membrane is not None and grad_membrane.numel() else None
+        table = _surrogate_table(surrogate, z) if kind == SG_TABLE else None
         grad_x = torch.empty_like(x)
         outputs = [None] * len(OPERANDS)
         for k, op in enumerate(operands):
@@ -252,6 +268,19 @@ class _KernelLIF(torch.autograd.Function):
         grads = [None if g is None else _reduce(g, x.shape if g.dim() == 2 else population, shape)
                  for g, shape in zip(outputs, shapes)]
         return (grad_x, *grads, None)
+
+
+def _surrogate_table(surrogate, z: torch.Tensor) -> torch.Tensor:
+    """``surrogate.grad(z)`` as a contiguous tensor of ``z``'s shape and dtype (the kernel reads every element)."""
+    values = surrogate.grad(z)
+    if not isinstance(values, torch.Tensor):
+        raise DTypeError(f"surrogate {surrogate_name(surrogate)!r}: grad(z) must return a tensor, "
+                         f"got {type(values).__name__}")
+    try:
+        return torch.broadcast_to(values.to(z.dtype), z.shape).contiguous()
+    except RuntimeError:
+        raise ShapeError(f"surrogate {surrogate_name(surrogate)!r}: grad(z) returned shape {tuple(values.shape)}, "
+                         f"which does not broadcast to z's shape {tuple(z.shape)}") from None
 
 
 def _structs(operands) -> _OperandArray:

@@ -34,6 +34,16 @@ from .surrogate import SURROGATES
 MODEL_KINDS = ("spiking", "dense")
 
 
+class FrozenOptions(dict):
+    """A mechanism's options inside a frozen ``ModelConfig``: a dict that refuses to be changed."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the mechanism_options of a ModelConfig cannot be changed; build a new config "
+                        "(dataclasses.replace(config, mechanism_options={...}))")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a classifier; stored by value in every checkpoint.
@@ -100,10 +110,13 @@ class ModelConfig:
         from .mechanisms import get_mechanism
 
         spec = get_mechanism(self.mechanism)
-        object.__setattr__(self, "mechanism_options", spec.options_dict(self.mechanism_options))
+        object.__setattr__(self, "mechanism_options", FrozenOptions(spec.options_dict(self.mechanism_options)))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as plain data (what a checkpoint stores)."""
+        data = asdict(self)
+        data["mechanism_options"] = dict(data["mechanism_options"])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -177,9 +190,6 @@ class SpikingClassifier(nn.Module):
         self.head_lif = population(c.dim, c.lif_kwargs())
         self.head = nn.Linear(c.dim, c.num_classes)
 
-    def _encode_values(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        return self.encoder(x, generator=generator) if self.config.encoder == "rate" else self.encoder(x)
-
     def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Check ``x`` and return the ``[T, B, N, F]`` input sequence."""
         c = self.config
@@ -187,13 +197,13 @@ class SpikingClassifier(nn.Module):
         if x.dim() == 4:
             check_tensor(x, "x", timesteps=c.timesteps, finite=False)
             return x
-        return self._encode_values(x, generator)
+        return self.encoder(x, generator=generator)
 
     def encode_cue(self, cue, batch: int, dtype: torch.dtype,
                    generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
         """Check ``cue`` and return it as a spike sequence ``[T, B, C]``, or None."""
         values = cue_vector(cue, batch, self.config.num_cues, dtype)
-        return None if values is None else self._encode_values(values, generator)
+        return None if values is None else self.encoder(values, generator=generator, name="cue")
 
     def forward(self, x: torch.Tensor, cue: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:

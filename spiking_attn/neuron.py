@@ -58,6 +58,17 @@ class LIFParams:
     theta_decay: Optional[torch.Tensor] = None
     theta_step: Optional[torch.Tensor] = None
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name.startswith("theta_"):
+                continue
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise DTypeError(f"LIFParams.{f.name} must be a floating-point tensor, got "
+                                 f"{type(value).__name__ if not isinstance(value, torch.Tensor) else value.dtype}")
+        if (self.theta_decay is None) != (self.theta_step is None):
+            raise SpikingAttnError("an adaptive threshold needs both theta_decay and theta_step")
+
     @property
     def adaptive(self) -> bool:
         return self.theta_step is not None
@@ -167,7 +178,7 @@ class SpikeFunction(torch.autograd.Function):
     def forward(ctx, z, surrogate):
         ctx.save_for_backward(z)
         ctx.surrogate = surrogate
-        return (z > 0).to(z.dtype)
+        return heaviside(z)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -190,15 +201,22 @@ def run_reference(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, 
     tested against. Returns ``(spikes, membrane or None)``.
     """
     fire = heaviside if surrogate is None else (lambda z: SpikeFunction.apply(z, surrogate))
-    state = initial_state(x[0], params)
     spikes, membrane = [], []
-    for t in range(x.shape[0]):
-        s, state = lif_step(x[t], state, params, gain=modulation_at(gain, t, x.dim()),
-                            shift=modulation_at(shift, t, x.dim()), fire=fire, detach_reset=detach_reset)
+    for s, state in lif_steps(x, params, gain=gain, shift=shift, fire=fire, detach_reset=detach_reset):
         spikes.append(s)
         if return_membrane:
             membrane.append(state.v)
     return torch.stack(spikes), (torch.stack(membrane) if return_membrane else None)
+
+
+def lif_steps(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, fire=heaviside,
+              detach_reset: bool = False):
+    """Yield ``(spikes, state)`` of ``lif_step`` for every step of ``x`` ``[T, B, ...]``, from rest."""
+    state = initial_state(x[0], params)
+    for t in range(x.shape[0]):
+        s, state = lif_step(x[t], state, params, gain=modulation_at(gain, t, x.dim()),
+                            shift=modulation_at(shift, t, x.dim()), fire=fire, detach_reset=detach_reset)
+        yield s, state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,11 +364,8 @@ def lif_reference(x: torch.Tensor, du=1.0, dv=0.5, vth=1.0, bias=0.0, theta_deca
     params = make_params(du, dv, vth, bias, theta_decay, theta_step, like=x).to(x)
     gain = None if gain is None else torch.as_tensor(gain, dtype=torch.float64)
     shift = None if threshold_shift is None else torch.as_tensor(threshold_shift, dtype=torch.float64)
-    state = initial_state(x[0], params)
     out_s, out_u, out_v = [], [], []
-    for t in range(x.shape[0]):
-        s, state = lif_step(x[t], state, params, gain=modulation_at(gain, t, x.dim()),
-                            shift=modulation_at(shift, t, x.dim()))
+    for s, state in lif_steps(x, params, gain=gain, shift=shift):
         out_s.append(s), out_u.append(state.u), out_v.append(state.v)
     return torch.stack(out_s), torch.stack(out_u), torch.stack(out_v)
 
@@ -394,10 +409,10 @@ class LIFPopulation(nn.Module):
                  "theta_decay": learn_adaptation, "theta_step": learn_adaptation}
         for name in ("learn_threshold", "learn_bias", "learn_decay", "learn_adaptation"):
             check_bool(locals()[name], name)
-        try:
-            shape = tuple(int(s) for s in shape)
-        except (TypeError, ValueError):
-            raise DTypeError(f"shape must be a sequence of integers, got {shape!r}") from None
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) \
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+            raise DTypeError(f"shape must be a sequence of integers, got {shape!r}")
+        shape = tuple(shape)
         if any(s <= 0 for s in shape):
             raise SpikingAttnError(f"shape must hold positive sizes, got {shape}")
         if learn_adaptation and theta_step is None:
@@ -414,6 +429,9 @@ class LIFPopulation(nn.Module):
             else:
                 self.register_buffer(name, tensor)
         check_params(self.params(), "LIFPopulation: ")
+        if learn_threshold and float(self.vth.detach().min()) < VTH_FLOOR:
+            raise SpikingAttnError(f"a learned vth must start at or above {VTH_FLOOR:g} (the floor the optimiser "
+                                   f"projection keeps), got {float(self.vth.detach().min()):g}")
 
     @property
     def adaptive(self) -> bool:

@@ -16,6 +16,7 @@ the model returns. Hooks are removed when the ``with`` block ends, even on error
 """
 from __future__ import annotations
 
+import inspect
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -71,8 +72,10 @@ class SpikeRecorder:
                 if isinstance(output, LIFOutput):
                     membrane = output.membrane
                 else:
+                    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+                    bound.arguments["return_membrane"] = True
                     with torch.no_grad():  # forward() itself: the hooks do not run again
-                        membrane = module.forward(*args, **{**kwargs, "return_membrane": True}).membrane
+                        membrane = module.forward(*bound.args, **bound.kwargs).membrane
                 self._membrane_chunks[name].append(membrane.detach().cpu())
         return record
 

@@ -11,8 +11,15 @@ adaptation. This engine feeds it what it lacks, step by step from ``neuron.LIFPa
 
 So the charge, the spike function with its surrogate, and the reset are SpikingJelly's, through its
 public ``functional.lif_multi_step`` and ``functional.lif_step``. It exists as an independent
-cross-check of the native engine (same spikes; gradients to float rounding), not for speed. Nothing
-is a registered child module and nothing is kept between calls: every parameter is read when called.
+cross-check of the native engine, not for speed. Its charge rounds differently (``V - V/tau + X``
+against ``u + v*(1 - dv) + bias``), so a membrane within a rounding error of the threshold can fire in
+one engine and not the other: in float32 about one spike in a million differs; in float64 none did in
+the tests. Gradients agree to float rounding. Nothing is a registered child module and nothing is
+kept between calls: every parameter is read when called.
+
+``tau = 1/dv`` is infinite at ``dv = 0``, where the chain rule through ``1/dv`` gives NaN; so ``tau``
+is passed without a gradient and the exact gradient of ``h`` with respect to ``dv`` (``-v``) enters
+through a term that adds zero to the value.
 """
 from __future__ import annotations
 
@@ -78,7 +85,7 @@ def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=Non
     def fire_fn(z):
         return fire(z)
 
-    tau = 1.0 / params.dv
+    tau = 1.0 / params.dv.detach()
     u, _, theta = initial_state(x[0], params)
     v = v0
     spikes, membrane = [], []
@@ -86,7 +93,11 @@ def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=Non
         u = synaptic_current(u, x[t], params, modulation_at(gain, t, x.dim()))
         theta = decayed_threshold(theta, params)
         threshold = firing_threshold(theta, params, modulation_at(shift, t, x.dim()))
-        s, v = sjf.lif_step(u + params.bias, v, tau, False, _strict(threshold), 0.0, fire_fn, detach_reset)
+        current = u + params.bias
+        if params.dv.requires_grad:  # value + 0; d/d(dv) = -v, as in h = v (1 - dv) + ...
+            leak = v.detach() * params.dv
+            current = current + (leak.detach() - leak)
+        s, v = sjf.lif_step(current, v, tau, False, _strict(threshold), 0.0, fire_fn, detach_reset)
         theta = raised_threshold(theta, s.detach() if detach_reset else s, params)
         spikes.append(s)
         if return_membrane:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint, write_json
 from .data import TASKS, TokenDataset, load_task
-from .errors import DTypeError, ShapeError, SpikingAttnError, check_choice, check_positive_int
+from .errors import CheckpointError, DTypeError, ShapeError, SpikingAttnError, check_choice, check_positive_int
 from .models import MODEL_KINDS, ModelConfig, build_model
 from .neuron import attach_constraints
 from .recorder import SpikeRecorder
@@ -135,6 +135,16 @@ def _resolve_resume(resume, given: dict) -> tuple:
     return payload, config, settings
 
 
+def _check_resume_fits(config: ModelConfig, data: TokenDataset, folder) -> None:
+    """A checkpoint resumed on its task must still fit the task's data (shapes and cue width)."""
+    expected = {"in_features": data.in_features, "num_tokens": data.num_tokens, "num_classes": data.num_classes,
+                "num_cues": data.num_cues}
+    wrong = [f"{k}={getattr(config, k)} (the task has {v})" for k, v in expected.items() if getattr(config, k) != v]
+    if wrong:
+        raise CheckpointError(f"checkpoint in {str(folder)!r} does not fit task {data.name!r}: {', '.join(wrong)}; "
+                              "it was written for another version of the task and cannot be resumed")
+
+
 def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Optional[int] = None,
           epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
           resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
@@ -186,6 +196,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         payload = None
         out = Path(out)
     data = load_task(settings.task)
+    if payload is not None:
+        _check_resume_fits(config, data, resume)
     if payload is None:
         fields = dict(in_features=data.in_features, num_tokens=data.num_tokens, num_classes=data.num_classes,
                       num_cues=data.num_cues, model=model or "spiking",

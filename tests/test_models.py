@@ -181,3 +181,32 @@ def test_config_errors():
         ModelConfig(**SMALL, mlp_ratio=float("inf"))
     with pytest.raises(DTypeError, match="ModelConfig"):
         build_model(dict(SMALL))
+
+
+def test_rate_encoded_cue_errors_name_the_cue_and_options_are_frozen():
+    model = build_model(ModelConfig(**CUED, encoder="rate"))
+    with pytest.raises(SpikingAttnError, match=r"cue must lie in \[0, 1\]"):
+        model(torch.rand(2, 6, 8), cue=torch.full((2, 5), 2.0))
+    config = ModelConfig(**CUED)
+    with pytest.raises(TypeError, match="cannot be changed"):
+        config.mechanism_options["x"] = 1
+    assert type(config.to_dict()["mechanism_options"]) is dict  # plain data in checkpoints
+
+
+def test_recorder_membranes_with_positional_arguments():
+    from spiking_attn.neuron import LIFPopulation
+
+    class Caller(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pop = LIFPopulation(dv=0.3)
+
+        def forward(self, x):
+            return self.pop(x, None, None, False)  # every argument positional
+
+    model = Caller()
+    x = torch.rand(4, 2, 6) * 2
+    with SpikeRecorder(model, membrane=True) as rec:
+        out = model(x)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(rec.membranes["pop"], model.pop(x, return_membrane=True).membrane)

@@ -283,7 +283,7 @@ def test_learnable_parameters_are_separate():
     before = float(pop.vth.detach())
     pop(torch.rand(4, 8, 10)).mean().neg().backward()  # ask for more spikes: the threshold must fall
     opt.step()
-    assert float(pop.vth) < before
+    assert float(pop.vth.detach()) < before
 
 
 def test_no_state_carried_between_calls_and_no_foreign_children():
@@ -399,3 +399,61 @@ def test_kernel_options_cover_every_combination_in_float64():
                                                              [False, True]):
         _compare("native", torch.float64, seed=3, adaptive=adaptive, gain=gain, shift=shift, detach=False,
                  surrogate="atan", membrane=membrane, shape=(4, 2, 3, 10))
+
+
+def test_surrogate_returning_a_broadcastable_value():
+    class StraightThrough:
+        name = "straight_through"
+
+        def grad(self, z):
+            return torch.ones(())  # broadcasts, as in the reference's product
+
+    x = torch.randn(6, 4, 1000, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    params = LIFParams(*(torch.tensor(v, dtype=torch.float64) for v in (1.0, 0.3, 0.9, 0.0)))
+    run_lif(a, params, surrogate=StraightThrough()).sum().backward()
+    run_reference(b, params, surrogate=StraightThrough())[0].sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+    class Wrong:
+        name = "wrong"
+
+        def grad(self, z):
+            return torch.ones(3)
+
+    c = x.clone().requires_grad_()
+    with pytest.raises(ShapeError, match="surrogate 'wrong'"):
+        run_lif(c, params, surrogate=Wrong()).sum().backward()
+
+
+def test_parameter_record_is_checked():
+    one = torch.tensor(1.0)
+    with pytest.raises(DTypeError, match="LIFParams.dv"):
+        LIFParams(one, None, one, one)
+    with pytest.raises(SpikingAttnError, match="both theta_decay and theta_step"):
+        LIFParams(one, one, one, one, theta_step=one)
+    with pytest.raises(DTypeError, match="shape"):
+        LIFPopulation(shape=(2.5,))
+    with pytest.raises(SpikingAttnError, match="learned vth"):
+        LIFPopulation(vth=1e-6, learn_threshold=True)
+
+
+def test_spikingjelly_engine_gradient_at_zero_voltage_decay():
+    x = torch.randn(5, 3, 8, dtype=torch.float64) * 1.5
+    grads = {}
+    for engine in ("native", "spikingjelly"):
+        pop = LIFPopulation(dv=0.0, learn_decay=True, engine=engine).double()
+        pop(x).sum().backward()
+        grads[engine] = pop.dv.grad
+    assert torch.isfinite(grads["spikingjelly"]).all()
+    torch.testing.assert_close(grads["spikingjelly"], grads["native"])
+
+
+def test_gradient_of_the_gradient_is_refused_by_the_kernel_and_given_by_autograd():
+    x = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(SpikingAttnError, match="first-order gradients only"):
+        torch.autograd.grad(LIFPopulation(learn_threshold=True).double()(x).sum(), x, create_graph=True)
+    pop = LIFPopulation(learn_threshold=True, engine="spikingjelly").double()
+    (g,) = torch.autograd.grad(pop(x * 3).sum(), x, create_graph=True)
+    g.pow(2).sum().backward()  # a gradient penalty reaches the threshold
+    assert pop.vth.grad is not None

@@ -130,3 +130,10 @@ def test_registry_basics():
         reg.get("c")
     with pytest.raises(DTypeError):
         reg.register(5, 1)
+
+
+def test_register_task_checks_its_argument():
+    from spiking_attn import register_task
+
+    with pytest.raises(DTypeError, match="TaskSpec"):
+        register_task({"name": "x"})

@@ -136,3 +136,14 @@ def test_learned_neuron_parameters_stay_in_range_during_training(tmp_path):
         if name.endswith(".vth"):
             assert float(value.min()) > 0.0, name
     assert metrics["completed"]
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_fit_the_task(finished_run, tmp_path):
+    out, _ = finished_run
+    payload = read_checkpoint(out / "checkpoint.pt")
+    payload["config"].update(in_features=12, num_cues=0)  # the version-1 cue task: cue as a 12th feature
+    folder = tmp_path / "old_cue"
+    folder.mkdir()
+    torch.save(payload, folder / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="does not fit task 'cue'.*in_features=12 .*num_cues=0"):
+        train(task="cue", resume=folder, progress=False, figures=False)
