@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/spiking-attn demo --out runs/demo
+	$(VENV)/bin/spiking-attn demo --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(VPY) -m pytest -q tests

@@ -28,7 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
 
-    metrics = train(task="cue", model="spiking", attention="ssa", epochs=args.epochs, out=out, progress=False)
+    metrics = train(task="cue", model="spiking", attention="ssa", epochs=args.epochs, out=out, overwrite=True,
+                    progress=False)
     print(f"cue task, spiking SSA, T={metrics['timesteps']}: test accuracy {metrics['test_accuracy']:.3f}")
 
     data = load_task("cue")

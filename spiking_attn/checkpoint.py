@@ -14,17 +14,17 @@ also trained the bias, so it becomes ``learn_threshold`` + ``learn_bias``.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, SpikingAttnError
+from .errors import CheckpointError, DTypeError, SpikingAttnError, check_path
 from .models import ModelConfig, build_model
+from .outputs import atomic_write, write_json  # noqa: F401  (write_json: part of this module's interface)
 
 FORMAT = "spiking-attn"
 VERSION = 2
@@ -39,31 +39,14 @@ def _migrate_v1(payload: dict) -> dict:
 MIGRATIONS = {1: _migrate_v1}  # version -> function returning the payload one version up
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then rename ``tmp_path`` to ``path``; remove it on failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-    atomic_write(path, write)
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, training: Optional[dict] = None) -> None:
     """Save ``model.config``, its state_dict and optional training state, atomically."""
+    path = check_path(path, "path")
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "config", None), ModelConfig):
+        raise DTypeError(f"save_checkpoint needs a model built by build_model (an nn.Module with a ModelConfig "
+                         f"as .config), got {type(model).__name__}")
+    if training is not None and not isinstance(training, dict):
+        raise DTypeError(f"training must be a dict of plain data, got {type(training).__name__}")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -76,14 +59,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, training: Optiona
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check the structure of a checkpoint file; raise ``CheckpointError`` if it is bad."""
-    path = Path(path)
+    path = Path(check_path(path, "checkpoint"))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint of this library (not a torch file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, garbage bytes, pickled objects
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a spiking-attn checkpoint ({reason[:200]})") from None
+    except Exception as exc:  # truncated archive, or objects that are not plain data
+        unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
+        reason = ("it holds objects other than plain data, and this library never unpickles those" if unsafe
+                  else "the file is truncated or corrupt")
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint of this library: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a spiking-attn checkpoint")
     version = payload.get("version")
@@ -105,8 +92,12 @@ def config_from_checkpoint(payload: dict) -> ModelConfig:
         raise CheckpointError(f"checkpoint config is invalid: {exc}") from None
 
 
-def load_state(model: nn.Module, state_dict: dict) -> None:
-    """``model.load_state_dict(strict=True)`` with mismatches reported as ``CheckpointError``."""
+def load_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """``model.load_state_dict(strict=True)`` with mismatches and non-finite values reported as
+    ``CheckpointError`` (``source`` names the checkpoint in the message)."""
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: tensor {name!r} holds NaN or Inf")
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -117,7 +108,7 @@ def load_state(model: nn.Module, state_dict: dict) -> None:
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
-        raise CheckpointError("checkpoint does not fit the model (" + "; ".join(parts) + ")")
+        raise CheckpointError(f"{source} does not fit the model (" + "; ".join(parts) + ")")
     model.load_state_dict(state_dict)
 
 
@@ -138,5 +129,5 @@ def load_model(path: str | os.PathLike, expected_config: Optional[ModelConfig] =
     if overrides:
         config = ModelConfig.from_dict({**config.to_dict(), **overrides})
     model = build_model(config)
-    load_state(model, payload["state_dict"])
+    load_state(model, payload["state_dict"], f"checkpoint {str(path)!r}")
     return model.eval()

@@ -5,23 +5,19 @@
     spiking-attn train --list-mechanisms
     spiking-attn demo
 
-Bad input ends with one line on stderr and a non-zero exit status, never a traceback.
+Bad input ends with one line on stderr and a non-zero exit status, never a traceback. An interrupt
+(Ctrl-C) at any moment, start-up included, ends with one line and status 130. This module imports
+only the standard library at load time; torch and the package come inside ``main``, where an
+interrupt is caught.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from typing import Optional, Sequence
-
-from . import __version__
-from .attention import SPIKING_KINDS
-from .data import TASKS
-from .encoders import ENCODERS
-from .mechanisms import MECHANISMS
-from .models import MODEL_KINDS
-from .neuron import ENGINES
-from .surrogate import SURROGATES
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -36,9 +32,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from .attention import SPIKING_KINDS
+    from .data import TASKS
+    from .encoders import ENCODERS
+    from .mechanisms import MECHANISMS
+    from .models import MODEL_KINDS
+    from .neuron import ENGINES
+    from .surrogate import SURROGATES
+
     p.add_argument("--out", default="runs/demo" if demo else None, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--epochs", type=int, help="total epochs (default: 40 on digits)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--timesteps", "-T", type=int, help="time steps T of the spiking model (default 4)")
     p.add_argument("--attention", choices=SPIKING_KINDS, help="spiking attention kind (default sdsa)")
     p.add_argument("--engine", choices=ENGINES, help="LIF engine (default native)")
@@ -58,7 +63,7 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--depth", type=int, help="number of blocks (default 2)")
     p.add_argument("--heads", type=int, help="attention heads (default 4)")
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, help="learning rate (default 6e-3)")
+    p.add_argument("--lr", type=float, help="learning rate, in (0, 10] (default 6e-3)")
     p.add_argument("--augment", action="store_true", default=None, help="random 1-pixel shifts of the digits")
     p.add_argument("--learn-threshold", action="store_true", default=None, help="train every population's vth")
     p.add_argument("--learn-bias", action="store_true", default=None, help="train every population's bias")
@@ -68,6 +73,8 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="spiking-attn", description="Spiking neuromorphic attention: train, inspect, and run the demo.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"spiking-attn {__version__}")
@@ -85,6 +92,7 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .mechanisms import MECHANISMS
     from .training import train
 
     if args.list_mechanisms:
@@ -96,9 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("train needs --out DIR (or --resume DIR)")
     metrics = train(task=args.task, model=args.model, timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
                     out=args.out, resume=args.resume, attention=args.attention, mechanism=args.mechanism,
-                    batch_size=args.batch_size,
-                    lr=args.lr, augment=args.augment, stop_after=args.stop_after,
-                    progress=not args.no_progress, **_config_overrides(args))
+                    batch_size=args.batch_size, lr=args.lr, augment=args.augment, stop_after=args.stop_after,
+                    overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
     _print_summary(metrics)
     return 0
 
@@ -119,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .training import train
 
     metrics = train(task="digits", model="spiking", timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
-                    out=args.out, attention=args.attention, progress=not args.no_progress,
+                    out=args.out, attention=args.attention, overwrite=args.overwrite, progress=not args.no_progress,
                     **_config_overrides(args))
     _print_summary(metrics)
     print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
@@ -129,28 +136,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "demo": cmd_demo}
 
 
+def _interrupted_message(args: Optional[argparse.Namespace]) -> str:
+    folder = getattr(args, "out", None) or getattr(args, "resume", None)
+    if folder and os.path.isfile(os.path.join(folder, "checkpoint.pt")):
+        return (f"spiking-attn: interrupted; the last finished epoch is saved in {folder} "
+                f"(continue with --resume {folder})")
+    return "spiking-attn: interrupted"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = None
     try:
-        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"spiking-attn: usage error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("spiking-attn: interrupted", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
+        print(_interrupted_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError) as exc:
         if debug:
             raise
-        print(f"spiking-attn: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"spiking-attn: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        if debug:
+            raise
+        print("spiking-attn: error: out of memory; lower --timesteps, --dim, --depth or --batch-size", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # an unexpected failure still ends with one line
         if debug:
             raise
-        print(f"spiking-attn: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"spiking-attn: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

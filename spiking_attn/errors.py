@@ -1,7 +1,13 @@
-"""Project exceptions and input checks shared by every user-facing entry point."""
+"""Project exceptions and the one validation layer every user-facing entry point uses.
+
+Every check names the argument and what is allowed. Errors are ``SpikingAttnError`` (a ``ValueError``)
+or ``DTypeError`` (also a ``TypeError``) for a value of the wrong kind; the command line turns each into
+one line on stderr. Commands added later (convert, energy, deploy) use the same checks.
+"""
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -25,6 +31,10 @@ class NonFiniteError(SpikingAttnError):
 
 class CheckpointError(SpikingAttnError):
     """A checkpoint is missing, truncated, corrupt, or from another configuration."""
+
+
+class ResourceError(SpikingAttnError):
+    """A run would need more memory than the machine has."""
 
 
 def check_tensor(
@@ -53,7 +63,8 @@ def check_tensor(
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.dim() not in allowed:
-            want = " or ".join(str(a) for a in allowed)
+            contiguous = len(allowed) > 2 and list(allowed) == list(range(allowed[0], allowed[-1] + 1))
+            want = f"{allowed[0]} to {allowed[-1]}" if contiguous else " or ".join(str(a) for a in allowed)
             raise ShapeError(f"{name} must have rank {want}, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ShapeError(f"{name} is empty (shape {tuple(x.shape)})")
@@ -68,11 +79,55 @@ def check_tensor(
     return x
 
 
+def check_int(value: object, name: str, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """Return ``value`` if it is an integer (not a bool) in ``[low, high]``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DTypeError(f"{name} must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            allowed = "a positive integer" if low == 1 else f"an integer >= {low}"
+        else:
+            allowed = f"an integer in [{low}, {high}]"
+        raise SpikingAttnError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
 def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` as an int if it is a positive integer, else raise."""
+    """Return ``value`` if it is a positive integer, else raise."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SpikingAttnError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_number(value: object, name: str, *, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number in its range, else raise.
+
+    ``low`` is included unless ``low_open``; ``high`` is included.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DTypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if not math.isfinite(value) or too_low or (high is not None and value > high):
+        if low is not None and high is not None:
+            allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        elif low is not None:
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = "a finite number"
+        raise SpikingAttnError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_path(value: object, name: str) -> str:
+    """Return ``value`` as a string if it is a non-empty path (str or os.PathLike), else raise."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise DTypeError(f"{name} must be a path, got {type(value).__name__}")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text.strip():
+        raise SpikingAttnError(f"{name} must name a file or folder, got {text!r}")
+    return text
 
 
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
@@ -84,12 +139,9 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value  # type: ignore[return-value]
 
 
-def check_fraction(value: float, name: str, *, low: float = 0.0, high: float = 1.0) -> float:
-    """Return ``value`` as float if low <= value <= high and finite, else raise."""
-    value = float(value)
-    if not math.isfinite(value) or not (low <= value <= high):
-        raise SpikingAttnError(f"{name} must lie in [{low}, {high}], got {value}")
-    return value
+def check_fraction(value: object, name: str, *, low: float = 0.0, high: float = 1.0) -> float:
+    """Return ``value`` as float if it is a number in ``[low, high]``, else raise."""
+    return check_number(value, name, low=low, high=high)
 
 
 def check_bool(value: object, name: str) -> bool:

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .attention import DenseSelfAttention, SpikingSelfAttention, attention_map  # noqa: E402
-from .checkpoint import atomic_write  # noqa: E402
+from .outputs import atomic_write  # noqa: E402
 from .recorder import SpikeRecorder  # noqa: E402
 
 

@@ -4,6 +4,8 @@ Both read one frozen ``ModelConfig``; the blocks come from the mechanism the con
 (``mechanisms/``, the plain transformer being ``none``). Parameter names match between the two
 (``embed``, ``pos``, ``blocks.i...``, ``head``), so weights copy across by name.
 
+Inputs are cast to the model's dtype (a float64 tensor into a float32 model is computed in float32).
+
 Top-down context: ``model(x, cue=None)``. ``cue`` is an index ``[B]`` (integers in
 ``[0, num_cues)``) or a vector ``[B, num_cues]``. The spiking model encodes it like any input (an index
 becomes a one-hot spike train), so the cue reaches the blocks as spikes ``[T, B, C]``; the dense twin
@@ -26,12 +28,13 @@ from torch.nn import functional as F
 from .attention import ACTIVATIONS, DENSE_KINDS, SPIKING_KINDS
 from .encoders import ENCODERS, make_encoder
 from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
-                     check_fraction, check_positive_int, check_tensor)
+                     check_fraction, check_int, check_positive_int, check_tensor)
 from .layers import LinearBN
 from .neuron import ENGINES, population
 from .surrogate import SURROGATES
 
 MODEL_KINDS = ("spiking", "dense")
+MAX_DEPTH = 1000  # blocks; deeper stacks are beyond anything this library is for
 
 
 class FrozenOptions(dict):
@@ -81,8 +84,9 @@ class ModelConfig:
     num_cues: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("in_features", "num_tokens", "num_classes", "dim", "depth", "heads", "timesteps"):
+        for name in ("in_features", "num_tokens", "num_classes", "dim", "heads", "timesteps"):
             check_positive_int(getattr(self, name), name)
+        check_int(self.depth, "depth", low=1, high=MAX_DEPTH)
         if isinstance(self.num_cues, bool) or not isinstance(self.num_cues, int) or self.num_cues < 0:
             raise SpikingAttnError(f"num_cues must be a non-negative integer, got {self.num_cues!r}")
         if self.dim % self.heads:
@@ -194,6 +198,7 @@ class SpikingClassifier(nn.Module):
         """Check ``x`` and return the ``[T, B, N, F]`` input sequence."""
         c = self.config
         _check_tokens(x, c, (3, 4))
+        x = x.to(self.embed.linear.weight.dtype)  # inputs follow the model's dtype (float64 in, float32 model)
         if x.dim() == 4:
             check_tensor(x, "x", timesteps=c.timesteps, finite=False)
             return x
@@ -242,6 +247,7 @@ class DenseClassifier(nn.Module):
         c = self.config
         _check_tokens(x, c, 3)
         check_tensor(x, "x")
+        x = x.to(self.embed.linear.weight.dtype)  # inputs follow the model's dtype
         cue_vec = cue_vector(cue, x.shape[0], c.num_cues, x.dtype)  # [B, C] or None
         h = self.embed(x) + self.pos  # [B, N, D]
         if self.cue_embed is not None:

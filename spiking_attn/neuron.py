@@ -300,6 +300,8 @@ def make_params(du=1.0, dv=0.5, vth=1.0, bias=0.0, theta_decay=None, theta_step=
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DTypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
         else:
+            if not _inside(name, float(value)):  # checked before rounding to the tensor's precision
+                raise SpikingAttnError(f"{name} must be {_describe(name)}, got {value!r}")
             value = torch.tensor(float(value), dtype=dtype)
         values[name] = value
     return LIFParams(**values)
@@ -428,6 +430,8 @@ class LIFPopulation(nn.Module):
                 setattr(self, name, nn.Parameter(tensor))
             else:
                 self.register_buffer(name, tensor)
+        if self.vth.device.type == "meta":  # built only to be measured (resources.py): no values to check
+            return
         check_params(self.params(), "LIFPopulation: ")
         if learn_threshold and float(self.vth.detach().min()) < VTH_FLOOR:
             raise SpikingAttnError(f"a learned vth must start at or above {VTH_FLOOR:g} (the floor the optimiser "

@@ -12,6 +12,8 @@ from typing import List
 import torch
 from torch import nn
 
+from .errors import DTypeError
+
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -34,6 +36,8 @@ def _is_binary(t: torch.Tensor) -> bool:
 @torch.no_grad()
 def spike_driven_report(model: nn.Module, *args, **kwargs) -> SpikeDrivenReport:
     """Run ``model(*args, **kwargs)`` once and report weight layers with non-binary inputs."""
+    if not isinstance(model, nn.Module):
+        raise DTypeError(f"spike_driven_report needs an nn.Module, got {type(model).__name__}")
     report = SpikeDrivenReport()
 
     def hook_for(name: str):

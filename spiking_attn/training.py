@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Optional
 
@@ -24,14 +24,22 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint, write_json
+from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint
 from .data import TASKS, TokenDataset, load_task
-from .errors import CheckpointError, DTypeError, ShapeError, SpikingAttnError, check_choice, check_positive_int
+from .errors import (CheckpointError, DTypeError, ShapeError, SpikingAttnError, check_bool, check_choice, check_int,
+                     check_number, check_path, check_positive_int)
 from .models import MODEL_KINDS, ModelConfig, build_model
 from .neuron import attach_constraints
+from .outputs import RunFolder, write_json
 from .recorder import SpikeRecorder
+from .resources import check_training_memory
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 10**6
+MAX_BATCH = 2**20
+MAX_LR = 10.0  # larger steps only ever diverge; refuse them rather than report NaN
 
 
 @dataclass(frozen=True)
@@ -48,15 +56,16 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check_choice(self.task, "task", TASKS.names())
-        check_positive_int(self.epochs, "epochs")
-        check_positive_int(self.batch_size, "batch_size")
-        if not self.lr > 0:
-            raise SpikingAttnError(f"lr must be positive, got {self.lr}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise SpikingAttnError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_int(self.epochs, "epochs", low=1, high=MAX_EPOCHS)
+        check_int(self.batch_size, "batch_size", low=1, high=MAX_BATCH)
+        check_number(self.lr, "lr", low=0.0, low_open=True, high=MAX_LR)
+        check_number(self.weight_decay, "weight_decay", low=0.0)
+        check_int(self.seed, "seed", low=0, high=MAX_SEED)
+        check_bool(self.augment, "augment")
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # seed < 2**32 and epoch <= 10**6 keep this below 2**63, the generator's limit
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
@@ -125,7 +134,11 @@ def _resolve_resume(resume, given: dict) -> tuple:
     try:
         settings = TrainSettings(**state["settings"])
     except (KeyError, TypeError, SpikingAttnError) as exc:
-        raise SpikingAttnError(f"checkpoint {str(ckpt_path)!r} has no usable training state ({exc})") from None
+        raise CheckpointError(f"checkpoint {str(ckpt_path)!r} has no usable training state ({exc})") from None
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= settings.epochs:
+        raise CheckpointError(f"checkpoint {str(ckpt_path)!r} has training epoch {epoch!r}; it must be an integer "
+                              f"in [0, {settings.epochs}]")
     stored = {**asdict(settings), "model": config.model, "timesteps": config.timesteps,
               "attention": config.attention, "mechanism": config.mechanism}
     for key, value in given.items():
@@ -149,7 +162,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
           epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
           resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
           mechanism: Optional[str] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
-          augment: Optional[bool] = None, stop_after: Optional[int] = None,
+          augment: Optional[bool] = None, stop_after: Optional[int] = None, overwrite: bool = False,
           progress: bool = True, figures: bool = True, **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
@@ -167,6 +180,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         augment: the task's augmentation during training, if it has one (digits: random 1-pixel shifts;
             default off).
         stop_after: train at most this many epochs in this call, then return (the run can be resumed).
+        overwrite: replace a run already in ``out`` (otherwise that is an error).
         progress: show a tqdm bar.
         figures: write training.png and spikes_attention.png on completion.
         config_overrides: other ``ModelConfig`` fields (dim, depth, heads, engine, encoder, ...).
@@ -175,18 +189,22 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         the metrics dict also written to ``out/metrics.json`` (``completed`` is False after ``stop_after``).
     """
     if stop_after is not None:
-        check_positive_int(stop_after, "stop_after")
+        check_int(stop_after, "stop_after", low=1, high=MAX_EPOCHS)
+    for name, flag in (("overwrite", overwrite), ("progress", progress), ("figures", figures)):
+        check_bool(flag, name)
     if resume is not None:
+        resume = check_path(resume, "resume")
         if config_overrides:
             raise SpikingAttnError(f"--resume takes the model config from the checkpoint; do not pass {sorted(config_overrides)}")
         given = {"task": task, "model": model, "timesteps": timesteps, "epochs": epochs, "seed": seed,
                  "attention": attention, "mechanism": mechanism, "batch_size": batch_size, "lr": lr,
                  "augment": augment}
         payload, config, settings = _resolve_resume(resume, given)
-        out = Path(out if out is not None else resume)
+        out = out if out is not None else resume
     else:
         if out is None:
             raise SpikingAttnError("out must name an output folder")
+        check_path(out, "out")
         task = "digits" if task is None else check_choice(task, "task", TASKS.names())
         check_choice(model or "spiking", "model", MODEL_KINDS)
         settings = TrainSettings(task=task, epochs=TASKS.get(task).epochs if epochs is None else epochs,
@@ -194,7 +212,6 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
                                  **{k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("augment", augment))
                                     if v is not None})
         payload = None
-        out = Path(out)
     data = load_task(settings.task)
     if payload is not None:
         _check_resume_fits(config, data, resume)
@@ -203,18 +220,13 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
                       num_cues=data.num_cues, model=model or "spiking",
                       timesteps=4 if timesteps is None else timesteps, attention=attention or "sdsa",
                       mechanism=mechanism or "none")
-        try:
-            config = ModelConfig(**{**fields, **config_overrides})
-        except TypeError as exc:
-            raise SpikingAttnError(f"unknown model option: {exc}") from None
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(config, settings, data, out, payload, stop_after, progress, figures)
-    except BaseException:
-        if created and not (out / "checkpoint.pt").exists():
-            shutil.rmtree(out, ignore_errors=True)  # leave nothing half-made behind
-        raise
+        unknown = sorted(set(config_overrides) - {f.name for f in dataclass_fields(ModelConfig)})
+        if unknown:
+            raise SpikingAttnError(f"unknown model option(s): {', '.join(unknown)}")
+        config = ModelConfig(**{**fields, **config_overrides})
+    check_training_memory(config, settings.batch_size)
+    with RunFolder(out, overwrite=overwrite, resume=resume is not None) as folder:
+        return _run(config, settings, data, folder, payload, stop_after, progress, figures)
 
 
 def _run(config, settings, data, out, payload, stop_after, progress, figures) -> dict:
@@ -227,14 +239,15 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
     start_epoch = 0
     if payload is not None:
         state = payload["training"]
-        load_state(net, payload["state_dict"])
+        load_state(net, payload["state_dict"], f"checkpoint {str(out / 'checkpoint.pt')!r}")
         try:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             history = {k: list(state["history"][k]) for k in history}
             start_epoch = int(state["epoch"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise SpikingAttnError(f"checkpoint has an unusable optimiser state ({exc})") from None
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {str(out / 'checkpoint.pt')!r} has an unusable optimiser state "
+                                  f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
     end_epoch = settings.epochs if stop_after is None else min(settings.epochs, start_epoch + stop_after)
     steps = -(-len(data.x_train) // settings.batch_size)
     bar = tqdm(total=(end_epoch - start_epoch) * steps, disable=not progress, unit="batch",

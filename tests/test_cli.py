@@ -30,7 +30,7 @@ def test_usage_errors_are_one_line(capsys, argv, code, text):
 
 
 @pytest.mark.parametrize("flag, value, text", [
-    ("--epochs", "0", "epochs must be a positive integer"),
+    ("--epochs", "0", "epochs must be an integer in [1, 1000000], got 0"),
     ("--timesteps", "-1", "timesteps must be a positive integer"),
     ("--dim", "15", "divisible"),
 ])
@@ -62,4 +62,4 @@ def test_console_script_has_no_traceback():
     exe = [sys.executable, "-m", "spiking_attn.cli"]
     proc = subprocess.run([*exe, "train", "--out", "x", "--epochs", "-3"], capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "spiking-attn: error: epochs must be a positive integer, got -3"
+    assert proc.stderr.strip() == "spiking-attn: error: epochs must be an integer in [1, 1000000], got -3"

@@ -69,17 +69,17 @@ class MechanismSpec:
         unknown = sorted(set(data) - set(known))
         if unknown:
             allowed = ", ".join(known) if known else "none"
-            raise SpikingAttnError(f"unknown option(s) {', '.join(map(str, unknown))} for mechanism {self.name!r} "
-                                   f"(its options: {allowed})")
+            raise SpikingAttnError(f"mechanism_options: unknown option(s) {', '.join(map(str, unknown))} for "
+                                   f"mechanism {self.name!r} (its options: {allowed})")
         for key, value in data.items():
             items = value if isinstance(value, (list, tuple)) else [value]
             if not all(isinstance(v, _PLAIN_TYPES) for v in items):
-                raise DTypeError(f"option {key!r} of mechanism {self.name!r} must be plain data "
+                raise DTypeError(f"mechanism_options: option {key!r} of mechanism {self.name!r} must be plain data "
                                  f"(numbers, strings, booleans or lists of them), got {type(value).__name__}")
         try:
             return self.options(**data)
         except TypeError as exc:
-            raise SpikingAttnError(f"bad options for mechanism {self.name!r}: {exc}") from None
+            raise SpikingAttnError(f"mechanism_options: bad options for mechanism {self.name!r}: {exc}") from None
 
     def options_dict(self, data: Optional[Mapping] = None) -> dict:
         """``data`` validated and completed with the defaults, as plain data."""
