@@ -76,6 +76,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
     ``context`` holds further per-sample model inputs (``cue=...``), sliced along the batch like ``x``.
     """
+    if not isinstance(model, nn.Module):
+        raise DTypeError(f"model must be an nn.Module, got {type(model).__name__}")
     for name, value in (("x", x), ("y", y), *context.items()):
         if not isinstance(value, torch.Tensor):
             raise DTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")

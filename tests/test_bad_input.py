@@ -195,7 +195,8 @@ def test_evaluate_rejects_bad_arguments():
     model = build_model(ModelConfig(8, 4, 3, dim=16, depth=1, heads=2, timesteps=2))
     x, y = torch.rand(5, 4, 8), torch.randint(3, (5,))
     for call in (lambda: evaluate(model, x, y[:3]), lambda: evaluate(model, x[:0], y[:0]),
-                 lambda: evaluate(model, x, y, batch_size=0), lambda: evaluate(model, x, [0, 1, 2, 0, 1])):
+                 lambda: evaluate(model, x, y, batch_size=0), lambda: evaluate(model, x, [0, 1, 2, 0, 1]),
+                 lambda: evaluate(None, x, y)):
         with pytest.raises(SpikingAttnError):
             call()
 
