@@ -285,27 +285,51 @@ def test_absurd_sizes_are_refused_with_the_estimate(tmp_path):
 
 def _run_script(args, cwd):
     assert SCRIPT.exists(), SCRIPT
-    return subprocess.Popen([str(SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test run started in the background by a
+    # non-interactive shell ignores SIGINT, and an ignored signal is inherited
+    return subprocess.Popen([str(SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _interrupt(proc, when):
-    when()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    return proc.returncode, err.strip().splitlines()
+    """Wait for ``when()``, send SIGINT, and return (status, stderr lines); never leaves the child running."""
+    try:
+        when(proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+        return proc.returncode, err.strip().splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _loading_torch(proc, timeout: float = 300.0):
+    """Wait until the child has mapped libtorch: it is importing torch, inside the CLI's main()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, "the command ended before it was interrupted"
+        try:
+            if "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text():
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "torch was never loaded"
+        time.sleep(0.005)
 
 
 def test_interrupt_during_startup(tmp_path):
     proc = _run_script(["train", *BASE, "--epochs", "1000", "--out", "a/run"], tmp_path)
-    code, err = _interrupt(proc, lambda: time.sleep(0.5))  # torch is still being imported
+    code, err = _interrupt(proc, _loading_torch)
     assert code == 130 and err == ["spiking-attn: interrupted"], err
     assert list(tmp_path.iterdir()) == []
 
 
-def _wait_for(path: Path, timeout: float = 120.0):
-    def wait():
+def _wait_for(path: Path, timeout: float = 300.0):
+    def wait(proc):
         deadline = time.monotonic() + timeout
         while not path.exists():
+            assert proc.poll() is None, "the command ended before it was interrupted"
             assert time.monotonic() < deadline, f"{path} did not appear"
             time.sleep(0.01)
     return wait
