@@ -111,7 +111,14 @@ class SpikingSelfAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"kind={self.kind}, heads={self.heads}, causal={self.causal}, scale={self.scale:.4g}"
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
+                cue: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Output current ``[T, B, N, D]``; ``cue`` is accepted for the common block interface and not read."""
+        return self.out(self.route(x, context))
+
+    def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The routed spikes ``[T, B, N, D]`` before the output projection (heads are contiguous
+        channel groups of ``D / H``), for mechanisms that gate heads."""
         check_tensor(x, "x", ndim=4, last_dim=self.dim)
         if context is not None:
             check_tensor(context, "context", ndim=4)
@@ -127,7 +134,7 @@ class SpikingSelfAttention(nn.Module):
         else:
             kv = self.attn_lif(token_sum(k * v, self.causal))  # [T, B, 1|N, D]
             routed = q * kv  # [T, B, N, D]: an AND of two spike trains
-        return self.out(routed)
+        return routed
 
 
 class DenseSelfAttention(nn.Module):
@@ -159,7 +166,14 @@ class DenseSelfAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"kind={self.kind}, heads={self.heads}, causal={self.causal}, scale={self.scale:.4g}"
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
+                cue: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Output ``[B, N, D]``; ``cue`` is accepted for the common block interface and not read."""
+        return self.out(self.route(x, context))
+
+    def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention output ``[B, N, D]`` before the output projection (heads are contiguous
+        channel groups of ``D / H``)."""
         check_tensor(x, "x", ndim=3, last_dim=self.dim)
         if context is not None:
             check_tensor(context, "context", ndim=3)
@@ -177,7 +191,7 @@ class DenseSelfAttention(nn.Module):
             routed = self.attn_act(mixed * self.scale)
         else:
             routed = q * self.attn_act(token_sum(k * v, self.causal))  # [B, N, D]
-        return self.out(routed)
+        return routed
 
 
 def attention_map(q: torch.Tensor, k: torch.Tensor, heads: int, causal: bool = False,

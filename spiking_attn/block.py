@@ -58,21 +58,23 @@ class SpikingTransformerBlock(nn.Module):
         lif: keyword arguments for every population.
 
     Shapes: ``x`` currents ``[T, B, N, D]``, optional ``context`` spikes ``[T, B, M, D]`` -> ``[T, B, N, D]``.
-    ``cue`` (spikes ``[T, B, C]``) is accepted and not read: the plain block has no top-down input (the
-    classifier gives a cue its own token instead).
+    ``cue`` (spikes ``[T, B, C]``) is passed to the attention module: plain attention does not read it
+    (the classifier gives a cue its own token instead); a mechanism given as ``attn`` may.
+    ``attn``: the mixing module, called as ``attn(spikes, context, cue=cue)`` and returning currents;
+    default ``SpikingSelfAttention``.
     """
 
     def __init__(self, dim: int, heads: int = 4, kind: str = "sdsa", causal: bool = False,
-                 mlp_ratio: float = 4.0, lif: Optional[dict] = None) -> None:
+                 mlp_ratio: float = 4.0, lif: Optional[dict] = None, attn: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.pre_attn_lif = population(dim, lif)
-        self.attn = SpikingSelfAttention(dim, heads, kind, causal, lif=lif)
+        self.attn = attn if attn is not None else SpikingSelfAttention(dim, heads, kind, causal, lif=lif)
         self.pre_mlp_lif = population(dim, lif)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
                 cue: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.pre_attn_lif(x), context)
+        x = x + self.attn(self.pre_attn_lif(x), context, cue=cue)
         return x + self.mlp(self.pre_mlp_lif(x))
 
 
@@ -81,14 +83,14 @@ class DenseTransformerBlock(nn.Module):
     not read)."""
 
     def __init__(self, dim: int, heads: int = 4, kind: str = "softmax", causal: bool = False,
-                 mlp_ratio: float = 4.0, act: str = "relu") -> None:
+                 mlp_ratio: float = 4.0, act: str = "relu", attn: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.pre_attn_act = ACTIVATIONS[check_choice(act, "activation", tuple(ACTIVATIONS))]()
-        self.attn = DenseSelfAttention(dim, heads, kind, causal, act=act)
+        self.attn = attn if attn is not None else DenseSelfAttention(dim, heads, kind, causal, act=act)
         self.pre_mlp_act = ACTIVATIONS[act]()
         self.mlp = DenseMLP(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
                 cue: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.pre_attn_act(x), context)
+        x = x + self.attn(self.pre_attn_act(x), context, cue=cue)
         return x + self.mlp(self.pre_mlp_act(x))

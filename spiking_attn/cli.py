@@ -45,7 +45,8 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--epochs", type=int, help="total epochs (default: 40 on digits)")
     p.add_argument("--seed", type=int, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--timesteps", "-T", type=int, help="time steps T of the spiking model (default 4)")
-    p.add_argument("--attention", choices=SPIKING_KINDS, help="spiking attention kind (default sdsa)")
+    p.add_argument("--attention", choices=SPIKING_KINDS,
+                   help="spiking attention kind (default sdsa; the quadrant task defaults to ssa)")
     p.add_argument("--engine", choices=ENGINES, help="LIF engine (default native)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     if demo:
@@ -65,6 +66,8 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate, in (0, 10] (default 6e-3)")
     p.add_argument("--augment", action="store_true", default=None, help="random 1-pixel shifts of the digits")
+    p.add_argument("--no-cue", dest="use_cue", action="store_false", default=None,
+                   help="withhold the task's cue (the no-cue baseline of a cued task)")
     p.add_argument("--learn-threshold", action="store_true", default=None, help="train every population's vth")
     p.add_argument("--learn-bias", action="store_true", default=None, help="train every population's bias")
     p.add_argument("--learn-decay", action="store_true", default=None, help="train every population's du and dv")
@@ -104,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("train needs --out DIR (or --resume DIR)")
     metrics = train(task=args.task, model=args.model, timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
                     out=args.out, resume=args.resume, attention=args.attention, mechanism=args.mechanism,
-                    batch_size=args.batch_size, lr=args.lr, augment=args.augment, stop_after=args.stop_after,
+                    batch_size=args.batch_size, lr=args.lr, augment=args.augment, use_cue=args.use_cue,
+                    stop_after=args.stop_after,
                     overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
     _print_summary(metrics)
     return 0

@@ -3,6 +3,9 @@
 * ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package), as a
   token sequence: ``'rows'`` gives 8 tokens of 8 pixels, ``'patches'`` 16 tokens of 2x2 pixels.
   Pixels are scaled to [0, 1]. The train/test split is stratified and fixed by ``split_seed``.
+* ``quadrant``: four digits of different classes in a 2x2 grid, as 16 row tokens of 16 pixels; the
+  cue names a quadrant and the label is the digit there. Without the cue a model can do no better
+  than pick one of the four digits (about 0.25).
 * ``cue``: a synthetic top-down attention task generated on the fly. Each sequence holds noisy tokens
   that carry one of ``C`` class prototypes; the cue (an index given beside the tokens, through the
   model's cue path) names one token position, and the label is the class of the token there. The
@@ -14,7 +17,7 @@ without knowing what they are.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -47,6 +50,10 @@ class TokenDataset:
     def in_features(self) -> int:
         return self.x_train.shape[2]
 
+    def without_cue(self) -> "TokenDataset":
+        """The same data with the cue withheld (for the no-cue baseline of a cued task)."""
+        return replace(self, cue_train=None, cue_test=None, num_cues=0)
+
     def context(self, split: str, idx=None) -> dict:
         """Keyword arguments for the model besides ``x``, for ``split`` ('train' or 'test') rows ``idx``."""
         check_choice(split, "split", ("train", "test"))
@@ -58,13 +65,18 @@ class TokenDataset:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: how to load it and how to train on it by default."""
+    """A registered task: how to load it and how to train on it by default.
+
+    ``model_defaults`` are ``ModelConfig`` fields used when the user does not set them (the quadrant
+    task defaults to SSA, whose token-selective attention it needs).
+    """
 
     name: str
     summary: str
     load: Callable[[], TokenDataset]
     epochs: int
     augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+    model_defaults: dict = field(default_factory=dict)
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -118,6 +130,37 @@ def make_cue_task(
     return TokenDataset("cue", x_train, y_train, x_test, y_test, num_classes, cue_train, cue_test, num_tokens)
 
 
+def make_quadrant_task(num_train: int = 10000, num_test: int = 1000, seed: int = 0) -> TokenDataset:
+    """Four digits of different classes in a 2x2 grid (a 16x16 image); the cue names a quadrant (0 top
+    left, 1 top right, 2 bottom left, 3 bottom right) and the label is the digit there.
+
+    Tokens are the image's 16 rows of 16 pixels, so a quadrant is marked only by position: the top
+    or bottom half of the tokens, the left or right half of the features. Training composites use
+    the digits' training split and test composites their test split. Seeded, generated in memory.
+    """
+    for name, value in (("num_train", num_train), ("num_test", num_test)):
+        check_positive_int(value, name)
+    digits = load_digits_tokens()
+    gen = torch.Generator().manual_seed(seed)
+
+    def compose(images: torch.Tensor, labels: torch.Tensor, count: int):
+        order = torch.argsort(labels, stable=True)  # sample indices grouped by class
+        counts = torch.bincount(labels, minlength=10)  # [10]
+        starts = torch.cumsum(counts, 0) - counts  # [10]
+        classes = torch.rand(count, 10, generator=gen).argsort(dim=1)[:, :4]  # [S, 4]: four distinct classes
+        within = (torch.rand(count, 4, generator=gen) * counts[classes]).long()  # [S, 4]: one sample of each
+        picks = order[starts[classes] + within.minimum(counts[classes] - 1)]  # [S, 4]
+        quads = images[picks]  # [S, 4, 8, 8] in quadrant order
+        grid = torch.cat([torch.cat([quads[:, 0], quads[:, 1]], dim=2),
+                          torch.cat([quads[:, 2], quads[:, 3]], dim=2)], dim=1)  # [S, 16, 16]
+        cue = torch.randint(4, (count,), generator=gen)  # [S]
+        return grid.contiguous(), classes[torch.arange(count), cue], cue
+
+    x_train, y_train, cue_train = compose(digits.x_train, digits.y_train, num_train)
+    x_test, y_test, cue_test = compose(digits.x_test, digits.y_test, num_test)
+    return TokenDataset("quadrant", x_train, y_train, x_test, y_test, 10, cue_train, cue_test, 4)
+
+
 def load_task(name: str) -> TokenDataset:
     """Load the registered task called ``name``."""
     return TASKS.get(name).load()
@@ -150,3 +193,5 @@ register_task(TaskSpec("digits", "scikit-learn's 8x8 digits, 8 row tokens of 8 p
                        load_digits_tokens, epochs=40, augment=shift_digits))
 register_task(TaskSpec("cue", "synthetic: recall the class of the token whose position the cue names",
                        make_cue_task, epochs=30))
+register_task(TaskSpec("quadrant", "four digits in a 2x2 grid as 16 row tokens; the cue names the quadrant to read",
+                       make_quadrant_task, epochs=20, model_defaults={"attention": "ssa"}))

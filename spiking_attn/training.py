@@ -53,6 +53,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     seed: int = 0
     augment: bool = False  # random 1-pixel shifts of the digits (ignored for other tasks)
+    use_cue: bool = True  # False: withhold a cued task's cue (the no-cue baseline)
 
     def __post_init__(self) -> None:
         check_choice(self.task, "task", TASKS.names())
@@ -62,6 +63,7 @@ class TrainSettings:
         check_number(self.weight_decay, "weight_decay", low=0.0)
         check_int(self.seed, "seed", low=0, high=MAX_SEED)
         check_bool(self.augment, "augment")
+        check_bool(self.use_cue, "use_cue")
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -164,7 +166,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
           epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
           resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
           mechanism: Optional[str] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
-          augment: Optional[bool] = None, stop_after: Optional[int] = None, overwrite: bool = False,
+          augment: Optional[bool] = None, use_cue: Optional[bool] = None, stop_after: Optional[int] = None,
+          overwrite: bool = False,
           progress: bool = True, figures: bool = True, **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
@@ -181,6 +184,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         batch_size, lr: optimiser settings (defaults in ``TrainSettings``).
         augment: the task's augmentation during training, if it has one (digits: random 1-pixel shifts;
             default off).
+        use_cue: give the model the task's cue (default True); False trains the no-cue baseline.
         stop_after: train at most this many epochs in this call, then return (the run can be resumed).
         overwrite: replace a run already in ``out`` (otherwise that is an error).
         progress: show a tqdm bar.
@@ -200,7 +204,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
             raise SpikingAttnError(f"--resume takes the model config from the checkpoint; do not pass {sorted(config_overrides)}")
         given = {"task": task, "model": model, "timesteps": timesteps, "epochs": epochs, "seed": seed,
                  "attention": attention, "mechanism": mechanism, "batch_size": batch_size, "lr": lr,
-                 "augment": augment}
+                 "augment": augment, "use_cue": use_cue}
         payload, config, settings = _resolve_resume(resume, given)
         out = out if out is not None else resume
     else:
@@ -211,17 +215,21 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         check_choice(model or "spiking", "model", MODEL_KINDS)
         settings = TrainSettings(task=task, epochs=TASKS.get(task).epochs if epochs is None else epochs,
                                  seed=0 if seed is None else seed,
-                                 **{k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("augment", augment))
-                                    if v is not None})
+                                 **{k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("augment", augment),
+                                                      ("use_cue", use_cue)) if v is not None})
         payload = None
     data = load_task(settings.task)
+    if not settings.use_cue:
+        data = data.without_cue()
     if payload is not None:
         _check_resume_fits(config, data, resume)
     if payload is None:
-        fields = dict(in_features=data.in_features, num_tokens=data.num_tokens, num_classes=data.num_classes,
-                      num_cues=data.num_cues, model=model or "spiking",
-                      timesteps=4 if timesteps is None else timesteps, attention=attention or "sdsa",
-                      mechanism=mechanism or "none")
+        fields = {"in_features": data.in_features, "num_tokens": data.num_tokens, "num_classes": data.num_classes,
+                  "num_cues": data.num_cues, "model": model or "spiking",
+                  "timesteps": 4 if timesteps is None else timesteps, "attention": "sdsa",
+                  "mechanism": mechanism or "none", **TASKS.get(settings.task).model_defaults}
+        if attention is not None:
+            fields["attention"] = attention
         unknown = sorted(set(config_overrides) - {f.name for f in dataclass_fields(ModelConfig)})
         if unknown:
             raise SpikingAttnError(f"unknown model option(s): {', '.join(unknown)}")

@@ -169,7 +169,7 @@ def test_config_errors():
         ModelConfig(**SMALL, attention="softmax")
     with pytest.raises(SpikingAttnError, match="unknown config field"):
         ModelConfig.from_dict({**SMALL, "colour": "red"})
-    with pytest.raises(SpikingAttnError, match="unknown mechanism 'thalamus'; choose one of: none"):
+    with pytest.raises(SpikingAttnError, match="unknown mechanism 'thalamus'; choose one of: none, thalamic"):
         ModelConfig(**SMALL, mechanism="thalamus")
     with pytest.raises(SpikingAttnError, match="unknown option"):
         ModelConfig(**SMALL, mechanism_options={"areas": 3})

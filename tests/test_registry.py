@@ -114,7 +114,7 @@ def test_mechanism_registry_rejects_bad_entries(toy_gate):
     with pytest.raises(DTypeError, match="plain data"):
         ModelConfig(8, 4, 3, mechanism="toy_gate", mechanism_options={"gain": torch.tensor(2.0)})
     with pytest.raises(SpikingAttnError, match="unknown mechanism"):
-        MECHANISMS.get("thalamic")
+        MECHANISMS.get("hypothalamus")
     assert ModelConfig(8, 4, 3, mechanism="toy_gate").mechanism_options == {"gain": 1.0}  # defaults stored
 
 

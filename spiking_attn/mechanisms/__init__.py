@@ -106,4 +106,4 @@ def get_mechanism(name: str) -> MechanismSpec:
     return MECHANISMS.get(name)
 
 
-from . import plain  # noqa: E402,F401  (registers the built-in entries)
+from . import plain, thalamic_gating  # noqa: E402,F401  (registers the built-in entries, in this order)

@@ -1,0 +1,173 @@
+"""Thalamic gating: higher-order thalamus opens and closes the heads of cortical attention.
+
+A top-down cue reaches a small controller (the thalamic nucleus), which sets one gate per attention
+head; a head's output reaches the cortex only while its gate is open. Registry entry ``thalamic``.
+
+Dense twin (``DenseThalamicGating``)::
+
+    z     = controller_out(ReLU(controller_in(cue)))             [B, H]   (0 without a cue)
+    g     = sigmoid(z + gate.bias - gate.vth)                    [B, H]   one gate in (0, 1) per head
+    g'    = g * H / (sum_h g + eps)                              gated attention is renormalised
+    out   = attn.out(head_h(attention(x)) * g'_h)
+
+Spiking version (``SpikingThalamicGating``): the cue arrives as spikes ``[T, B, C]``; the controller
+is ``controller_in -> LIF -> controller_out``; the gate is a population with one neuron per head,
+whose learnable threshold and bias are ``gate.vth`` and ``gate.bias`` (without a cue, the bias alone
+sets its rate). A head's routed spike passes only when its gate neuron fired at the same step: the
+product of two spike trains, an AND, which is a coincidence neuron on hardware. Gate firing is
+returned with ``return_gates=True``. There is no renormalisation in the spiking version: a spike is
+passed or not. The inner attention is SSA or SDSA (``config.attention``).
+
+Both versions carry the same parameter names (``attn.*``, ``controller_in``, ``controller_out``,
+``gate.vth``, ``gate.bias``), so weights copy across by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..attention import DenseSelfAttention, SpikingSelfAttention
+from ..block import DenseTransformerBlock, SpikingTransformerBlock
+from ..errors import check_int
+from ..neuron import LIFPopulation, population
+from . import MechanismSpec, register_mechanism
+
+
+@dataclass(frozen=True)
+class ThalamicOptions:
+    """``controller_hidden``: width of the controller between the cue and the gates."""
+
+    controller_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        check_int(self.controller_hidden, "controller_hidden", low=1, high=4096)
+
+
+def _gate_heads(routed: torch.Tensor, gates: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multiply each head's channels by its gate: ``routed`` ``[..., N, D]``, ``gates`` ``[..., H]``."""
+    *lead, n, d = routed.shape
+    per_head = routed.reshape(*lead, n, heads, d // heads)  # [..., N, H, Dh]
+    return (per_head * gates.unsqueeze(-2).unsqueeze(-1)).reshape(*lead, n, d)  # [..., N, D]
+
+
+class DenseGate(nn.Module):
+    """The dense twin of the gate population: ``sigmoid(z + bias - vth)`` with one ``vth`` and ``bias``
+    per head, the same parameter names as the population's."""
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.vth = nn.Parameter(torch.ones(heads))
+        self.bias = nn.Parameter(torch.ones(heads))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(z + self.bias - self.vth)
+
+
+class DenseThalamicGating(nn.Module):
+    """Multihead attention whose heads a cue-driven controller gates.
+
+    Args:
+        dim, heads, kind, causal: the inner attention (``DenseSelfAttention``).
+        num_cues: width of the cue (0: no controller; the gate bias alone sets the gates).
+        hidden: controller width.
+        act: activation of the inner attention.
+
+    Call: ``x`` ``[B, N, D]``, ``cue`` ``[B, C]`` or None -> ``[B, N, D]`` (and gates ``[B, H]`` with
+    ``return_gates=True``).
+    """
+
+    def __init__(self, dim: int, heads: int, kind: str = "softmax", causal: bool = False, num_cues: int = 0,
+                 hidden: int = 32, act: str = "relu") -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn = DenseSelfAttention(dim, heads, kind, causal, act=act)
+        self.controller_in = nn.Linear(num_cues, hidden) if num_cues else None
+        self.controller_act = nn.ReLU()
+        self.controller_out = nn.Linear(hidden, heads) if num_cues else None
+        self.gate = DenseGate(heads)
+
+    def gates(self, cue: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """One gate in (0, 1) per head, ``[B, H]``."""
+        if cue is None or self.controller_in is None:
+            z = like.new_zeros(like.shape[0], self.heads)
+        else:
+            z = self.controller_out(self.controller_act(self.controller_in(cue)))  # [B, H]
+        return self.gate(z)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
+                return_gates: bool = False):
+        g = self.gates(cue, x)  # [B, H]
+        weights = g * self.heads / (g.sum(-1, keepdim=True) + 1e-6)  # renormalised
+        out = self.attn.out(_gate_heads(self.attn.route(x, context), weights, self.heads))  # [B, N, D]
+        return (out, g) if return_gates else out
+
+
+class SpikingThalamicGating(nn.Module):
+    """Spiking thalamic gating: a gate population, one neuron per head, driven by the cue's spikes.
+
+    Args:
+        dim, heads, kind, causal: the inner attention (``SpikingSelfAttention``, SSA or SDSA).
+        num_cues: width of the cue (0: no controller; the gate bias alone drives the gates).
+        hidden: controller width.
+        lif: keyword arguments of the model's populations.
+
+    Call: ``x`` spikes ``[T, B, N, D]``, ``cue`` spikes ``[T, B, C]`` or None -> currents
+    ``[T, B, N, D]`` (and gate spikes ``[T, B, H]`` with ``return_gates=True``).
+    """
+
+    def __init__(self, dim: int, heads: int, kind: str = "sdsa", causal: bool = False, num_cues: int = 0,
+                 hidden: int = 32, lif: Optional[dict] = None) -> None:
+        super().__init__()
+        lif = dict(lif or {})
+        self.heads = heads
+        self.attn = SpikingSelfAttention(dim, heads, kind, causal, lif=lif)
+        self.controller_in = nn.Linear(num_cues, hidden) if num_cues else None
+        self.controller_lif = population(hidden, lif)
+        self.controller_out = nn.Linear(hidden, heads) if num_cues else None
+        gate_lif = {k: v for k, v in lif.items() if k not in ("per_channel", "learn_threshold", "learn_bias", "bias")}
+        vth, dv = float(gate_lif.pop("vth", 1.0)), float(gate_lif.get("dv", 0.5))
+        # At rest the bias alone holds the membrane just at threshold (v* = bias / dv = vth) without firing:
+        # any net excitation from the controller opens a gate, any inhibition keeps it shut.
+        self.gate = LIFPopulation(**gate_lif, vth=vth, bias=vth * dv, shape=(heads,), learn_threshold=True,
+                                  learn_bias=True)
+
+    def gates(self, cue: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Gate spikes ``[T, B, H]``: the gate population driven by the controller (or its bias alone)."""
+        if cue is None or self.controller_in is None:
+            current = like.new_zeros(like.shape[0], like.shape[1], self.heads)  # [T, B, H]
+        else:
+            current = self.controller_out(self.controller_lif(self.controller_in(cue)))  # [T, B, H]
+        return self.gate(current)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
+                return_gates: bool = False):
+        g = self.gates(cue, x)  # [T, B, H] spikes
+        routed = _gate_heads(self.attn.route(x, context), g, self.heads)  # a head's spikes AND its gate's
+        out = self.attn.out(routed)  # [T, B, N, D]
+        return (out, g) if return_gates else out
+
+
+def spiking_block(config, options: ThalamicOptions) -> SpikingTransformerBlock:
+    c = config
+    lif = c.lif_kwargs()
+    attn = SpikingThalamicGating(c.dim, c.heads, c.attention, c.causal, c.num_cues, options.controller_hidden, lif)
+    return SpikingTransformerBlock(c.dim, c.heads, c.attention, c.causal, c.mlp_ratio, lif, attn=attn)
+
+
+def dense_block(config, options: ThalamicOptions) -> DenseTransformerBlock:
+    c = config
+    attn = DenseThalamicGating(c.dim, c.heads, c.dense_attention, c.causal, c.num_cues, options.controller_hidden,
+                               c.dense_act)
+    return DenseTransformerBlock(c.dim, c.heads, c.dense_attention, c.causal, c.mlp_ratio, c.dense_act, attn=attn)
+
+
+register_mechanism(MechanismSpec(
+    name="thalamic",
+    summary="thalamic gating: a cue-driven controller opens and closes attention heads (gate population per head)",
+    spiking_block=spiking_block,
+    dense_block=dense_block,
+    options=ThalamicOptions,
+))

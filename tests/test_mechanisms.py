@@ -1,0 +1,182 @@
+"""The brain-inspired mechanisms: generic checks every registered mechanism must pass, then the
+behaviour of each one in both twins."""
+import pytest
+import torch
+
+from spiking_attn import MECHANISMS, ModelConfig, SpikeRecorder, build_model, load_model, spike_driven_report, train
+from spiking_attn.data import load_digits_tokens, make_quadrant_task
+from spiking_attn.errors import ShapeError, SpikingAttnError
+from spiking_attn.mechanisms.thalamic_gating import DenseThalamicGating, SpikingThalamicGating
+
+BUILT_IN = [name for name in MECHANISMS.names() if name != "none"]
+SMALL = dict(in_features=6, num_tokens=5, num_classes=3, dim=16, depth=1, heads=2, timesteps=3, num_cues=4)
+
+
+def _models(name, **extra):
+    spiking = build_model(ModelConfig(**SMALL, mechanism=name, **extra))
+    dense = build_model(ModelConfig(**SMALL, mechanism=name, model="dense", **extra))
+    return spiking, dense
+
+
+def _inputs(batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 5, 6, generator=g), torch.randint(4, (batch,), generator=g)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_twins_share_parameter_names_and_shapes(name):
+    spiking, dense = _models(name)
+    assert {n: p.shape for n, p in spiking.named_parameters()} == {n: p.shape for n, p in dense.named_parameters()}
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+@pytest.mark.parametrize("attention", ["ssa", "sdsa"])
+def test_spiking_version_is_spike_driven(name, attention):
+    spiking, _ = _models(name, attention=attention)
+    x, cue = _inputs()
+    assert spike_driven_report(spiking, x, cue=cue).non_binary == ["embed.linear"]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_shapes_and_gradients_reach_every_parameter(name, kind):
+    spiking, dense = _models(name)
+    model = spiking if kind == "spiking" else dense
+    x, cue = _inputs(8)
+    logits = model(x, cue=cue)
+    assert logits.shape == (8, 3)
+    logits.pow(2).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    silent = [n for n, p in model.named_parameters() if float(p.grad.abs().sum()) == 0]
+    assert len(silent) <= len(list(model.parameters())) // 10, silent  # a few dead units at random init at most
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_no_state_leaks_between_batches(name):
+    spiking, dense = _models(name)
+    for model in (spiking.eval(), dense.eval()):
+        x, cue = _inputs(4)
+        with torch.no_grad():
+            first = model(x, cue=cue)
+            model(torch.rand(7, 5, 6), cue=torch.randint(4, (7,)))  # another batch, another size
+            assert torch.equal(model(x, cue=cue), first)
+            assert torch.allclose(model(x[:2], cue=cue[:2]), first[:2], atol=1e-6)  # batch composition too
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_bad_input_is_refused(name):
+    spiking, _ = _models(name)
+    x, cue = _inputs()
+    with pytest.raises(ShapeError, match="rank"):
+        spiking(x[0], cue=cue)
+    with pytest.raises(ShapeError, match="vector cue"):
+        spiking(x, cue=torch.rand(4, 3))
+    with pytest.raises(SpikingAttnError, match=r"cue indices must lie in \[0, 4\)"):
+        spiking(x, cue=torch.tensor([0, 1, 2, 9]))
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_checkpoints_save_load_and_resume(name, tmp_path):
+    kw = dict(task="cue", mechanism=name, dim=16, depth=1, heads=2, timesteps=2, progress=False, figures=False)
+    part = train(**kw, epochs=2, stop_after=1, out=tmp_path / "run")
+    assert part["completed"] is False
+    done = train(task="cue", resume=tmp_path / "run", progress=False, figures=False)
+    straight = train(**kw, epochs=2, out=tmp_path / "straight")
+    assert done["history"] == straight["history"]
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert model.config.mechanism == name
+
+
+# --- thalamic gating ------------------------------------------------------------------------------
+
+
+def _routed_seen_by_out(attn, run):
+    """The input of ``attn.attn.out`` (the gated routed heads) during ``run()``."""
+    seen = []
+    handle = attn.attn.out.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_spiking_closed_gate_silences_its_head():
+    torch.manual_seed(0)
+    gating = SpikingThalamicGating(16, 4, "ssa", num_cues=4).eval()
+    with torch.no_grad():
+        for name in ("q", "k", "v"):
+            getattr(gating.attn, name).linear.weight.mul_(6.0)  # so that the heads route spikes
+        gating.gate.bias.copy_(torch.tensor([5.0, 5.0, 5.0, -5.0]))  # head 3 closed, the others open
+    x = (torch.rand(3, 2, 6, 16) < 0.4).float()
+    cue = torch.zeros(3, 2, 4)
+    routed = _routed_seen_by_out(gating, lambda: gating(x, cue=cue))  # [T, B, N, D]
+    heads = routed.reshape(3, 2, 6, 4, 4)
+    assert heads[..., 3, :].sum() == 0  # the closed head passes no spike
+    assert heads[..., :3, :].sum() > 0
+    _, gates = gating(x, cue=cue, return_gates=True)
+    assert gates.shape == (3, 2, 4) and gates[..., 3].sum() == 0 and gates[..., :3].min() == 1
+
+
+def test_dense_closed_gate_silences_its_head():
+    gating = DenseThalamicGating(16, 4, "softmax", num_cues=4).eval()
+    with torch.no_grad():
+        gating.gate.bias.copy_(torch.tensor([5.0, 5.0, 5.0, -50.0]))
+    x = torch.randn(2, 6, 16)
+    routed = _routed_seen_by_out(gating, lambda: gating(x, cue=torch.zeros(2, 4)))
+    assert routed.reshape(2, 6, 4, 4)[..., 3, :].abs().max() < 1e-12
+    _, gates = gating(x, cue=torch.zeros(2, 4), return_gates=True)
+    assert gates.shape == (2, 4) and bool(((gates > 0) & (gates < 1)).all())
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_gates_differ_by_cue(kind):
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(**{**SMALL, "heads": 4}, mechanism="thalamic", model=kind)).eval()
+    gating = model.blocks[0].attn
+    with torch.no_grad():  # a controller wired so that cue i excites hidden unit i, which drives head i
+        gating.controller_in.weight.copy_(torch.eye(32, 4) * 4.0)
+        gating.controller_in.bias.zero_()
+        gating.controller_out.weight.copy_(torch.eye(4, 32) * 4.0 - 1.0)
+        gating.controller_out.bias.zero_()
+    x, _ = _inputs(4)
+    captured = []
+    original = gating.gates
+    gating.gates = lambda cue, like: captured.append(original(cue, like)) or captured[-1]
+    with torch.no_grad():
+        model(x, cue=torch.tensor([0, 1, 2, 3]))
+    gates = captured[0]  # [T, B, H] spikes or [B, H]
+    per_sample = gates.mean(0) if kind == "spiking" else gates
+    assert torch.equal(per_sample.argmax(1), torch.tensor([0, 1, 2, 3]))  # cue i opens head i most
+
+
+def test_spiking_gate_firing_is_recorded():
+    model = build_model(ModelConfig(**SMALL, mechanism="thalamic"))
+    x, cue = _inputs()
+    with SpikeRecorder(model) as rec, torch.no_grad():
+        model(x, cue=cue)
+    assert rec.spikes["blocks.0.attn.gate"].shape == (3, 4, 2)  # [T, B, H]
+    assert "blocks.0.attn.controller_lif" in rec.spikes
+
+
+# --- the quadrant task ------------------------------------------------------------------------------
+
+
+def test_quadrant_task_label_is_the_digit_in_the_cued_quadrant():
+    data = make_quadrant_task(num_train=200, num_test=50, seed=4)
+    assert data.x_train.shape == (200, 16, 16) and data.num_cues == 4 and data.num_classes == 10
+    digits = load_digits_tokens()
+    for i in range(20):
+        q = int(data.cue_test[i])
+        row, col = divmod(q, 2)
+        patch = data.x_test[i, 8 * row:8 * row + 8, 8 * col:8 * col + 8]
+        match = ((digits.x_test - patch).abs().flatten(1).sum(1) == 0).nonzero().flatten()
+        assert len(match) >= 1 and int(digits.y_test[match[0]]) == int(data.y_test[i])
+        # four digits of four different classes
+        quads = [data.x_test[i, 8 * r:8 * r + 8, 8 * c:8 * c + 8] for r in (0, 1) for c in (0, 1)]
+        labels = {int(digits.y_test[((digits.x_test - p).abs().flatten(1).sum(1) == 0).nonzero()[0]]) for p in quads}
+        assert len(labels) == 4
+    again = make_quadrant_task(num_train=200, num_test=50, seed=4)
+    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.cue_test, data.cue_test)
+    assert data.without_cue().context("train") == {} and data.without_cue().num_cues == 0
