@@ -116,17 +116,20 @@ class SpikingSelfAttention(nn.Module):
         """Output current ``[T, B, N, D]``; ``cue`` is accepted for the common block interface and not read."""
         return self.out(self.route(x, context))
 
-    def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, gain: Optional[torch.Tensor] = None,
+              threshold_shift: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The routed spikes ``[T, B, N, D]`` before the output projection (heads are contiguous
-        channel groups of ``D / H``), for mechanisms that gate heads."""
+        channel groups of ``D / H``), for mechanisms that gate heads. ``gain`` and ``threshold_shift``
+        (broadcastable to ``[T, B, N, D]``) modulate the Q, K and V populations."""
         check_tensor(x, "x", ndim=4, last_dim=self.dim)
         if context is not None:
             check_tensor(context, "context", ndim=4)
             _check_context(x, context, self.causal, time_first=True)
         source = x if context is None else context
-        q = self.q_lif(self.q(x))  # [T, B, N, D]
-        k = self.k_lif(self.k(source))  # [T, B, M, D]
-        v = self.v_lif(self.v(source))  # [T, B, M, D]
+        mod = {"gain": gain, "threshold_shift": threshold_shift}
+        q = self.q_lif(self.q(x), **mod)  # [T, B, N, D]
+        k = self.k_lif(self.k(source), **mod)  # [T, B, M, D]
+        v = self.v_lif(self.v(source), **mod)  # [T, B, M, D]
         if self.kind == "ssa":
             qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
             mixed = _merge_heads(linear_attention_product(qh, kh, vh, self.causal))  # [T, B, N, D]
@@ -171,15 +174,23 @@ class DenseSelfAttention(nn.Module):
         """Output ``[B, N, D]``; ``cue`` is accepted for the common block interface and not read."""
         return self.out(self.route(x, context))
 
-    def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, gain: Optional[torch.Tensor] = None,
+              threshold_shift: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The attention output ``[B, N, D]`` before the output projection (heads are contiguous
-        channel groups of ``D / H``)."""
+        channel groups of ``D / H``). ``gain`` and ``threshold_shift`` (broadcastable to ``[B, N, D]``)
+        modulate Q, K and V before their activations, as they modulate the spiking twin's populations."""
         check_tensor(x, "x", ndim=3, last_dim=self.dim)
         if context is not None:
             check_tensor(context, "context", ndim=3)
             _check_context(x, context, self.causal, time_first=False)
         source = x if context is None else context
-        q, k, v = self.q_act(self.q(x)), self.k_act(self.k(source)), self.v_act(self.v(source))
+
+        def modulated(z: torch.Tensor) -> torch.Tensor:
+            z = z if gain is None else z * gain
+            return z if threshold_shift is None else z - threshold_shift
+
+        q = self.q_act(modulated(self.q(x)))
+        k, v = self.k_act(modulated(self.k(source))), self.v_act(modulated(self.v(source)))
         if self.kind == "softmax":
             qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [B, H, N|M, Dh]
             mask = _causal_mask(q.shape[-2], k.shape[-2], q.device) if self.causal else None

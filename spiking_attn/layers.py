@@ -33,3 +33,18 @@ class LinearBN(nn.Module):
         folded.weight.copy_(self.linear.weight * scale[:, None])
         folded.bias.copy_(bn.bias - bn.running_mean * scale)
         return folded.to(self.linear.weight.device)
+
+
+class DenseThresholdOffset(nn.Module):
+    """The dense twin of a poised population (``neuron.poised_population``): ``z + bias - vth`` per
+    channel, with the same parameter names, so that twins copy ``vth`` and ``bias`` across by name.
+    The caller applies its own nonlinearity (a sigmoid gate, a softmax over routes).
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.vth = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.ones(width))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.bias - self.vth

@@ -479,6 +479,20 @@ def population(width: int, lif: Optional[dict] = None) -> LIFPopulation:
     return LIFPopulation(**kwargs, shape=(width,) if per_channel else ())
 
 
+def poised_population(width: int, lif: Optional[dict] = None) -> LIFPopulation:
+    """A per-channel population whose bias holds each neuron exactly at threshold at rest
+    (``v* = bias / dv = vth``, not firing): any net excitation fires it, any inhibition silences it.
+
+    Mechanisms use it for modulatory populations (gates, routes) that must respond to their drive from
+    the first training step; its threshold and bias are learnable. ``lif`` is the model's population
+    keyword dict (its ``dv``, surrogate and engine are used).
+    """
+    kwargs = {k: v for k, v in (lif or {}).items()
+              if k not in ("per_channel", "learn_threshold", "learn_bias", "bias", "vth")}
+    vth, dv = float((lif or {}).get("vth", 1.0)), float(kwargs.get("dv", 0.5))
+    return LIFPopulation(**kwargs, vth=vth, bias=vth * dv, shape=(width,), learn_threshold=True, learn_bias=True)
+
+
 def populations(model: nn.Module):
     """Every ``(name, LIFPopulation)`` in ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LIFPopulation)]

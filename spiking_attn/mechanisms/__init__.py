@@ -51,6 +51,8 @@ class MechanismSpec:
             (numbers, strings, booleans, lists of them), stored in checkpoints by value.
         cue_token: the classifier gives the cue a token of its own (for mechanisms that do not read
             the cue themselves, such as the plain transformer).
+        readouts: name fragments of parameters that compute exposed signals only (returned with the
+            mechanism's components, not used in its output); they learn only if a loss uses them.
     """
 
     name: str
@@ -59,6 +61,7 @@ class MechanismSpec:
     dense_block: Callable[[Any, Any], nn.Module]
     options: type = NoOptions
     cue_token: bool = False
+    readouts: tuple = ()
 
     def parse_options(self, data: Optional[Mapping] = None):
         """The options object for ``data`` (a dict of option values; missing ones take their defaults)."""
@@ -106,4 +109,4 @@ def get_mechanism(name: str) -> MechanismSpec:
     return MECHANISMS.get(name)
 
 
-from . import plain, thalamic_gating  # noqa: E402,F401  (registers the built-in entries, in this order)
+from . import plain, thalamic_gating, pulvinar, basal_forebrain  # noqa: E402,F401  (built-in entries, in order)

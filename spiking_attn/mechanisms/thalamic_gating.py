@@ -12,8 +12,9 @@ Dense twin (``DenseThalamicGating``)::
 
 Spiking version (``SpikingThalamicGating``): the cue arrives as spikes ``[T, B, C]``; the controller
 is ``controller_in -> LIF -> controller_out``; the gate is a population with one neuron per head,
-whose learnable threshold and bias are ``gate.vth`` and ``gate.bias`` (without a cue, the bias alone
-sets its rate). A head's routed spike passes only when its gate neuron fired at the same step: the
+whose learnable threshold and bias are ``gate.vth`` and ``gate.bias``. It starts poised at threshold
+(``neuron.poised_population``): net excitation from the controller opens a gate, inhibition shuts it,
+and without a cue the learned bias alone sets it. A head's routed spike passes only when its gate neuron fired at the same step: the
 product of two spike trains, an AND, which is a coincidence neuron on hardware. Gate firing is
 returned with ``return_gates=True``. There is no renormalisation in the spiking version: a spike is
 passed or not. The inner attention is SSA or SDSA (``config.attention``).
@@ -32,7 +33,8 @@ from torch import nn
 from ..attention import DenseSelfAttention, SpikingSelfAttention
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
-from ..neuron import LIFPopulation, population
+from ..layers import DenseThresholdOffset
+from ..neuron import poised_population, population
 from . import MechanismSpec, register_mechanism
 
 
@@ -51,19 +53,6 @@ def _gate_heads(routed: torch.Tensor, gates: torch.Tensor, heads: int) -> torch.
     *lead, n, d = routed.shape
     per_head = routed.reshape(*lead, n, heads, d // heads)  # [..., N, H, Dh]
     return (per_head * gates.unsqueeze(-2).unsqueeze(-1)).reshape(*lead, n, d)  # [..., N, D]
-
-
-class DenseGate(nn.Module):
-    """The dense twin of the gate population: ``sigmoid(z + bias - vth)`` with one ``vth`` and ``bias``
-    per head, the same parameter names as the population's."""
-
-    def __init__(self, heads: int) -> None:
-        super().__init__()
-        self.vth = nn.Parameter(torch.ones(heads))
-        self.bias = nn.Parameter(torch.ones(heads))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(z + self.bias - self.vth)
 
 
 class DenseThalamicGating(nn.Module):
@@ -87,7 +76,7 @@ class DenseThalamicGating(nn.Module):
         self.controller_in = nn.Linear(num_cues, hidden) if num_cues else None
         self.controller_act = nn.ReLU()
         self.controller_out = nn.Linear(hidden, heads) if num_cues else None
-        self.gate = DenseGate(heads)
+        self.gate = DenseThresholdOffset(heads)  # the dense twin of the gate population
 
     def gates(self, cue: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """One gate in (0, 1) per head, ``[B, H]``."""
@@ -95,7 +84,7 @@ class DenseThalamicGating(nn.Module):
             z = like.new_zeros(like.shape[0], self.heads)
         else:
             z = self.controller_out(self.controller_act(self.controller_in(cue)))  # [B, H]
-        return self.gate(z)
+        return torch.sigmoid(self.gate(z))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
                 return_gates: bool = False):
@@ -127,12 +116,7 @@ class SpikingThalamicGating(nn.Module):
         self.controller_in = nn.Linear(num_cues, hidden) if num_cues else None
         self.controller_lif = population(hidden, lif)
         self.controller_out = nn.Linear(hidden, heads) if num_cues else None
-        gate_lif = {k: v for k, v in lif.items() if k not in ("per_channel", "learn_threshold", "learn_bias", "bias")}
-        vth, dv = float(gate_lif.pop("vth", 1.0)), float(gate_lif.get("dv", 0.5))
-        # At rest the bias alone holds the membrane just at threshold (v* = bias / dv = vth) without firing:
-        # any net excitation from the controller opens a gate, any inhibition keeps it shut.
-        self.gate = LIFPopulation(**gate_lif, vth=vth, bias=vth * dv, shape=(heads,), learn_threshold=True,
-                                  learn_bias=True)
+        self.gate = poised_population(heads, lif)  # opens on net excitation from the controller
 
     def gates(self, cue: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """Gate spikes ``[T, B, H]``: the gate population driven by the controller (or its bias alone)."""

@@ -1,0 +1,151 @@
+"""Pulvinar synchronization: the pulvinar routes signals between cortical areas by synchronising them.
+
+The channels are split into A cortical areas, each with its own projection. A pulvinar network
+reads the whole sequence and sets an A x A routing matrix (row i: how much area i listens to each
+area j); each area receives the routed mixture of the areas, and a phase gate blends that
+synchronised signal with the input. Registry entry ``pulvinar``.
+
+Dense twin (``DensePulvinarSync``), for ``x`` ``[B, N, D]`` with ``D = A * Da``::
+
+    area_j  = act(area_proj[j](x_j))                              x_j: the channels of area j
+    R       = softmax_j(pulvinar(mean_n x) + route.bias - route.vth)   [B, A, A], rows sum to 1
+    sync_i  = sum_j R_ij * area_j
+    p       = sigmoid(phase(x))                                   phase gate, per token and channel
+    out     = out_proj(p * sync + (1 - p) * x)
+
+Spiking version (``SpikingPulvinarSync``): area populations ``area_lif[j]`` fire from their
+projections; the pulvinar population ``route`` has one neuron per route (i, j), poised at threshold
+(``neuron.poised_population``) and driven by the pulvinar
+projection of every token's spikes summed over the sequence (divided by N, the mean of the dense
+twin, taken on currents so that the weight layer still reads spikes). An area j spike reaches area i
+only in coincidence with route neuron (i, j) (communication through synchrony: an AND). Area i's
+synchronising population ``sync_lif`` integrates the spikes that got through; the phase gate is a
+population ``phase_lif``, and ``p AND sync + (NOT p) AND x`` is again a spike train (the two masks
+exclude each other). Route firing rates are the routing matrix it returns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..attention import ACTIVATIONS
+from ..block import DenseTransformerBlock, SpikingTransformerBlock
+from ..errors import SpikingAttnError, check_int
+from ..layers import DenseThresholdOffset, LinearBN
+from ..neuron import poised_population, population
+from . import MechanismSpec, register_mechanism
+
+
+@dataclass(frozen=True)
+class PulvinarOptions:
+    """``areas``: how many cortical areas the channels are split into (must divide ``dim``)."""
+
+    areas: int = 4
+
+    def __post_init__(self) -> None:
+        check_int(self.areas, "areas", low=1, high=64)
+
+
+def _check_areas(dim: int, areas: int) -> int:
+    if dim % areas:
+        raise SpikingAttnError(f"dim ({dim}) must be divisible by the pulvinar's areas ({areas})")
+    return dim // areas
+
+
+def _split_areas(x: torch.Tensor, areas: int) -> torch.Tensor:
+    *lead, d = x.shape
+    return x.reshape(*lead, areas, d // areas)  # [..., A, Da]
+
+
+class DensePulvinarSync(nn.Module):
+    """Dense pulvinar synchronization. ``x`` ``[B, N, D]`` -> ``[B, N, D]`` (and the routing matrix
+    ``[B, A, A]`` with ``return_routing=True``)."""
+
+    def __init__(self, dim: int, areas: int = 4, act: str = "relu") -> None:
+        super().__init__()
+        self.areas = areas
+        width = _check_areas(dim, areas)
+        self.area_proj = nn.ModuleList(LinearBN(width, width) for _ in range(areas))
+        self.area_act = ACTIVATIONS[act]()
+        self.pulvinar = nn.Linear(dim, areas * areas)
+        self.route = DenseThresholdOffset(areas * areas)  # the dense twin of the route population
+        self.phase = LinearBN(dim, dim)
+        self.out = LinearBN(dim, dim)
+
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, A, A]``: row i is the softmax over source areas j."""
+        logits = self.route(self.pulvinar(x.mean(dim=-2)))  # [B, A*A]
+        return logits.reshape(*logits.shape[:-1], self.areas, self.areas).softmax(-1)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
+                return_routing: bool = False):
+        parts = _split_areas(x, self.areas)  # [B, N, A, Da]
+        areas = torch.stack([self.area_act(proj(parts[..., j, :])) for j, proj in enumerate(self.area_proj)], -2)
+        route = self.routing(x)  # [B, A, A]
+        sync = torch.einsum("bij,bnjd->bnid", route, areas).flatten(-2)  # [B, N, D]
+        p = torch.sigmoid(self.phase(x))  # [B, N, D]
+        out = self.out(p * sync + (1 - p) * x)
+        return (out, route) if return_routing else out
+
+
+class SpikingPulvinarSync(nn.Module):
+    """Spiking pulvinar synchronization. ``x`` spikes ``[T, B, N, D]`` -> currents ``[T, B, N, D]``
+    (and route firing rates ``[B, A, A]`` with ``return_routing=True``)."""
+
+    def __init__(self, dim: int, areas: int = 4, lif: Optional[dict] = None) -> None:
+        super().__init__()
+        self.areas = areas
+        width = _check_areas(dim, areas)
+        self.area_proj = nn.ModuleList(LinearBN(width, width) for _ in range(areas))
+        self.area_lif = nn.ModuleList(population(width, lif) for _ in range(areas))
+        self.pulvinar = nn.Linear(dim, areas * areas)
+        self.route = poised_population(areas * areas, lif)  # a route opens on net excitation
+        self.sync_lif = population(dim, lif)
+        self.phase = LinearBN(dim, dim)
+        self.phase_lif = population(dim, lif)
+        self.out = LinearBN(dim, dim)
+
+    def routes(self, x: torch.Tensor) -> torch.Tensor:
+        """Route spikes ``[T, B, A, A]``: neuron (i, j) opens the way from area j to area i."""
+        current = self.pulvinar(x).mean(dim=-2)  # [T, B, A*A]: projected per token, then averaged
+        spikes = self.route(current)
+        return spikes.reshape(*spikes.shape[:-1], self.areas, self.areas)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
+                return_routing: bool = False):
+        parts = _split_areas(x, self.areas)  # [T, B, N, A, Da]
+        areas = torch.stack([lif(proj(parts[..., j, :])) for j, (proj, lif)
+                             in enumerate(zip(self.area_proj, self.area_lif))], -2)  # [T, B, N, A, Da] spikes
+        route = self.routes(x)  # [T, B, A, A] spikes
+        # area j's spike reaches area i only with route (i, j) at the same step; area i sums what arrives
+        arriving = torch.einsum("tbij,tbnjd->tbnid", route, areas)  # [T, B, N, A, Da] counts of coincidences
+        sync = self.sync_lif(arriving.flatten(-2))  # [T, B, N, D] spikes
+        p = self.phase_lif(self.phase(x))  # [T, B, N, D] phase gate spikes
+        mixed = p * sync + (1 - p) * x  # spikes: the two masks exclude each other
+        out = self.out(mixed)
+        return (out, route.mean(0)) if return_routing else out
+
+
+def spiking_block(config, options: PulvinarOptions) -> SpikingTransformerBlock:
+    c = config
+    lif = c.lif_kwargs()
+    return SpikingTransformerBlock(c.dim, c.heads, c.attention, c.causal, c.mlp_ratio, lif,
+                                   attn=SpikingPulvinarSync(c.dim, options.areas, lif))
+
+
+def dense_block(config, options: PulvinarOptions) -> DenseTransformerBlock:
+    c = config
+    return DenseTransformerBlock(c.dim, c.heads, c.dense_attention, c.causal, c.mlp_ratio, c.dense_act,
+                                 attn=DensePulvinarSync(c.dim, options.areas, c.dense_act))
+
+
+register_mechanism(MechanismSpec(
+    name="pulvinar",
+    summary="pulvinar synchronization: route neurons open area-to-area paths; spikes pass in coincidence",
+    spiking_block=spiking_block,
+    dense_block=dense_block,
+    options=PulvinarOptions,
+))
