@@ -1,6 +1,7 @@
 """The extension points: a mechanism registered from outside the package trains with a cue through
 ``build_model`` and ``train`` without touching any other file; registries reject bad entries."""
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -93,7 +94,7 @@ def test_toy_mechanism_dense_twin_and_cli(toy_gate, tmp_path, capsys):
     assert {n: p.shape for n, p in spiking.named_parameters()} == {n: p.shape for n, p in dense.named_parameters()}
     assert main(["train", "--list-mechanisms"]) == 0
     listed = capsys.readouterr().out
-    assert "none" in listed and "toy_gate  a cue-driven channel gate" in listed
+    assert "none" in listed and re.search(r"^toy_gate +a cue-driven channel gate", listed, re.M)
     out = tmp_path / "cli"
     assert main(["train", "--task", "cue", "--mechanism", "toy_gate", "--model", "dense", "--epochs", "1",
                  "--dim", "16", "--depth", "1", "--heads", "2", "--no-progress", "--out", str(out)]) == 0
