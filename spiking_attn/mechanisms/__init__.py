@@ -109,4 +109,4 @@ def get_mechanism(name: str) -> MechanismSpec:
     return MECHANISMS.get(name)
 
 
-from . import plain, thalamic_gating, pulvinar, basal_forebrain  # noqa: E402,F401  (built-in entries, in order)
+from . import plain, thalamic_gating, pulvinar, basal_forebrain, predictive, integrated  # noqa: E402,F401
