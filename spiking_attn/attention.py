@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import auxiliary
 from .errors import ShapeError, SpikingAttnError, check_choice, check_tensor
 from .layers import LinearBN
 from .neuron import population
@@ -137,6 +138,7 @@ class SpikingSelfAttention(nn.Module):
         else:
             kv = self.attn_lif(token_sum(k * v, self.causal))  # [T, B, 1|N, D]
             routed = q * kv  # [T, B, N, D]: an AND of two spike trains
+        auxiliary.report("heads", routed.reshape(*routed.shape[:-1], self.heads, -1))  # [T, B, N, H, Dh]
         return routed
 
 
@@ -202,6 +204,7 @@ class DenseSelfAttention(nn.Module):
             routed = self.attn_act(mixed * self.scale)
         else:
             routed = q * self.attn_act(token_sum(k * v, self.causal))  # [B, N, D]
+        auxiliary.report("heads", routed.reshape(*routed.shape[:-1], self.heads, -1))  # [B, N, H, Dh]
         return routed
 
 

@@ -68,6 +68,11 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--augment", action="store_true", default=None, help="random 1-pixel shifts of the digits")
     p.add_argument("--no-cue", dest="use_cue", action="store_false", default=None,
                    help="withhold the task's cue (the no-cue baseline of a cued task)")
+    from .regularizers import REGULARIZERS
+
+    p.add_argument("--reg", action="append", metavar="NAME=WEIGHT", default=None,
+                   help=f"add a regulariser to the loss (repeatable): {', '.join(REGULARIZERS.names())}")
+    p.add_argument("--target-rate", type=float, help="firing rate the rate_target regulariser aims at (default 0.1)")
     p.add_argument("--learn-threshold", action="store_true", default=None, help="train every population's vth")
     p.add_argument("--learn-bias", action="store_true", default=None, help="train every population's bias")
     p.add_argument("--learn-decay", action="store_true", default=None, help="train every population's du and dv")
@@ -94,6 +99,22 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+def _regularizers(pairs) -> Optional[dict]:
+    """``--reg NAME=WEIGHT`` options as a dict (None if none were given)."""
+    if pairs is None:
+        return None
+    weights = {}
+    for pair in pairs:
+        name, sep, weight = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--reg takes NAME=WEIGHT, got {pair!r}")
+        try:
+            weights[name] = float(weight)
+        except ValueError:
+            raise UsageError(f"--reg {name}: the weight must be a number, got {weight!r}") from None
+    return weights
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .mechanisms import MECHANISMS
     from .training import train
@@ -108,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(task=args.task, model=args.model, timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
                     out=args.out, resume=args.resume, attention=args.attention, mechanism=args.mechanism,
                     batch_size=args.batch_size, lr=args.lr, augment=args.augment, use_cue=args.use_cue,
+                    regularizers=_regularizers(args.reg), target_rate=args.target_rate,
                     stop_after=args.stop_after,
                     overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
     _print_summary(metrics)

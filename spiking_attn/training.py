@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Optional
@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from . import auxiliary
 from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint
 from .data import TASKS, TokenDataset, load_task
 from .errors import (CheckpointError, DTypeError, ShapeError, SpikingAttnError, check_bool, check_choice, check_int,
@@ -32,6 +33,7 @@ from .models import MODEL_KINDS, ModelConfig, build_model
 from .neuron import attach_constraints
 from .outputs import RunFolder, write_json
 from .recorder import SpikeRecorder
+from .regularizers import REGULARIZERS, RegularizerInputs, population_spikes, regularization
 from .resources import check_training_memory
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class TrainSettings:
     seed: int = 0
     augment: bool = False  # random 1-pixel shifts of the digits (ignored for other tasks)
     use_cue: bool = True  # False: withhold a cued task's cue (the no-cue baseline)
+    regularizers: dict = field(default_factory=dict)  # name -> weight (regularizers.REGULARIZERS)
+    target_rate: float = 0.1  # the firing rate the rate_target regulariser pulls towards
 
     def __post_init__(self) -> None:
         check_choice(self.task, "task", TASKS.names())
@@ -64,6 +68,12 @@ class TrainSettings:
         check_int(self.seed, "seed", low=0, high=MAX_SEED)
         check_bool(self.augment, "augment")
         check_bool(self.use_cue, "use_cue")
+        if not isinstance(self.regularizers, dict):
+            raise DTypeError(f"regularizers must be a dict of name -> weight, got {type(self.regularizers).__name__}")
+        for name, weight in self.regularizers.items():
+            check_choice(name, "regularizer", REGULARIZERS.names())
+            check_number(weight, f"weight of regularizer {name!r}", low=0.0)
+        check_number(self.target_rate, "target_rate", low=0.0, high=1.0)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -111,14 +121,24 @@ def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, 
     gen = _epoch_generator(settings.seed, epoch)
     augment = TASKS.get(settings.task).augment if settings.augment else None
     order = torch.randperm(len(data.x_train), generator=gen)
+    weights = settings.regularizers
+    needs_spikes = any(REGULARIZERS.get(name).needs_spikes for name in weights)
     total_loss, correct = 0.0, 0
+    reg_sums = {name: 0.0 for name in weights}
     for start in range(0, len(order), settings.batch_size):
         idx = order[start:start + settings.batch_size]
         x = data.x_train[idx]
         if augment is not None:
             x = augment(x, gen)
-        logits = model(x, generator=gen, **data.context("train", idx))
+        with auxiliary.collect() as reports, \
+                (population_spikes(model) if needs_spikes else contextlib.nullcontext([])) as spikes:
+            logits = model(x, generator=gen, **data.context("train", idx))
         loss = F.cross_entropy(logits, data.y_train[idx])
+        if weights:
+            penalty, values = regularization(weights, RegularizerInputs(reports, spikes, settings.target_rate))
+            loss = loss + penalty
+            for name, value in values.items():
+                reg_sums[name] += float(value.detach()) * len(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -126,7 +146,8 @@ def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, 
         correct += int((logits.argmax(-1) == data.y_train[idx]).sum())
         bar.update(1)
     n = len(order)
-    return {"train_loss": total_loss / n, "train_accuracy": correct / n}
+    return {"train_loss": total_loss / n, "train_accuracy": correct / n,
+            **{f"reg_{name}": value / n for name, value in reg_sums.items()}}
 
 
 def _resolve_resume(resume, given: dict) -> tuple:
@@ -166,8 +187,9 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
           epochs: Optional[int] = None, seed: Optional[int] = None, out: Optional[str | os.PathLike] = None,
           resume: Optional[str | os.PathLike] = None, attention: Optional[str] = None,
           mechanism: Optional[str] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
-          augment: Optional[bool] = None, use_cue: Optional[bool] = None, stop_after: Optional[int] = None,
-          overwrite: bool = False,
+          augment: Optional[bool] = None, use_cue: Optional[bool] = None,
+          regularizers: Optional[dict] = None, target_rate: Optional[float] = None,
+          stop_after: Optional[int] = None, overwrite: bool = False,
           progress: bool = True, figures: bool = True, **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
@@ -185,6 +207,9 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         augment: the task's augmentation during training, if it has one (digits: random 1-pixel shifts;
             default off).
         use_cue: give the model the task's cue (default True); False trains the no-cue baseline.
+        regularizers: ``{name: weight}`` of ``regularizers.REGULARIZERS`` (arousal_prior, free_energy,
+            rate_target, head_diversity); each is logged per epoch as ``history["reg_<name>"]``.
+        target_rate: the firing rate ``rate_target`` pulls towards (default 0.1).
         stop_after: train at most this many epochs in this call, then return (the run can be resumed).
         overwrite: replace a run already in ``out`` (otherwise that is an error).
         progress: show a tqdm bar.
@@ -204,7 +229,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
             raise SpikingAttnError(f"--resume takes the model config from the checkpoint; do not pass {sorted(config_overrides)}")
         given = {"task": task, "model": model, "timesteps": timesteps, "epochs": epochs, "seed": seed,
                  "attention": attention, "mechanism": mechanism, "batch_size": batch_size, "lr": lr,
-                 "augment": augment, "use_cue": use_cue}
+                 "augment": augment, "use_cue": use_cue, "regularizers": regularizers, "target_rate": target_rate}
         payload, config, settings = _resolve_resume(resume, given)
         out = out if out is not None else resume
     else:
@@ -216,7 +241,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         settings = TrainSettings(task=task, epochs=TASKS.get(task).epochs if epochs is None else epochs,
                                  seed=0 if seed is None else seed,
                                  **{k: v for k, v in (("batch_size", batch_size), ("lr", lr), ("augment", augment),
-                                                      ("use_cue", use_cue)) if v is not None})
+                                                      ("use_cue", use_cue), ("regularizers", regularizers),
+                                                      ("target_rate", target_rate)) if v is not None})
         payload = None
     data = load_task(settings.task)
     if not settings.use_cue:
@@ -245,7 +271,8 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     attach_constraints(optimizer, net)  # learned neuron parameters stay in their domains
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
-    history = {"train_loss": [], "train_accuracy": [], "test_accuracy": []}
+    history = {"train_loss": [], "train_accuracy": [], "test_accuracy": [],
+               **{f"reg_{name}": [] for name in settings.regularizers}}
     start_epoch = 0
     if payload is not None:
         state = payload["training"]

@@ -2,12 +2,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_engines_and_rates_example_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "engines_and_rates.py"), "--out", str(tmp_path),
-                           "--epochs", "1"], capture_output=True, text=True, timeout=300)
+def _run(script: str, out: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "identical spikes in every population: True" in proc.stdout
+    return proc.stdout
+
+
+def test_engines_and_rates_example_runs(tmp_path):
+    stdout = _run("engines_and_rates.py", tmp_path, "--epochs", "1")
+    assert "identical spikes in every population: True" in stdout
     assert (tmp_path / "firing_rates.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script, figure, text", [
+    ("thalamic_gates.py", "gate_firing.png", "cue 3 (bottom right): gate rate per head"),
+    ("pulvinar_routing.py", "routing.png", "spiking routing (row i"),
+    ("arousal_states.py", "arousal.png", "digit 9: arousal"),
+    ("prediction_errors.py", "prediction_errors.png", "level 1:"),
+])
+def test_mechanism_examples_write_their_figure(tmp_path, script, figure, text):
+    stdout = _run(script, tmp_path, "--epochs", "1")
+    assert text in stdout
+    assert (tmp_path / figure).stat().st_size > 0

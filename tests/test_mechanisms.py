@@ -182,3 +182,127 @@ def test_quadrant_task_label_is_the_digit_in_the_cued_quadrant():
     again = make_quadrant_task(num_train=200, num_test=50, seed=4)
     assert torch.equal(again.x_train, data.x_train) and torch.equal(again.cue_test, data.cue_test)
     assert data.without_cue().context("train") == {} and data.without_cue().num_cues == 0
+
+
+# --- pulvinar synchronization ------------------------------------------------------------------------
+
+from spiking_attn.mechanisms.pulvinar import DensePulvinarSync, SpikingPulvinarSync  # noqa: E402
+
+
+def test_dense_routing_rows_sum_to_one():
+    pulvinar = DensePulvinarSync(16, areas=4).eval()
+    _, route = pulvinar(torch.randn(3, 6, 16), return_routing=True)
+    assert route.shape == (3, 4, 4)
+    torch.testing.assert_close(route.sum(-1), torch.ones(3, 4))
+
+
+def test_spiking_routes_pass_spikes_only_in_coincidence():
+    torch.manual_seed(0)
+    pulvinar = SpikingPulvinarSync(16, areas=4).eval()
+    x = (torch.rand(4, 2, 6, 16) < 0.4).float()
+    out, rates = pulvinar(x, return_routing=True)
+    assert rates.shape == (2, 4, 4) and float(rates.min()) >= 0 and float(rates.max()) <= 1
+    with torch.no_grad():
+        pulvinar.route.bias.fill_(-100.0)  # every route closed
+    closed = pulvinar(x)
+    with torch.no_grad():  # with no route open, nothing the areas do reaches the output
+        for proj in pulvinar.area_proj:
+            proj.linear.weight.mul_(-3.0)
+    assert torch.equal(pulvinar(x), closed)
+    seen = []
+    pulvinar.sync_lif.register_forward_hook(lambda _m, args, out: seen.append(out))
+    pulvinar(x)
+    assert seen[0].sum() == 0  # the synchronising populations stay silent
+
+
+# --- basal-forebrain modulation ----------------------------------------------------------------------
+
+from spiking_attn.mechanisms.basal_forebrain import DenseBasalForebrain, SpikingBasalForebrain  # noqa: E402
+
+
+def test_dense_arousal_sets_gains_and_thresholds():
+    torch.manual_seed(0)
+    bf = DenseBasalForebrain(16, 2, "softmax", states=3).eval()
+    x = torch.cat([torch.randn(1, 6, 16), torch.randn(1, 6, 16) * 4 + 2])  # two inputs, two arousal levels
+    _, parts = bf(x, return_components=True)
+    p = parts["arousal"]
+    torch.testing.assert_close(p.sum(-1), torch.ones(2))
+    assert not torch.allclose(p[0], p[1])
+    torch.testing.assert_close(parts["gain"], 1 + 0.5 * torch.tanh(p @ bf.state_gain))
+    torch.testing.assert_close(parts["shift"], p @ bf.state_threshold)
+    assert not torch.allclose(parts["gain"][0], parts["gain"][1])
+    assert parts["plasticity"].shape == (2, 1) and bool(((parts["plasticity"] > 0) & (parts["plasticity"] < 1)).all())
+
+
+def test_spiking_arousal_state_modulates_the_populations():
+    torch.manual_seed(0)
+    bf = SpikingBasalForebrain(16, 2, "ssa", states=3).eval()
+    with torch.no_grad():
+        bf.arousal_state.bias.copy_(torch.tensor([5.0, -5.0, -5.0]))  # state 0 wins at every step
+    seen = {}
+    bf.attn.q_lif.register_forward_hook(lambda _m, args, kwargs, out: seen.update(kwargs), with_kwargs=True)
+    x = (torch.rand(3, 2, 6, 16) < 0.4).float()
+    _, parts = bf(x, return_components=True)
+    assert torch.equal(parts["arousal"], torch.tensor([[1.0, 0.0, 0.0]] * 2))
+    expected_gain = 1 + 0.5 * torch.tanh(bf.state_gain[0])
+    torch.testing.assert_close(seen["gain"], expected_gain.expand(3, 2, 1, 16))
+    torch.testing.assert_close(seen["threshold_shift"], bf.state_threshold[0].expand(3, 2, 1, 16))
+    with torch.no_grad():
+        bf.arousal_state.bias.fill_(-5.0)  # no state fires: the populations run unmodulated
+    _, parts = bf(x, return_components=True)
+    assert torch.equal(parts["gain"], torch.ones(3, 2, 16)) and torch.equal(parts["shift"], torch.zeros(3, 2, 16))
+
+
+# --- predictive processing ----------------------------------------------------------------------------
+
+from spiking_attn.mechanisms.predictive import (DensePredictiveCoding, SpikingPredictiveCoding,  # noqa: E402
+                                                free_energy_loss)
+
+
+def test_error_neurons_are_silent_on_an_exact_prediction():
+    pc = SpikingPredictiveCoding(16, levels=2)
+    r = (torch.rand(4, 3, 16) < 0.5).float()
+    pos, neg = pc.errors(0, r, r.clone())
+    assert pos.sum() == 0 and neg.sum() == 0
+    pos, neg = pc.errors(0, r, torch.zeros_like(r) - 3.0)  # predicted far too little: positive errors only
+    assert pos.sum() > 0 and neg.sum() == 0
+    pos, neg = pc.errors(0, r, r + 3.0)  # far too much: negative errors only
+    assert pos.sum() == 0 and neg.sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_predictive_components_and_free_energy(kind):
+    torch.manual_seed(0)
+    if kind == "spiking":
+        pc, x = SpikingPredictiveCoding(16, levels=3), (torch.rand(4, 2, 6, 16) < 0.4).float()
+    else:
+        pc, x = DensePredictiveCoding(16, levels=3), torch.randn(2, 6, 16)
+    out, parts = pc(x, return_components=True)
+    assert out.shape == x.shape and len(parts["errors"]) == 3 and len(parts["precisions"]) == 3
+    assert float(parts["prediction_error"]) >= 0
+    energy = free_energy_loss(parts)
+    energy.backward()
+    assert pc.precision.grad is not None and float(pc.precision.grad.abs().sum()) > 0
+    if kind == "spiking":
+        assert len(parts["error_spikes"]) == 3 and parts["error_spikes"][0][0].shape == (4, 2, 16)
+    # exact predictions and full precision leave only the reconstruction term
+    zero = {**parts, "errors": [torch.zeros(2, 16)] * 3, "precisions": [torch.ones(16)] * 3}
+    torch.testing.assert_close(free_energy_loss(zero), torch.nn.functional.mse_loss(parts["reconstruction"],
+                                                                                    parts["representation"]))
+
+
+# --- the integrated block -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_integrated_block_exposes_every_component(kind):
+    model = build_model(ModelConfig(**SMALL, mechanism="integrated", model=kind))
+    block = model.blocks[0]
+    x = torch.randn(3, 2, 5, 16) if kind == "spiking" else torch.randn(2, 5, 16)
+    cue = torch.ones(3, 2, 4) if kind == "spiking" else torch.ones(2, 4)
+    out, parts = block(x, cue=cue, return_components=True)
+    assert out.shape == x.shape
+    assert set(parts["components"]) == {"thalamic", "pulvinar", "basal_forebrain", "predictive"}
+    assert all(c.shape == x.shape for c in parts["components"].values())
+    torch.testing.assert_close(sum(parts["weights"].values()), torch.tensor(1.0))
+    assert float(parts["prediction_error"]) >= 0 and parts["arousal"].shape == (2, 3)

@@ -19,7 +19,8 @@ states: shared inhibition, so the most-driven state fires first (a soft winner-t
 step the states that fired select their rows of ``state_gain`` and ``state_threshold``; that sets the
 input-current gain ``1 + 0.5 tanh(.)`` and the threshold shift of the Q, K and V populations (their
 per-call modulation, ``LIFPopulation(x, gain=..., threshold_shift=...)``). A step where no state
-fires leaves them unmodulated. Arousal probabilities are the states' firing rates, normalised.
+fires leaves them unmodulated. Arousal probabilities are the states' firing rates, normalised (uniform
+for a sample in which no state fired).
 
 Both report ``"arousal"`` (probabilities ``[B, S]``) to ``auxiliary.collect`` for the arousal-prior
 regulariser.
@@ -110,7 +111,8 @@ class SpikingBasalForebrain(_StateTables):
         spikes = self.arousal_state(drive - drive.mean(-1, keepdim=True))  # soft winner-take-all
         gain, shift = self.modulation(spikes)  # [T, B, D]: the rows of the states that fired
         rates = spikes.mean(0)  # [B, S]
-        p = rates / rates.sum(-1, keepdim=True).clamp_min(1e-6)
+        total = rates.sum(-1, keepdim=True)
+        p = torch.where(total > 0, rates / total.clamp_min(1e-12), torch.full_like(rates, 1 / rates.shape[-1]))
         auxiliary.report("arousal", p)
         out = self.attn.out(self.attn.route(x, context, gain=gain.unsqueeze(-2), threshold_shift=shift.unsqueeze(-2)))
         if not return_components:
