@@ -8,9 +8,9 @@ is available, the native engine runs ``neuron.run_reference`` instead and logs t
 ``kernel_status()`` tells which is in use.
 
 ``run`` is one autograd node for the whole sequence. Parameters and modulation reach the kernel as
-operands (``data[t*tstride + (c // div) % mod]`` for column ``c``), derived here from their shapes:
-scalars, per-channel, per-sample and per-token tensors are read in place, any other broadcastable
-shape is expanded once. The forward pass saves only the input (plus ``z = h - threshold`` when the
+operands (``data[t*tstride + ((c // div) % mod) * mod2 + (c // div2) % mod2]`` for column ``c``), derived
+here from their shapes: scalars, per-channel, per-sample, per-token and per-sample-and-channel
+tensors are read in place; any other broadcastable shape is expanded once. The forward pass saves only the input (plus ``z = h - threshold`` when the
 surrogate is not one the kernel knows); the backward pass recomputes the membrane in cache.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ _i64, _int, _ptr, _dbl = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c
 
 
 class _Operand(ctypes.Structure):
-    _fields_ = [("data", _ptr), ("tstride", _i64), ("div", _i64), ("mod", _i64)]
+    _fields_ = [("data", _ptr), ("tstride", _i64), ("div", _i64), ("mod", _i64), ("div2", _i64), ("mod2", _i64)]
 
 
 _OperandArray = _Operand * len(OPERANDS)
@@ -168,20 +168,26 @@ def _run_chunks(fn, n: int, args_for) -> list:
 
 
 def _pattern(shape: Sequence[int], population: Sequence[int]) -> Optional[tuple]:
-    """``(div, mod)`` if a contiguous tensor of ``shape`` (right-aligned to ``population``) varies over one
-    unbroken run of the population's dims, so column ``c`` reads element ``(c // div) % mod``; else None."""
+    """``(div, mod, div2, mod2)`` if a contiguous tensor of ``shape`` (right-aligned to ``population``)
+    varies over at most two unbroken runs of the population's dims, so column ``c`` reads element
+    ``((c // div) % mod) * mod2 + (c // div2) % mod2``; else None."""
     aligned = (1,) * (len(population) - len(shape)) + tuple(shape)
-    varying = [i for i, size in enumerate(aligned) if size != 1]
-    if not varying:
-        return 1, 1
-    a, b = varying[0], varying[-1] + 1
-    if any(aligned[i] != population[i] for i in range(a, b)):
+    runs, start = [], None
+    for i, size in enumerate((*aligned, 1)):
+        if size != 1 and start is None:
+            start = i
+        elif size == 1 and start is not None:
+            runs.append((start, i))
+            start = None
+    if len(runs) > 2 or any(aligned[i] != population[i] for a, b in runs for i in range(a, b)):
         return None
-    return math.prod(population[b:]), math.prod(population[a:b])
+    described = [(math.prod(population[b:]), math.prod(population[a:b])) for a, b in runs]
+    (div, mod), (div2, mod2) = (described + [(1, 1), (1, 1)])[:2]
+    return div, mod, div2, mod2
 
 
 def _operand(t: torch.Tensor, T: int, population: Sequence[int]) -> tuple:
-    """``(data, tstride, div, mod, per_step)`` for a tensor broadcastable to ``[T, *population]``."""
+    """``(data, tstride, div, mod, div2, mod2, per_step)`` for a tensor broadcastable to ``[T, *population]``."""
     n = math.prod(population)
     per_step = t.dim() == len(population) + 1 and t.shape[0] > 1
     if t.dim() == len(population) + 1 and not per_step:
@@ -190,11 +196,11 @@ def _operand(t: torch.Tensor, T: int, population: Sequence[int]) -> tuple:
     pattern = _pattern(step_shape, population)
     if pattern is None:
         full = (T, *population) if per_step else tuple(population)
-        data, pattern = t.expand(full).contiguous(), (1, n)
+        data, pattern = t.expand(full).contiguous(), (1, n, 1, 1)
     else:
         data = t.contiguous()
-    div, mod = pattern
-    return data, (mod if per_step else 0), div, mod, per_step
+    step = math.prod(pattern[1::2])  # elements of one step: mod * mod2
+    return (data, step if per_step else 0, *pattern, per_step)
 
 
 class _KernelLIF(torch.autograd.Function):
@@ -229,7 +235,7 @@ class _KernelLIF(torch.autograd.Function):
         if sum(counts):
             raise NonFiniteError(f"x contains {sum(counts)} NaN or Inf value(s)")
         ctx.save_for_backward(x, z, *(None if op is None else op[0] for op in operands))
-        layouts = [None if op is None else op[1:] for op in operands]  # (tstride, div, mod, per_step)
+        layouts = [None if op is None else op[1:] for op in operands]  # (tstride, div, mod, div2, mod2, per_step)
         ctx.meta = (layouts, flags, kind, surrogate, [None if t is None else t.shape for t in inputs])
         if not return_membrane:
             ctx.mark_non_differentiable(membrane)
@@ -254,7 +260,7 @@ class _KernelLIF(torch.autograd.Function):
         outputs = [None] * len(OPERANDS)
         for k, op in enumerate(operands):
             if op is not None and need[k]:
-                outputs[k] = x.new_zeros((T, n) if op[4] else (n,))
+                outputs[k] = x.new_zeros((T, n) if op[-1] else (n,))
         pointers = _PointerArray(*(None if g is None else g.data_ptr() for g in outputs))
         structs = _structs(operands)
         bwd = getattr(_load(), f"lif_backward_{SUFFIX[x.dtype]}")
@@ -287,10 +293,10 @@ def _structs(operands) -> _OperandArray:
     array = _OperandArray()
     for k, op in enumerate(operands):
         if op is None:
-            array[k] = _Operand(None, 0, 1, 1)
+            array[k] = _Operand(None, 0, 1, 1, 1, 1)
         else:
-            data, tstride, div, mod, _ = op
-            array[k] = _Operand(data.data_ptr(), tstride, div, mod)
+            data, tstride, div, mod, div2, mod2, _ = op
+            array[k] = _Operand(data.data_ptr(), tstride, div, mod, div2, mod2)
     return array
 
 

@@ -6,10 +6,12 @@
  * for double (suffix _f64).
  *
  * Every parameter and modulation tensor reaches the kernel as an `operand`: column c of step t reads
- * data[t * tstride + (c / div) % mod]. A scalar has mod = 1; a per-channel tensor over [B, N, D] has
- * div = 1, mod = D; a per-sample one has div = N*D, mod = B; a full tensor has div = 1, mod = n. The
- * Python side (lif_kernel.py) derives the descriptor from the tensor's shape, so every broadcastable
- * shape runs here.
+ * data[t * tstride + ((c / div) % mod) * mod2 + (c / div2) % mod2]. A scalar has mod = mod2 = 1; a
+ * per-channel tensor over [B, N, D] has div = 1, mod = D; a per-sample one has div = N*D, mod = B; one
+ * per sample and channel ([B, 1, D]) uses both runs: div = N*D, mod = B, div2 = 1, mod2 = D; a full
+ * tensor has div = 1, mod = n. The Python side (lif_kernel.py) derives the descriptor from the
+ * tensor's shape (and expands the rare shapes two runs cannot describe), so every broadcastable shape
+ * runs here.
  *
  * Each call handles the neuron columns [lo, hi) for all T steps. Python splits the columns across
  * threads; ctypes releases the GIL.
@@ -32,9 +34,10 @@
 #endif
 
 typedef struct {
-    const void *data;  /* REAL values; NULL if the operand is absent */
-    int64_t tstride;   /* elements between time steps; 0: constant in time */
-    int64_t div, mod;  /* column c reads data[t * tstride + (c / div) % mod] */
+    const void *data;    /* REAL values; NULL if the operand is absent */
+    int64_t tstride;     /* elements between time steps; 0: constant in time */
+    int64_t div, mod;    /* column c reads data[t * tstride + ((c / div) % mod) * mod2 + (c / div2) % mod2] */
+    int64_t div2, mod2;  /* a second run of dimensions (per sample and channel, say); 1, 1 if none */
 } operand_t;
 
 /* Operand slots, in the order lif_kernel.py passes them. */

@@ -73,12 +73,17 @@ typedef struct {
 
 /* idx[j] = the element of the operand read by column i0 + j (see operand_t). */
 INLINE void SFX(indices)(const operand_t *op, int64_t i0, int64_t m, int64_t *idx) {
-    int64_t r = i0 % op->div, q = (i0 / op->div) % op->mod;
+    int64_t r = i0 % op->div, q = (i0 / op->div) % op->mod;      /* first run */
+    int64_t r2 = i0 % op->div2, q2 = (i0 / op->div2) % op->mod2;  /* second run */
     for (int64_t j = 0; j < m; ++j) {
-        idx[j] = q;
+        idx[j] = q * op->mod2 + q2;
         if (++r == op->div) {
             r = 0;
             if (++q == op->mod) q = 0;
+        }
+        if (++r2 == op->div2) {
+            r2 = 0;
+            if (++q2 == op->mod2) q2 = 0;
         }
     }
 }
@@ -86,7 +91,7 @@ INLINE void SFX(indices)(const operand_t *op, int64_t i0, int64_t m, int64_t *id
 /* dst[j] = value of a time-invariant operand for column i0 + j. */
 INLINE void SFX(load)(const operand_t *op, int64_t i0, int64_t m, REAL *dst, int64_t *scratch) {
     const REAL *p = (const REAL *)op->data;
-    if (op->mod == 1) {
+    if (op->mod == 1 && op->mod2 == 1) {
         for (int64_t j = 0; j < m; ++j) dst[j] = p[0];
         return;
     }
@@ -95,10 +100,12 @@ INLINE void SFX(load)(const operand_t *op, int64_t i0, int64_t m, REAL *dst, int
 }
 
 /* Whether operand k must be (re)loaded for the block at i0: not if it was loaded for a block at a
- * multiple of its period (div * mod columns) before, since the block then reads the same values. */
+ * multiple of its period (div * mod columns, of the outer run) before, since the block then reads the
+ * same values. */
 INLINE int SFX(stale)(SFX(block_consts) *c, const operand_t *ops, int k, int64_t i0) {
     const operand_t *op = &ops[k];
-    const int64_t period = op->mod == 1 ? 1 : op->div * op->mod;
+    const int64_t p1 = op->mod == 1 ? 1 : op->div * op->mod, p2 = op->mod2 == 1 ? 1 : op->div2 * op->mod2;
+    const int64_t period = p1 > p2 ? p1 : p2;  /* nested runs: the outer one's period repeats both */
     if (c->loaded_at[k] >= 0 && (i0 - c->loaded_at[k]) % period == 0) return 0;
     c->loaded_at[k] = i0;
     return 1;

@@ -1,0 +1,123 @@
+"""The mechanisms: accuracy on the quadrant task at defaults, and speed against their dense twins.
+
+Accuracy (``--part accuracy``): `spiking-attn train --task quadrant` at its defaults (20 epochs,
+10000 training composites, SSA, T=4), for every seed in ``--seeds``; prints mean, min and max.
+
+| run | what it shows |
+|---|---|
+| spiking thalamic | the gated model (target >= 0.90) |
+| dense thalamic | its dense twin (target >= 0.93) |
+| spiking integrated | the integrated block (target >= 0.90) |
+| spiking plain, no cue | the same budget without the cue: near chance (about 0.25) |
+| spiking plain, cue token | the plain model given the cue as an extra token |
+
+Speed (``--part speed``): one block of each mechanism, forward + backward at T=4, batch 32, 32 tokens,
+dim 128, spiking version and dense twin in the same run (median of ``--repeats``); prints the
+spiking time per time step over the dense time (target <= 1.5).
+
+    .venv/bin/python benchmarks/bench_mechanisms.py [--part speed|accuracy|all] [--seeds 0 1 2] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+RUNS = {
+    "spiking thalamic": dict(model="spiking", mechanism="thalamic"),
+    "dense thalamic": dict(model="dense", mechanism="thalamic"),
+    "spiking integrated": dict(model="spiking", mechanism="integrated"),
+    "spiking plain, no cue": dict(model="spiking", mechanism="none", use_cue=False),
+    "spiking plain, cue token": dict(model="spiking", mechanism="none"),
+}
+T, B, N, D, HEADS = 4, 32, 32, 128, 4
+
+
+def accuracy(seeds, only=None) -> dict:
+    from spiking_attn.training import train
+
+    results = {}
+    for label, kw in RUNS.items():
+        if only and label not in only:
+            continue
+        accs = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            metrics = train(task="quadrant", seed=seed, out=f"runs/bench_mechanisms/{label.replace(' ', '_')}_{seed}",
+                            overwrite=True, progress=False, figures=False, **kw)
+            accs.append(metrics["test_accuracy"])
+            print(f"  {label:28s} seed {seed}: {metrics['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        results[label] = {"accuracies": accs, "mean": statistics.mean(accs), "min": min(accs), "max": max(accs)}
+    return results
+
+
+def _block_time(block, x, cue, repeats: int) -> float:
+    def step():
+        xs = x.clone().requires_grad_()
+        block(xs, cue=cue).sum().backward()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed(repeats: int) -> dict:
+    from spiking_attn.mechanisms import MECHANISMS
+    from spiking_attn.models import ModelConfig
+
+    results = {}
+    for name, spec in MECHANISMS.items():
+        config = ModelConfig(in_features=D, num_tokens=N, num_classes=10, dim=D, heads=HEADS, timesteps=T, num_cues=4,
+                             mechanism=name)
+        options = spec.parse_options(config.mechanism_options)
+        torch.manual_seed(0)
+        spiking, dense = spec.spiking_block(config, options), spec.dense_block(config, options)
+        cue_spikes = torch.zeros(T, B, 4)
+        cue_spikes[..., 1] = 1.0
+        t_spiking = _block_time(spiking, torch.randn(T, B, N, D), cue_spikes, repeats)
+        t_dense = _block_time(dense, torch.randn(B, N, D), cue_spikes[0], repeats)
+        results[name] = {"spiking_ms": 1e3 * t_spiking, "dense_ms": 1e3 * t_dense,
+                         "per_step_ratio": t_spiking / T / t_dense}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("speed", "accuracy", "all"), default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=list(RUNS), help="accuracy: only these runs")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    from spiking_attn.lif_kernel import kernel_status
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}")
+    out = {}
+    if args.part in ("speed", "all"):
+        print(f"\nOne block, forward+backward, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
+        out["speed"] = speed(args.repeats)
+        print(f"{'mechanism':18s} {'spiking ms':>11s} {'dense ms':>9s} {'spiking per step / dense':>25s}")
+        for name, r in out["speed"].items():
+            print(f"{name:18s} {r['spiking_ms']:11.1f} {r['dense_ms']:9.1f} {r['per_step_ratio']:24.2f}x")
+    if args.part in ("accuracy", "all"):
+        print(f"\nQuadrant task at defaults, test accuracy over seeds {args.seeds}")
+        out["accuracy"] = accuracy(args.seeds, args.only)
+        print(f"{'run':28s} {'mean':>7s} {'min':>7s} {'max':>7s}")
+        for label, r in out["accuracy"].items():
+            print(f"{label:28s} {r['mean']:7.4f} {r['min']:7.4f} {r['max']:7.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
