@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from . import auxiliary
 from .errors import ShapeError, SpikingAttnError, check_choice, check_tensor
+from .graph import ExportError, export_rule
 from .layers import LinearBN
 from .neuron import population
 
@@ -140,6 +141,35 @@ class SpikingSelfAttention(nn.Module):
             routed = q * kv  # [T, B, N, D]: an AND of two spike trains
         auxiliary.report("heads", routed.reshape(*routed.shape[:-1], self.heads, -1))  # [T, B, N, H, Dh]
         return routed
+
+
+def export_route(attn: SpikingSelfAttention, graph, x, context=None):
+    """Graph rule of ``SpikingSelfAttention.route``: the routed spikes as a population handle.
+
+    SDSA is masks and sums: ``k AND v`` and ``q AND kv`` are coincidence populations, the token sum a
+    static synapse. SSA's ``Q K^T V`` multiplies spike counts that change every step: no static synapse
+    computes it, so SSA does not export.
+    """
+    name = graph.name_of(attn)
+    if attn.kind != "sdsa":
+        raise ExportError(f"{name}: SSA's Q K^T V product is not a static synapse (it multiplies two spike "
+                          f"trains' counts at every step), so it cannot run on LIF populations with fixed weights; "
+                          f"train the model with --attention sdsa, whose masks map to coincidence neurons")
+    source = x if context is None else context
+    q = graph.population(attn.q_lif, graph.dense(attn.q, x))
+    k = graph.population(attn.k_lif, graph.dense(attn.k, source))
+    v = graph.population(attn.v_lif, graph.dense(attn.v, source))
+    k_and_v = graph.logic(f"{name}.k_and_v", k.current() + v.current(), 1.5)
+    summed = graph.linear_map(k_and_v, lambda t: token_sum(t, attn.causal))  # [1|N, D]
+    kv = graph.population(attn.attn_lif, summed)
+    n = q.shape[0]
+    spread = graph.linear_map(kv, lambda t: t.expand(t.shape[0], n, t.shape[-1]) if t.shape[1] == 1 else t)
+    return graph.logic(f"{name}.q_and_kv", q.current() + spread, 1.5)
+
+
+@export_rule(SpikingSelfAttention)
+def _export_attention(attn: SpikingSelfAttention, graph, x, context=None, *, cue=None):
+    return graph.dense(attn.out, export_route(attn, graph, x, context))
 
 
 class DenseSelfAttention(nn.Module):

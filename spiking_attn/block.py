@@ -19,6 +19,7 @@ from torch import nn
 
 from .attention import ACTIVATIONS, DenseSelfAttention, SpikingSelfAttention
 from .errors import check_choice
+from .graph import export_rule
 from .layers import LinearBN
 from .neuron import population
 
@@ -76,6 +77,17 @@ class SpikingTransformerBlock(nn.Module):
                 cue: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.pre_attn_lif(x), context, cue=cue)
         return x + self.mlp(self.pre_mlp_lif(x))
+
+
+@export_rule(SpikingMLP)
+def _export_mlp(mlp: SpikingMLP, graph, x):
+    return graph.dense(mlp.fc2, graph.population(mlp.fc1_lif, graph.dense(mlp.fc1, x)))
+
+
+@export_rule(SpikingTransformerBlock)
+def _export_block(block: SpikingTransformerBlock, graph, x, context=None, *, cue=None):
+    x = x + graph.call(block.attn, graph.population(block.pre_attn_lif, x), context, cue=cue)
+    return x + graph.call(block.mlp, graph.population(block.pre_mlp_lif, x))
 
 
 class DenseTransformerBlock(nn.Module):

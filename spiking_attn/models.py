@@ -29,6 +29,7 @@ from .attention import ACTIVATIONS, DENSE_KINDS, SPIKING_KINDS
 from .encoders import ENCODERS, make_encoder
 from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
                      check_fraction, check_int, check_positive_int, check_tensor)
+from .graph import Readout, export_rule
 from .layers import LinearBN
 from .neuron import ENGINES, population
 from .surrogate import SURROGATES
@@ -45,6 +46,9 @@ class FrozenOptions(dict):
                         "(dataclasses.replace(config, mechanism_options={...}))")
 
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild it whole instead of item by item
+        return (FrozenOptions, (dict(self),))
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,27 @@ class SpikingClassifier(nn.Module):
             h = block(h, cue=cue_seq)
         per_token = self.head(self.head_lif(h))  # [T, B, N(+1), C]
         return per_token.mean(dim=(0, 2))  # [B, C]
+
+
+@export_rule(SpikingClassifier)
+def _export_classifier(model: SpikingClassifier, graph, x, cue=None):
+    """The encoding layer runs on the host (its input is analog): its currents, the positions and the
+    cue token enter the network as host currents; an encoded cue enters as input spikes. The head's
+    population is the last one on the network; the host reads its spikes out through the head."""
+    seq = model.encode(x)  # [T, B, N, F]
+    cue_seq = model.encode_cue(cue, seq.shape[1], seq.dtype)  # [T, B, C] or None
+    h = model.embed(seq) + model.pos  # [T, B, N, D]
+    if model.cue_embed is not None:
+        source = cue_seq if cue_seq is not None else seq.new_zeros(*seq.shape[:2], model.config.num_cues)
+        h = torch.cat([h, model.cue_embed(source).unsqueeze(2)], dim=2)
+    stream = graph.host_current(h)
+    cue_spikes = None if cue_seq is None or model.cue_embed is not None else graph.input_spikes("cue", cue_seq)
+    for block in model.blocks:
+        stream = graph.call(block, stream, cue=cue_spikes)
+    head = graph.population(model.head_lif, stream)
+    graph.readout = Readout(head.name, model.head.weight.detach().double().numpy(),
+                            model.head.bias.detach().double().numpy())
+    return head
 
 
 class DenseClassifier(nn.Module):

@@ -34,6 +34,7 @@ from torch import nn
 from ..attention import ACTIVATIONS
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import SpikingAttnError, check_int
+from ..graph import export_rule
 from ..layers import DenseThresholdOffset, LinearBN
 from ..neuron import poised_population, population
 from . import MechanismSpec, register_mechanism
@@ -127,6 +128,47 @@ class SpikingPulvinarSync(nn.Module):
         mixed = p * sync + (1 - p) * x  # spikes: the two masks exclude each other
         out = self.out(mixed)
         return (out, route.mean(0)) if return_routing else out
+
+
+@export_rule(SpikingPulvinarSync)
+def _export_pulvinar(sync: SpikingPulvinarSync, graph, x, context=None, *, cue=None):
+    """Area, route, synchronising and phase populations form the core group ``pulvinar``. Area j's
+    spike reaches area i through a coincidence neuron with route (i, j); the phase gate picks per
+    channel between synchronised and input spikes with an AND and an AND-NOT."""
+    name = graph.name_of(sync)
+    a = sync.areas
+    n, d = x.shape
+    da = d // a
+    with graph.group(f"pulvinar:{name}"):
+        areas = []
+        for j, (proj, lif) in enumerate(zip(sync.area_proj, sync.area_lif)):
+            part = graph.linear_map(x, lambda t, j=j: t[..., j * da:(j + 1) * da])  # [N, Da]
+            part_spikes = graph.population(lif, graph.dense(proj, part))
+            areas.append(part_spikes)
+        route_current = graph.linear_map(graph.dense(sync.pulvinar, x), lambda t: t.mean(dim=-2))  # [A*A]
+        route = graph.population(sync.route, route_current)
+        # coincidences: neuron (n, i, j, c) fires when area j's channel c spikes and route (i, j) is open
+        pair = None
+        for j, area in enumerate(areas):
+            from_area = graph.linear_map(area, lambda t: t[:, :, None, :].expand(t.shape[0], n, a, da))  # [N, A_i, Da]
+            spread = graph.linear_map(from_area, lambda t: _place(t, j, a))  # [N, A_i, A_j, Da]
+            pair = spread if pair is None else pair + spread
+        route_spread = graph.linear_map(route, lambda r: r.reshape(-1, 1, a, a, 1).expand(r.shape[0], n, a, a, da))
+        arriving = graph.logic(f"{name}.area_and_route", pair + route_spread, 1.5)  # [N, A, A, Da]
+        summed = graph.linear_map(arriving, lambda t: t.sum(dim=-2).reshape(t.shape[0], n, d))  # over sources j
+        synced = graph.population(sync.sync_lif, summed)
+        phase = graph.population(sync.phase_lif, graph.dense(sync.phase, x))
+        p_and_sync = graph.logic(f"{name}.phase_and_sync", phase.current() + synced.current(), 1.5)
+        x_not_p = graph.logic(f"{name}.input_and_not_phase", x.current() + phase.current().scaled(-1.0), 0.5)
+    # out(p AND sync + x AND NOT p): one weight layer reading two spike trains that exclude each other
+    return graph.dense(sync.out, p_and_sync) + graph.dense(sync.out, x_not_p).without_bias()
+
+
+def _place(t, j: int, a: int):
+    """``[K, N, A_i, Da]`` -> ``[K, N, A_i, A_j, Da]`` with the input at source index ``j``, zeros elsewhere."""
+    out = t.new_zeros(*t.shape[:3], a, t.shape[-1])
+    out[:, :, :, j] = t
+    return out
 
 
 def spiking_block(config, options: PulvinarOptions) -> SpikingTransformerBlock:

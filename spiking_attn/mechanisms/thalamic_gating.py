@@ -30,9 +30,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..attention import DenseSelfAttention, SpikingSelfAttention
+from ..attention import DenseSelfAttention, SpikingSelfAttention, export_route
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
+from ..graph import Current, export_rule
 from ..layers import DenseThresholdOffset
 from ..neuron import poised_population, population
 from . import MechanismSpec, register_mechanism
@@ -132,6 +133,26 @@ class SpikingThalamicGating(nn.Module):
         routed = _gate_heads(self.attn.route(x, context), g, self.heads)  # a head's spikes AND its gate's
         out = self.attn.out(routed)  # [T, B, N, D]
         return (out, g) if return_gates else out
+
+
+@export_rule(SpikingThalamicGating)
+def _export_thalamic(gating: SpikingThalamicGating, graph, x, context=None, *, cue=None):
+    """Controller and gate populations form the core group ``thalamic_gating``; a head's routed spike
+    and its gate's spike meet at a coincidence population (an AND)."""
+    name = graph.name_of(gating)
+    routed = export_route(gating.attn, graph, x, context)  # [N, D]
+    with graph.group(f"thalamic_gating:{name}"):
+        if cue is None or gating.controller_in is None:
+            drive = Current(graph, (gating.heads,))  # no drive: the bias alone sets the gates
+        else:
+            hidden = graph.population(gating.controller_lif, graph.dense(gating.controller_in, cue))
+            drive = graph.dense(gating.controller_out, hidden)
+        gates = graph.population(gating.gate, drive)  # [H]
+    n, d = routed.shape
+    spread = graph.linear_map(gates, lambda g: g[:, None, :, None].expand(g.shape[0], n, gating.heads,
+                                                                            d // gating.heads).reshape(-1, n, d))
+    passed = graph.logic(f"{name}.head_and_gate", routed.current() + spread, 1.5)
+    return graph.dense(gating.attn.out, passed)
 
 
 def spiking_block(config, options: ThalamicOptions) -> SpikingTransformerBlock:

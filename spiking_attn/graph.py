@@ -1,0 +1,411 @@
+"""The network graph of a spiking model: LIF populations and the static synapses between them.
+
+Hardware backends (the Lava exporter, the fixed-point emulator, the core mapper) do not read torch
+modules; they read this graph. ``export_graph(model, x, cue)`` walks the module tree and dispatches on
+module type through ``EXPORT_RULES``: each module type registers one rule (``@export_rule(Cls)``), in
+the file that defines the module, which re-states the module's forward pass with graph handles:
+
+* ``Spikes``: the output of a population (binary, ``[T, B, *shape]`` per sample in torch time);
+* ``Current``: a linear combination of spike trains through weight matrices, plus currents computed
+  on the host (the analog encoding layer) and a constant bias, ``[T, B, *shape]``.
+
+A rule turns currents into spikes only through ``graph.population(lif_module, current)`` (a LIF
+population of the model) or ``graph.logic(name, current, vth)`` (a coincidence neuron: the AND of
+two spike trains is a population with threshold between one and two inputs, no memory); weight
+layers become sparse matrices through ``graph.dense(layer, spikes)`` and any other linear map of
+spikes (a sum over tokens, a broadcast to heads) through ``graph.linear_map(spikes, fn)``. A module
+type without a rule, or an operation that is not a static synapse, is an ``ExportError`` naming the
+module and why.
+
+Time in the graph is torch time: at step ``t`` every population sees its inputs of step ``t``.
+``simulate`` runs the graph that way in float64 (the reference the exporters are checked against);
+hardware timing (every synapse adds a step) is the backends' business (``hardware/lava.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SpikingAttnError
+
+EXPORT_RULES: Dict[type, Callable] = {}
+
+ROLES = ("neuron", "logic", "relay", "input")
+
+
+class ExportError(SpikingAttnError):
+    """A model (or a part of it) cannot be expressed as LIF populations and static synapses."""
+
+
+def export_rule(cls: type):
+    """Register the decorated function as the graph rule of module type ``cls``.
+
+    The rule is called as ``rule(module, graph, *inputs, **keywords)`` with graph handles and returns
+    handles, as the module's ``forward`` returns tensors.
+    """
+    def register(fn):
+        EXPORT_RULES[cls] = fn
+        return fn
+    return register
+
+
+def rule_for(module: nn.Module) -> Optional[Callable]:
+    for cls in type(module).__mro__:
+        if cls in EXPORT_RULES:
+            return EXPORT_RULES[cls]
+    return None
+
+
+@dataclass
+class Edge:
+    """Static synapses from population ``source`` into a population: ``weight`` ``[size, source size]``
+    (a scipy CSR matrix, float64)."""
+
+    source: str
+    weight: object
+
+
+@dataclass
+class Node:
+    """One population.
+
+    ``role``: 'neuron' (a LIF population of the model), 'logic' (a coincidence neuron: AND / AND-NOT of
+    spike trains), 'relay' (added by backends to delay a spike train) or 'input' (spikes given by the
+    host, e.g. the encoded cue). Parameters are float64 arrays of ``size`` values. ``host`` holds the
+    currents computed on the host, ``[T, B, size]``; ``spikes`` the spikes of an input node.
+    ``group`` is the core group the population belongs to (a mechanism gets its own).
+    """
+
+    name: str
+    shape: Tuple[int, ...]
+    role: str
+    group: str
+    module: str
+    du: np.ndarray
+    dv: np.ndarray
+    vth: np.ndarray
+    bias: np.ndarray
+    edges: List[Edge] = field(default_factory=list)
+    host: Optional[np.ndarray] = None
+    spikes: Optional[np.ndarray] = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclass
+class Readout:
+    """How the host turns the spikes of ``source`` into logits: ``mean over steps and tokens of
+    spikes @ weight.T + bias`` (``weight`` ``[C, D]``, the source shaped ``[tokens, D]``)."""
+
+    source: str
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def logits(self, spikes: np.ndarray) -> np.ndarray:
+        """``spikes`` ``[T, B, tokens * D]`` -> logits ``[B, C]``."""
+        t, b, _ = spikes.shape
+        per_token = spikes.reshape(t, b, -1, self.weight.shape[1]).astype(np.float64)
+        return per_token.mean(axis=(0, 2)) @ self.weight.T + self.bias
+
+
+class Spikes:
+    """Handle to the spikes of a population. ``shape`` excludes time and batch."""
+
+    def __init__(self, graph: "NetworkGraph", name: str, shape: Sequence[int]) -> None:
+        self.graph, self.name, self.shape = graph, name, tuple(shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def current(self) -> "Current":
+        """The spikes as a current through unit weights."""
+        from scipy import sparse
+
+        return Current(self.graph, self.shape, {self.name: sparse.identity(self.size, format="csr")})
+
+
+class Current:
+    """Handle to a current ``[T, B, *shape]``: ``sum_s W_s @ spikes_s + host + bias``."""
+
+    def __init__(self, graph: "NetworkGraph", shape: Sequence[int], terms: Optional[dict] = None,
+                 host: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None) -> None:
+        self.graph, self.shape = graph, tuple(shape)
+        self.terms = dict(terms or {})
+        self.host = host
+        self.bias = np.zeros(self.size) if bias is None else np.asarray(bias, dtype=np.float64)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __add__(self, other: "Current") -> "Current":
+        if isinstance(other, Spikes):
+            other = other.current()
+        if not isinstance(other, Current) or other.shape != self.shape:
+            raise ExportError(f"cannot add {getattr(other, 'shape', other)} to a current of shape {self.shape}")
+        terms = dict(self.terms)
+        for name, w in other.terms.items():
+            terms[name] = terms[name] + w if name in terms else w
+        host = self.host if other.host is None else (other.host if self.host is None else self.host + other.host)
+        return Current(self.graph, self.shape, terms, host, self.bias + other.bias)
+
+    def without_bias(self) -> "Current":
+        return Current(self.graph, self.shape, self.terms, self.host)
+
+    def scaled(self, factor: float) -> "Current":
+        return Current(self.graph, self.shape, {n: w * factor for n, w in self.terms.items()},
+                       None if self.host is None else self.host * factor, self.bias * factor)
+
+
+def _is_selection(current: "Current") -> bool:
+    """True if every entry of ``current`` is one spike (or nothing): unit weights, one per row."""
+    if current.host is not None or np.any(current.bias != 0):
+        return False
+    rows = np.zeros(current.size)
+    for w in current.terms.values():
+        if w.nnz and not np.all(w.data == 1.0):
+            return False
+        rows += np.asarray((w != 0).sum(axis=1)).reshape(-1)
+    return bool(np.all(rows <= 1))
+
+
+def _as_params(value: torch.Tensor, shape: Tuple[int, ...]) -> np.ndarray:
+    return value.detach().to(torch.float64).expand(shape).reshape(-1).numpy().copy()
+
+
+class NetworkGraph:
+    """Populations in the order they were created (a topological order of the synapses), the host's
+    input spikes and currents for a batch of samples, and the readout.
+
+    Built by ``export_graph``; rules add to it through the methods below.
+    """
+
+    def __init__(self, model: nn.Module, timesteps: int, batch: int) -> None:
+        self.timesteps, self.batch = timesteps, batch
+        self.nodes: Dict[str, Node] = {}
+        self.readout: Optional[Readout] = None
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self._group: List[str] = []
+
+    # ---- naming and dispatch
+    def name_of(self, module: nn.Module) -> str:
+        return self._names.get(id(module), type(module).__name__) or "model"
+
+    def call(self, module: nn.Module, *args, **kwargs):
+        """Apply ``module``'s rule to graph handles (what ``module(*args, **kwargs)`` does to tensors)."""
+        rule = rule_for(module)
+        if rule is None:
+            raise ExportError(f"{self.name_of(module)} ({type(module).__name__}) has no export rule: it cannot be "
+                              f"mapped to LIF populations and static synapses (exportable mechanisms register one "
+                              f"with spiking_attn.graph.export_rule)")
+        return rule(module, self, *args, **kwargs)
+
+    def group(self, name: str):
+        """Context manager: populations created inside belong to core group ``name``."""
+        graph = self
+
+        class _Group:
+            def __enter__(self):
+                graph._group.append(name)
+
+            def __exit__(self, *exc):
+                graph._group.pop()
+
+        return _Group()
+
+    def _add(self, node: Node) -> Spikes:
+        if node.name in self.nodes:
+            raise ExportError(f"population {node.name!r} is created twice (a module used twice in one model?)")
+        self.nodes[node.name] = node
+        return Spikes(self, node.name, node.shape)
+
+    # ---- handles
+    def host_current(self, values: torch.Tensor) -> Current:
+        """A current computed on the host, ``[T, B, *shape]``."""
+        values = values.detach().to(torch.float64)
+        shape = tuple(values.shape[2:])
+        return Current(self, shape, host=values.reshape(self.timesteps, self.batch, -1).numpy().copy())
+
+    def input_spikes(self, name: str, spikes: torch.Tensor) -> Spikes:
+        """Spikes given by the host ``[T, B, *shape]`` (binary), as a source population."""
+        values = spikes.detach().to(torch.float64)
+        if not bool(((values == 0) | (values == 1)).all()):
+            raise ExportError(f"input {name!r} must be binary spikes to enter the network as spikes")
+        shape = tuple(values.shape[2:])
+        zeros = np.zeros(int(np.prod(shape)))
+        node = Node(name, shape, "input", self._current_group(), name, zeros, zeros, zeros, zeros,
+                    spikes=values.reshape(self.timesteps, self.batch, -1).numpy().astype(bool))
+        return self._add(node)
+
+    def dense(self, layer: nn.Module, x) -> Current:
+        """A weight layer (``nn.Linear`` or ``LinearBN``, BatchNorm folded) applied to every token of ``x``:
+        spikes, or a selection of spikes (``linear_map`` picking channels)."""
+        from scipy import sparse
+
+        from .layers import LinearBN
+
+        where = self.name_of(layer)
+        if isinstance(x, Spikes):
+            x = x.current()
+        if not isinstance(x, Current) or not _is_selection(x):
+            raise ExportError(f"{where} reads a non-spike input: only the encoding layer may, and it runs on the host")
+        if isinstance(layer, LinearBN):
+            layer = layer.fold()
+        if not isinstance(layer, nn.Linear):
+            raise ExportError(f"{where} ({type(layer).__name__}) is not a weight layer the graph knows")
+        w = layer.weight.detach().to(torch.float64).numpy()  # [out, in]
+        if x.shape[-1] != w.shape[1]:
+            raise ExportError(f"{where} expects {w.shape[1]} features, got shape {x.shape}")
+        lead = int(np.prod(x.shape[:-1]))
+        matrix = sparse.kron(sparse.identity(lead, format="csr"), sparse.csr_matrix(w), format="csr")
+        bias = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.detach().to(torch.float64).numpy()
+        terms = {name: (matrix @ sel).tocsr() for name, sel in x.terms.items()}
+        return Current(self, x.shape[:-1] + (w.shape[0],), terms, bias=np.tile(bias, lead))
+
+    def linear_map(self, x, fn: Callable[[torch.Tensor], torch.Tensor]) -> Current:
+        """Any linear map ``fn`` of spikes (or of a current made of spikes) as a current. ``fn`` takes a
+        ``[K, *x.shape]`` tensor and returns ``[K, *out_shape]``; it must be linear (``fn(0) = 0``)."""
+        from scipy import sparse
+
+        current = x.current() if isinstance(x, Spikes) else x
+        basis = torch.eye(current.size, dtype=torch.float64).reshape(current.size, *current.shape)
+        with torch.no_grad():
+            if bool(fn(torch.zeros_like(basis[:1])).abs().max() != 0):
+                raise ExportError("linear_map needs a linear function (fn(0) must be 0)")
+            out = fn(basis)  # [size, *out_shape]
+        out_shape = tuple(out.shape[1:])
+        m = sparse.csr_matrix(out.reshape(current.size, -1).numpy().T)  # [out size, in size]
+        m.eliminate_zeros()
+        terms = {name: (m @ w).tocsr() for name, w in current.terms.items()}
+        host = None
+        if current.host is not None:
+            host = current.host @ m.T.toarray()
+        return Current(self, out_shape, terms, host, m @ current.bias)
+
+    def population(self, lif: nn.Module, current: Current, name: Optional[str] = None) -> Spikes:
+        """The model's LIF population ``lif`` driven by ``current``."""
+        from .neuron import LIFPopulation
+
+        name = name or self.name_of(lif)
+        if not isinstance(lif, LIFPopulation):
+            raise ExportError(f"{name} ({type(lif).__name__}) is not a LIFPopulation")
+        if lif.adaptive:
+            raise ExportError(f"{name}: an adaptive threshold has no export rule yet (Lava's ATRLIF is not mapped)")
+        shape = current.shape
+        try:
+            params = {k: _as_params(getattr(lif, k), shape) for k in ("du", "dv", "vth", "bias")}
+        except RuntimeError:
+            raise ExportError(f"{name}: parameters of shape {tuple(lif.vth.shape)} do not broadcast to the "
+                              f"population's shape {shape}") from None
+        return self._node(name, "neuron", current, **params)
+
+    def logic(self, name: str, current: Current, vth: float) -> Spikes:
+        """A coincidence population without memory (``du = dv = 1``): fires where ``current > vth``.
+        With unit weights from two spike trains and ``vth = 1.5`` it is their AND; with weights
+        ``+1`` and ``-1`` and ``vth = 0.5``, ``a AND NOT b``."""
+        n = current.size
+        return self._node(name, "logic", current, du=np.ones(n), dv=np.ones(n), vth=np.full(n, float(vth)),
+                          bias=np.zeros(n))
+
+    def _current_group(self) -> str:
+        return self._group[-1] if self._group else "cortex"
+
+    def _node(self, name, role, current: Current, *, du, dv, vth, bias) -> Spikes:
+        for source in current.terms:
+            if source not in self.nodes:
+                raise ExportError(f"{name}: its input {source!r} is not a population of the graph")
+        edges = [Edge(src, w.tocsr()) for src, w in current.terms.items() if w.nnz]
+        node = Node(name, current.shape, role, self._current_group(), name, du, dv, vth, bias + current.bias,
+                    edges, current.host)
+        return self._add(node)
+
+    # ---- reading the graph
+    def order(self) -> List[str]:
+        return list(self.nodes)
+
+    def counts(self) -> dict:
+        """Populations, neurons and synapses (non-zero weights) of the graph."""
+        return {"populations": len(self.nodes), "neurons": sum(n.size for n in self.nodes.values()),
+                "synapses": sum(e.weight.nnz for n in self.nodes.values() for e in n.edges)}
+
+
+def simulate(graph: NetworkGraph, record_membrane: bool = False) -> Dict[str, np.ndarray]:
+    """Run the graph in torch time, float64: ``{population: spikes [T, B, size] bool}``.
+
+    The same equations as ``neuron.lif_step``: ``u = u (1 - du) + a``, ``v = v (1 - dv) + u + bias``,
+    spike where ``v > vth``, then ``v = 0`` there.
+    """
+    t_steps, batch = graph.timesteps, graph.batch
+    out = {name: np.zeros((t_steps, batch, node.size), dtype=bool) for name, node in graph.nodes.items()}
+    state = {name: (np.zeros((batch, node.size)), np.zeros((batch, node.size))) for name, node in graph.nodes.items()}
+    for t in range(t_steps):
+        for name, node in graph.nodes.items():
+            if node.role == "input":
+                out[name][t] = node.spikes[t]
+                continue
+            a = np.zeros((batch, node.size)) if node.host is None else node.host[t].copy()
+            for edge in node.edges:
+                a += (edge.weight @ out[edge.source][t].T.astype(np.float64)).T
+            u, v = state[name]
+            u = u * (1 - node.du) + a
+            v = v * (1 - node.dv) + u + node.bias
+            s = v > node.vth
+            v = np.where(s, 0.0, v)
+            state[name] = (u, v)
+            out[name][t] = s
+    return out
+
+
+def export_graph(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = None) -> NetworkGraph:
+    """The network graph of ``model`` for the samples ``x`` (and ``cue``), in float64 and eval mode.
+
+    The host's share (the encoding layer's currents, the encoded cue) is computed here for these
+    samples; the rest is populations and static synapses. Raises ``ExportError`` for a part that cannot
+    be mapped, naming it.
+    """
+    import copy
+
+    from .models import SpikingClassifier
+
+    if not isinstance(model, SpikingClassifier):
+        raise ExportError(f"export takes a spiking classifier of this library, got {type(model).__name__} "
+                          f"(a dense model is converted first: spiking_attn.converters)")
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    c = model.config
+    batch = x.shape[-3] if x.dim() in (3, 4) else 0
+    graph = NetworkGraph(model, c.timesteps, batch)
+    with torch.no_grad():
+        graph.call(model, x, cue=cue)
+    return graph
+
+
+def torch_population_spikes(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = None):
+    """The spikes of every LIF population of ``model`` (float64, eval) on ``x``: ``{name: [T, B, size]}``,
+    and the logits. The reference an exported graph is checked against."""
+    import copy
+
+    from .neuron import LIFPopulation
+
+    model = copy.deepcopy(model).to(torch.float64).eval()
+    spikes, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, LIFPopulation):
+            def hook(mod, args, output, name=name):
+                out = output.spikes if isinstance(output, tuple) else output
+                spikes[name] = out.detach().reshape(out.shape[0], out.shape[1], -1).numpy().astype(bool)
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model(x.to(torch.float64), cue=cue).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    return spikes, logits
+
