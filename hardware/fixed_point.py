@@ -1,0 +1,208 @@
+"""Loihi fixed point: quantise a network graph to Loihi's integers, and emulate it bit for bit.
+
+The rules are those of lava-nc 0.10.0's ``fixed_pt`` LIF and Dense models (../shared/REFERENCES.md
+has them with their sources); every line below that looks odd is one of them:
+
+* synapses: 8-bit weights with one exponent per synapse group (a Lava ``Dense``): ``a = (sum of the
+  weights of the inputs that spiked) << weight_exp`` (an arithmetic ``>>`` for a negative exponent,
+  which floors). With weights of both signs Lava keeps only even values in [-256, 254]; this module
+  produces weights that Lava's clipping and truncation leave unchanged.
+* current: ``u = sign(x) (|x| >> 12)`` with ``x = u (4096 - (du + 1))`` (the current decay uses
+  ``du + 1``), then ``u += a << 6``; u wraps at 24 bits (above ``+2^23`` subtract ``2^24``, at or below
+  ``-2^23`` add ``2^24``).
+* voltage: ``v = clip(sign(y) (|y| >> 12) + u + (bias_mant << bias_exp), -(2^23 - 1), 2^23 - 1)`` with
+  ``y = v (4096 - dv)``; the bias is not shifted by 6.
+* spike where ``v > vth << 6`` (strict), then ``v = 0``; u is not reset.
+
+Quantisation of a population (``quantize``): the threshold becomes ``vth_int`` (17 bits), chosen per
+population from the largest current the calibration samples drive into it so that u stays inside 24
+bits, at most 4096; a float unit of membrane is ``64 vth_int / vth`` integer units (per neuron: a
+per-neuron threshold is folded into that neuron's weights and bias, so the process has one
+threshold). Decays: ``du_int = 4096 du - 1`` (a current decay of 1, "current = input", is
+``du_int = 4095``), ``dv_int = 4096 dv`` (4095 at most). Host currents are rounded to integers in the
+synaptic-input unit.
+
+``emulate`` runs the quantised graph in torch time (every population sees its inputs of the same
+step) in int64 numpy over a whole batch at once; Lava's pipelined run, aligned by depth, gives the
+same spikes (``hardware/lava.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from spiking_attn.graph import NetworkGraph, simulate
+
+U_LIMIT = 2 ** 23
+VTH_MAX = 4096  # integer threshold at most (17 bits allowed; this keeps u and the bias in range)
+BIAS_MANT_MAX = 4095
+WEIGHT_EXP_RANGE = (-8, 7)
+
+
+@dataclass
+class FixedEdge:
+    source: str
+    weight: object  # scipy CSR, int64 values Lava accepts unchanged
+    weight_exp: int
+
+
+@dataclass
+class FixedNode:
+    name: str
+    shape: Tuple[int, ...]
+    role: str
+    group: str
+    du: int
+    dv: int
+    vth: int
+    bias_mant: np.ndarray  # int64 [size]
+    bias_exp: int
+    scale: np.ndarray  # float [size]: integer synaptic-input units per float unit of current
+    edges: List[FixedEdge] = field(default_factory=list)
+    host: Optional[np.ndarray] = None  # int64 [T, B, size]
+    spikes: Optional[np.ndarray] = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclass
+class FixedGraph:
+    timesteps: int
+    batch: int
+    nodes: Dict[str, FixedNode]
+    readout: object
+    source: NetworkGraph
+
+    def order(self) -> List[str]:
+        return list(self.nodes)
+
+
+def decay_int(value: float, name: str, offset: int) -> int:
+    """A float decay in [0, 1] as Loihi's 12-bit register (``offset``: 1 for du, 0 for dv)."""
+    return int(min(4095, max(0, round(4096 * float(value)) - offset)))
+
+
+def quantize_weights(w, rows_scale: np.ndarray):
+    """Float weights ``w`` (CSR ``[out, in]``) in integer synaptic units (row i times ``rows_scale[i]``):
+    ``(W_int, weight_exp)`` with ``W_int << weight_exp`` approximating them, ``W_int`` already in the
+    form Lava's clipping and truncation keep."""
+    scaled = w.multiply(rows_scale[:, None]).tocsr()
+    data = scaled.data
+    if data.size == 0 or np.all(data == 0):
+        return scaled.astype(np.int64), 0
+    mixed = data.min() < 0 < data.max()
+    top = 254.0 if mixed else 255.0
+    exp = int(np.clip(np.ceil(np.log2(np.abs(data).max() / top)), *WEIGHT_EXP_RANGE))
+    if mixed:
+        ints = 2 * np.round(data / 2.0 ** (exp + 1))
+        ints = np.clip(ints, -256, 254)
+    else:
+        ints = np.clip(np.round(data / 2.0 ** exp), -255, 255)
+    out = scaled.copy()
+    out.data = ints.astype(np.int64)
+    out = out.astype(np.int64)
+    out.eliminate_zeros()
+    return out.tocsr(), exp
+
+
+def quantize(graph: NetworkGraph, reference: Optional[Dict[str, np.ndarray]] = None) -> FixedGraph:
+    """Loihi integers for every population and synapse of ``graph`` (the module docstring has the rules).
+
+    ``reference``: the float spikes of the graph on its samples (``graph.simulate``), used to measure
+    the largest current into each population; computed if not given.
+    """
+    if reference is None:
+        reference = simulate(graph)
+    nodes: Dict[str, FixedNode] = {}
+    for name, node in graph.nodes.items():
+        size = node.size
+        if node.role == "input":
+            nodes[name] = FixedNode(name, node.shape, node.role, node.group, 0, 0, 0, np.zeros(size, np.int64), 0,
+                                    np.ones(size), spikes=node.spikes)
+            continue
+        theta = node.vth
+        peak = _peak_current(node, reference) / theta  # per neuron, in thresholds
+        bias_rel = np.abs(node.bias) / theta
+        limit = VTH_MAX
+        if peak.max() > 0:
+            limit = min(limit, 2.0 ** 15 / peak.max())
+        if bias_rel.max() > 0:
+            limit = min(limit, (BIAS_MANT_MAX << 7) / 64.0 / bias_rel.max())
+        vth_int = int(max(1, np.floor(limit)))
+        scale = vth_int / theta  # synaptic-input units per float unit, per neuron
+        edges = []
+        for edge in node.edges:
+            w_int, exp = quantize_weights(edge.weight, scale)
+            edges.append(FixedEdge(edge.source, w_int, exp))
+        bias_v = node.bias * scale * 64.0  # in membrane units
+        bias_exp = 0
+        while np.abs(bias_v).max() / 2 ** bias_exp > BIAS_MANT_MAX and bias_exp < 7:
+            bias_exp += 1
+        bias_mant = np.clip(np.round(bias_v / 2 ** bias_exp), -4096, BIAS_MANT_MAX).astype(np.int64)
+        host = None if node.host is None else np.round(node.host * scale).astype(np.int64)
+        du = np.unique(node.du)
+        dv = np.unique(node.dv)
+        if du.size != 1 or dv.size != 1:
+            from spiking_attn.graph import ExportError
+
+            raise ExportError(f"{name}: Loihi's LIF has one du and one dv per population; this one has "
+                              f"{du.size} and {dv.size} different values")
+        nodes[name] = FixedNode(name, node.shape, node.role, node.group, decay_int(du[0], "du", 1),
+                                decay_int(dv[0], "dv", 0), vth_int, bias_mant, bias_exp, scale, edges, host)
+    return FixedGraph(graph.timesteps, graph.batch, nodes, graph.readout, graph)
+
+
+def _peak_current(node, reference) -> np.ndarray:
+    """The largest |input current + bias| per neuron over the samples and steps (float)."""
+    t_steps, batch = next(iter(reference.values())).shape[:2]
+    total = np.zeros((t_steps, batch, node.size)) if node.host is None else node.host.copy()
+    for edge in node.edges:
+        s = reference[edge.source].astype(np.float64)  # [T, B, src]
+        for t in range(t_steps):
+            total[t] += (edge.weight @ s[t].T).T
+    return np.abs(total + node.bias).max(axis=(0, 1))
+
+
+def synaptic_input(edge: FixedEdge, spikes: np.ndarray) -> np.ndarray:
+    """What a fixed-point Dense delivers for binary ``spikes`` ``[B, src]``: ``[B, dst]`` int64."""
+    acc = (edge.weight @ spikes.T.astype(np.int64)).T
+    acc = np.asarray(acc, dtype=np.int64)
+    return acc << edge.weight_exp if edge.weight_exp > 0 else acc >> -edge.weight_exp
+
+
+def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray):
+    """One bit-accurate step of Loihi's LIF (int64 arrays ``[B, size]``): returns ``(spikes, u, v)``."""
+    x = u * (4096 - (node.du + 1))
+    u = np.sign(x) * (np.abs(x) >> 12) + (a << 6)
+    u = np.where(u > U_LIMIT, u - 2 * U_LIMIT, u)
+    u = np.where(u <= -U_LIMIT, u + 2 * U_LIMIT, u)
+    y = v * (4096 - node.dv)
+    bias = node.bias_mant << node.bias_exp
+    v = np.clip(np.sign(y) * (np.abs(y) >> 12) + u + bias, -(U_LIMIT - 1), U_LIMIT - 1)
+    s = v > (node.vth << 6)
+    v = np.where(s, 0, v)
+    return s, u, v
+
+
+def emulate(fixed: FixedGraph) -> Dict[str, np.ndarray]:
+    """Run the quantised graph over its whole batch: ``{population: spikes [T, B, size] bool}``."""
+    t_steps, batch = fixed.timesteps, fixed.batch
+    out = {name: np.zeros((t_steps, batch, node.size), dtype=bool) for name, node in fixed.nodes.items()}
+    state = {name: (np.zeros((batch, node.size), np.int64), np.zeros((batch, node.size), np.int64))
+             for name, node in fixed.nodes.items()}
+    for t in range(t_steps):
+        for name, node in fixed.nodes.items():
+            if node.role == "input":
+                out[name][t] = node.spikes[t]
+                continue
+            a = np.zeros((batch, node.size), np.int64) if node.host is None else node.host[t].copy()
+            for edge in node.edges:
+                a += synaptic_input(edge, out[edge.source][t])
+            s, u, v = lif_fixed_step(node, *state[name], a)
+            state[name] = (u, v)
+            out[name][t] = s
+    return out
