@@ -81,38 +81,35 @@ def schedule(nodes) -> Schedule:
     return sched
 
 
-@dataclass
-class DeployResult:
-    """Spikes of every exported population from Lava and from the reference, aligned to torch time
-    (``[T, B, size]`` bool each), the mapping, and timings."""
-
-    precision: str
-    lava: Dict[str, np.ndarray]
-    reference: Dict[str, np.ndarray]
-    lava_logits: np.ndarray
-    reference_logits: np.ndarray
-    schedule: Schedule
-    lava_steps: int
-    lava_seconds: float
-    compile_seconds: float
-    groups: Dict[str, str]
-
-    def spike_agreement(self) -> float:
-        """Fraction of identical spike bits over all populations and steps."""
-        same = sum(int((self.lava[k] == self.reference[k]).sum()) for k in self.reference)
-        total = sum(self.reference[k].size for k in self.reference)
-        return same / total if total else 1.0
-
-    def prediction_agreement(self, other_logits: Optional[np.ndarray] = None) -> float:
-        ref = self.reference_logits if other_logits is None else other_logits
-        return float((self.lava_logits.argmax(1) == ref.argmax(1)).mean())
-
-
 def _fold_threshold(vth: np.ndarray):
     """(process threshold, per-neuron factor to multiply inputs and bias by)."""
     if np.all(vth == vth[0]):
         return float(vth[0]), np.ones_like(vth)
     return 1.0, 1.0 / vth
+
+
+def hardware_edges(nodes, sched: Schedule, fixed: bool) -> Dict[str, list]:
+    """Every population's incoming synapse groups as built on hardware, relays included:
+    ``{name: [(source, weights CSR, weight_exp or None)]}``; sources are relays where a path is delayed."""
+    from scipy import sparse
+
+    edges: Dict[str, list] = {}
+    for (source, k), relay in sched.relays.items():
+        eye = sparse.identity(nodes[source].size, format="csr", dtype=np.int64 if fixed else np.float64)
+        edges[relay] = [(sched.relay_chain(source, k - 1), eye * (2 if fixed else 1), 0 if fixed else None)]
+    for name, node in nodes.items():
+        if node.role == "input":
+            continue
+        d = sched.depth[name]
+        edges[name] = []
+        for edge in node.edges:
+            src = sched.relay_chain(edge.source, d - 1 - sched.depth[edge.source])
+            if fixed:
+                edges[name].append((src, edge.weight, edge.weight_exp))
+            else:
+                factor = _fold_threshold(node.vth)[1]
+                edges[name].append((src, edge.weight.multiply(factor[:, None]).tocsr(), None))
+    return edges
 
 
 def build_network(graph, precision: str, samples: int):
@@ -179,55 +176,67 @@ def build_network(graph, precision: str, samples: int):
             src = Source(data=window_data(host, d))
             src.s_out.connect(procs[name].a_in)
             procs[f"{name}.host"] = src
-    # relays: one input of weight 1 (2 in fixed point), threshold 1/2 (1 in fixed point: 64 < 128)
+    # relays: one input of weight 1 (2 in fixed point), threshold 1/2 (1 in fixed point: 64 < 128), no memory
     for (source, k), relay in sched.relays.items():
         size = nodes[source].size
         if fixed:
             procs[relay] = lif(relay, size, sched.depth[relay], du=4095, dv=4095, vth=1)
         else:
             procs[relay] = lif(relay, size, sched.depth[relay], du=1.0, dv=1.0, vth=0.5)
-    from scipy import sparse
-
-    for (source, k), relay in sched.relays.items():
-        previous = sched.relay_chain(source, k - 1)
-        eye = sparse.identity(nodes[source].size, format="csr") * (2 if fixed else 1.0)
-        connect(procs[previous], procs[relay], eye.astype(np.int32) if fixed else eye,
-                **({"weight_exp": 0, "num_weight_bits": 8} if fixed else {}))
-    for name, node in nodes.items():
-        if node.role == "input":
-            continue
-        d = sched.depth[name]
-        factor = 1.0 if fixed else _fold_threshold(node.vth)[1]
-        for edge in node.edges:
-            delay = d - 1 - sched.depth[edge.source]
-            source = procs[sched.relay_chain(edge.source, delay)]
-            if fixed:
-                connect(source, procs[name], edge.weight.astype(np.int32), weight_exp=edge.weight_exp,
-                        num_weight_bits=8)
-            else:
-                connect(source, procs[name], edge.weight.multiply(factor[:, None]).tocsr())
-        sinks[name] = Sink(shape=(node.size,), buffer=total)
-        procs[name].s_out.connect(sinks[name].a_in)
+    for name, incoming in hardware_edges(nodes, sched, fixed).items():
+        for src, weights, exp in incoming:
+            kw = {"weight_exp": exp, "num_weight_bits": 8} if fixed else {}
+            connect(procs[src], procs[name], weights.astype(np.int32) if fixed else weights, **kw)
+        if name in nodes:
+            sinks[name] = Sink(shape=(nodes[name].size,), buffer=total)
+            procs[name].s_out.connect(sinks[name].a_in)
     return procs, sinks, sched, total
 
 
+class LavaTimeout(SpikingAttnError):
+    """A Lava run took longer than its timeout (it was stopped)."""
+
+
 def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0):
-    """Run ``total`` steps; returns ``{name: [size, total] spikes}``. The runtime is always stopped."""
+    """Run ``total`` steps: one step first (Lava compiles and starts its processes), then the rest,
+    timed. Returns ``(recordings {name: [size, total]}, seconds of the timed part, seconds of the
+    first)``. The runtime is always stopped, on an error, a timeout or Ctrl-C too."""
+    import signal
+    import threading
+
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
     tag = "fixed_pt" if precision == "fixed" else "floating_pt"
     anchor = next(iter(sinks.values()))
+    use_alarm = threading.current_thread() is threading.main_thread() and timeout > 0
+
+    def on_alarm(signum, frame):
+        raise LavaTimeout(f"the Lava run took longer than its timeout of {timeout:g} s and was stopped")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm) if use_alarm else None
+    if use_alarm:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
     started = time.perf_counter()
     try:
-        anchor.run(condition=RunSteps(num_steps=total), run_cfg=Loihi2SimCfg(select_tag=tag))
+        anchor.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag=tag))
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        if total > 1:
+            anchor.run(condition=RunSteps(num_steps=total - 1), run_cfg=Loihi2SimCfg(select_tag=tag))
+        seconds = time.perf_counter() - started
         data = {name: sink.data.get() for name, sink in sinks.items()}
     finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         try:
             anchor.stop()
         except Exception:  # a runtime that never started has nothing to stop
             pass
-    return data, time.perf_counter() - started
+        finally:
+            if use_alarm:
+                signal.signal(signal.SIGALRM, previous)
+    return data, seconds, first
 
 
 def align(data: Dict[str, np.ndarray], sched: Schedule, timesteps: int, samples: int) -> Dict[str, np.ndarray]:
@@ -238,3 +247,163 @@ def align(data: Dict[str, np.ndarray], sched: Schedule, timesteps: int, samples:
         window = np.asarray(values)[:, d:d + samples * timesteps] != 0  # [size, S*T]
         out[name] = window.T.reshape(samples, timesteps, -1).transpose(1, 0, 2)
     return out
+
+
+def _check_inputs(model, inputs, cue):
+    import torch
+
+    from spiking_attn.errors import DTypeError, check_tensor
+    from spiking_attn.models import SpikingClassifier
+
+    if not isinstance(model, SpikingClassifier):
+        kind = getattr(getattr(model, "config", None), "model", None)
+        if kind == "dense":
+            raise SpikingAttnError("deploy takes a spiking model; this is a dense twin (convert it first, or train "
+                                   "with --model spiking)")
+        raise DTypeError(f"deploy takes a spiking classifier of this library, got {type(model).__name__}")
+    check_tensor(inputs, "inputs", ndim=3)
+    if inputs.shape[0] < 1:
+        raise SpikingAttnError("inputs must hold at least one sample")
+    if cue is not None and not isinstance(cue, torch.Tensor):
+        raise DTypeError(f"cue must be a torch.Tensor or None, got {type(cue).__name__}")
+
+
+def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2", labels=None,
+           timeout: float = 600.0) -> "Deployment":
+    """Export ``model``, run ``inputs`` ``[S, N, F]`` (and ``cue``) through Lava, and compare.
+
+    Args:
+        model: a spiking classifier of this library (``SpikingClassifier``).
+        inputs: the samples; ``cue``: their cues (index ``[S]`` or vector), if the model takes one.
+        precision: 'float' (Lava's floating_pt models; the reference is the float64 torch model) or
+            'fixed' (Loihi integers; the reference is this library's bit-accurate emulator).
+        profile: core profile name ('loihi2', 'loihi1'), JSON file or ``CoreProfile``.
+        labels: optional ``[S]`` labels, for the accuracies.
+        timeout: seconds the Lava run may take before it is stopped.
+
+    Returns a ``Deployment`` with per-population spikes from Lava and from the reference (aligned to
+    torch time), the logits of both, the core mapping and the spike traffic between cores.
+    """
+    from spiking_attn.errors import check_choice, check_number
+    from spiking_attn.graph import export_graph, simulate, torch_population_spikes
+
+    from . import cores as core_map
+    from .fixed_point import emulate, quantize
+
+    check_choice(precision, "precision", PRECISIONS)
+    check_number(timeout, "timeout", low=0.0)
+    _check_inputs(model, inputs, cue)
+    profile = core_map.load_profile(profile)
+    samples = int(inputs.shape[0])
+    graph = export_graph(model, inputs, cue)
+    float_spikes = simulate(graph)
+    torch_spikes, torch_logits = torch_population_spikes(model, inputs, cue)
+    fixed = quantize(graph, float_spikes)
+    started = time.perf_counter()
+    emulated = emulate(fixed)
+    emulator_seconds = time.perf_counter() - started
+    target = fixed if precision == "fixed" else graph
+    if precision == "fixed":
+        reference = emulated
+    else:  # the model's own populations from torch; coincidence populations from the float graph
+        reference = {name: torch_spikes.get(name, float_spikes[name]) for name in graph.nodes
+                     if graph.nodes[name].role != "input"}
+    sched = schedule(target.nodes)
+    edges = hardware_edges(target.nodes, sched, precision == "fixed")
+    populations = {}
+    for name, node in target.nodes.items():
+        if node.role != "input":
+            populations[name] = (node.size, node.group)
+    for (source, k), relay in sched.relays.items():
+        populations[relay] = (target.nodes[source].size, target.nodes[source].group)
+    ordered = {name: populations[name] for name in sorted(populations, key=lambda n: sched.depth[n])}
+    sizes = {name: node.size for name, node in target.nodes.items()}
+    sizes.update({relay: target.nodes[src].size for (src, k), relay in sched.relays.items()})
+    mapping = core_map.map_cores(ordered, lambda n: [(s, w) for s, w, _ in edges.get(n, [])], sizes, profile)
+    procs, sinks, sched, total = build_network(target, precision, samples)
+    data, seconds, first = run_network(procs, sinks, total, precision, timeout)
+    lava = align(data, sched, graph.timesteps, samples)
+    counts = {name: spikes.sum(axis=(0, 1)) for name, spikes in lava.items()}
+    for (source, k), relay in sched.relays.items():
+        counts[relay] = counts.get(source, np.zeros(sizes[source]))  # a relay copies its source's spikes
+    traffic = core_map.spike_traffic(mapping, lambda n: [(s, w) for s, w, _ in edges.get(n, [])], counts)
+    readout = graph.readout
+    lava_logits = readout.logits(lava[readout.source])
+    return Deployment(
+        precision=precision, samples=samples, lava=lava, reference={k: reference[k] for k in lava},
+        lava_logits=lava_logits, torch_logits=torch_logits, emulator_logits=readout.logits(emulated[readout.source]),
+        labels=None if labels is None else np.asarray(labels), schedule=sched, mapping=mapping, traffic=traffic,
+        lava_steps=max(0, total - 1), lava_seconds=seconds, first_step_seconds=first,
+        emulator_steps=samples * graph.timesteps, emulator_seconds=emulator_seconds,
+        groups={name: node.group for name, node in target.nodes.items()},
+        graph_matches_torch=all(np.array_equal(float_spikes[k], v) for k, v in torch_spikes.items()
+                                if k in float_spikes))
+
+
+@dataclass
+class Deployment:
+    """What ``deploy`` returns. Spikes are ``[T, S, size]`` bool per population, aligned to torch time."""
+
+    precision: str
+    samples: int
+    lava: Dict[str, np.ndarray]
+    reference: Dict[str, np.ndarray]
+    lava_logits: np.ndarray
+    torch_logits: np.ndarray
+    emulator_logits: np.ndarray
+    labels: Optional[np.ndarray]
+    schedule: Schedule
+    mapping: object
+    traffic: np.ndarray
+    lava_steps: int
+    lava_seconds: float
+    first_step_seconds: float
+    emulator_steps: int
+    emulator_seconds: float
+    groups: Dict[str, str]
+    graph_matches_torch: bool
+
+    def spike_agreement(self) -> float:
+        """Fraction of identical spike bits over every exported population and step."""
+        same = sum(int((self.lava[k] == self.reference[k]).sum()) for k in self.reference)
+        total = sum(v.size for v in self.reference.values())
+        return same / total if total else 1.0
+
+    def prediction_agreement(self) -> float:
+        """Lava's predictions against the float torch model's."""
+        return float((self.lava_logits.argmax(1) == self.torch_logits.argmax(1)).mean())
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.lava_steps / self.lava_seconds if self.lava_seconds > 0 else float("inf")
+
+    @property
+    def emulator_speedup(self) -> float:
+        emulator_rate = self.emulator_steps / max(self.emulator_seconds, 1e-9)
+        return emulator_rate / self.steps_per_second
+
+    def accuracy(self, logits: np.ndarray) -> Optional[float]:
+        return None if self.labels is None else float((logits.argmax(1) == self.labels).mean())
+
+    def report(self) -> dict:
+        """The ``deploy.json`` record."""
+        m = self.mapping
+        return {
+            "precision": self.precision, "samples": self.samples,
+            "spike_agreement": self.spike_agreement(), "prediction_agreement": self.prediction_agreement(),
+            "lava_accuracy": self.accuracy(self.lava_logits), "torch_accuracy": self.accuracy(self.torch_logits),
+            "emulator_accuracy": self.accuracy(self.emulator_logits),
+            "reference": "emulator (bit-accurate fixed point)" if self.precision == "fixed" else "torch model, float64",
+            "graph_matches_torch": self.graph_matches_torch,
+            "cores": len(m.cores), "profile": m.profile.name,
+            "mapping": [c.to_dict() for c in m.cores],
+            "groups": sorted(set(self.groups.values())),
+            "inter_core_spikes": int(self.traffic.sum()),
+            "populations": {k: {"neurons": int(v.shape[-1]), "depth": self.schedule.depth[k],
+                                "firing_rate": float(v.mean()),
+                                "agreement": float((v == self.reference[k]).mean())} for k, v in self.lava.items()},
+            "relays": len(self.schedule.relays), "lava_steps": self.lava_steps,
+            "steps_per_second": self.steps_per_second, "first_step_seconds": self.first_step_seconds,
+            "emulator_steps_per_second": self.emulator_steps / max(self.emulator_seconds, 1e-9),
+            "emulator_speedup": self.emulator_speedup,
+        }
