@@ -36,6 +36,7 @@ bias alone) reaches only deeper populations before their own first reset.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -112,17 +113,18 @@ def hardware_edges(nodes, sched: Schedule, fixed: bool) -> Dict[str, list]:
     return edges
 
 
-def build_network(graph, precision: str, samples: int):
+def build_network(graph, precision: str, samples: int, record_dir: str):
     """Lava processes for ``graph`` (a ``NetworkGraph`` for float, a ``FixedGraph`` for fixed).
 
+    Every population's spikes are recorded by a ``MemmapSink`` into a file in ``record_dir``.
     Returns ``(processes, sinks, schedule, total_steps)``; ``processes`` maps a population name to its
-    Lava process.
+    Lava process, ``sinks`` a population name to ``(sink process, memmap)``.
     """
     from . import lava_compat
 
     lava_compat.import_lava()
     from lava.proc.dense.process import Dense
-    from lava.proc.io.sink import RingBuffer as Sink
+    from .lava_processes.memmap_sink import MemmapSink
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
     from lava.proc.sparse.process import Sparse
@@ -188,8 +190,11 @@ def build_network(graph, precision: str, samples: int):
             kw = {"weight_exp": exp, "num_weight_bits": 8} if fixed else {}
             connect(procs[src], procs[name], weights.astype(np.int32) if fixed else weights, **kw)
         if name in nodes:
-            sinks[name] = Sink(shape=(nodes[name].size,), buffer=total)
-            procs[name].s_out.connect(sinks[name].a_in)
+            path = os.path.join(record_dir, f"{len(sinks)}.spikes")
+            values = MemmapSink.create(path, (nodes[name].size,), total)
+            sink = MemmapSink(shape=(nodes[name].size,), buffer=total, path=path)
+            procs[name].s_out.connect(sink.a_in)
+            sinks[name] = (sink, values)
     return procs, sinks, sched, total
 
 
@@ -200,7 +205,7 @@ class LavaTimeout(SpikingAttnError):
 def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0):
     """Run ``total`` steps: one step first (Lava compiles and starts its processes), then the rest,
     timed. Returns ``(recordings {name: [size, total]}, seconds of the timed part, seconds of the
-    first)``. The runtime is always stopped, on an error, a timeout or Ctrl-C too."""
+    first)``. The runtime is always stopped, on an error, a timeout or Ctrl-C too (``stop_runtime``)."""
     import signal
     import threading
 
@@ -208,7 +213,7 @@ def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0
     from lava.magma.core.run_configs import Loihi2SimCfg
 
     tag = "fixed_pt" if precision == "fixed" else "floating_pt"
-    anchor = next(iter(sinks.values()))
+    anchor = next(iter(sinks.values()))[0]
     use_alarm = threading.current_thread() is threading.main_thread() and timeout > 0
 
     def on_alarm(signum, frame):
@@ -225,18 +230,46 @@ def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0
         if total > 1:
             anchor.run(condition=RunSteps(num_steps=total - 1), run_cfg=Loihi2SimCfg(select_tag=tag))
         seconds = time.perf_counter() - started
-        data = {name: sink.data.get() for name, sink in sinks.items()}
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
         try:
-            anchor.stop()
-        except Exception:  # a runtime that never started has nothing to stop
-            pass
+            stop_runtime(anchor)
         finally:
             if use_alarm:
                 signal.signal(signal.SIGALRM, previous)
+    data = {name: np.array(values).T for name, (sink, values) in sinks.items()}  # [size, total]
     return data, seconds, first
+
+
+def stop_runtime(process, timeout: float = 20.0) -> bool:
+    """Stop the Lava runtime ``process`` belongs to. Lava's ``stop()`` waits forever once one of its
+    process models has raised, so it runs in a thread; if it has not returned after ``timeout``
+    seconds, the runtime's own OS processes are killed and its shared memory released.
+    Returns True if the normal stop worked."""
+    import threading
+
+    runtime = getattr(process, "runtime", None)
+    if runtime is None:
+        return True
+    worker = threading.Thread(target=process.stop, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not worker.is_alive():
+        return True
+    infrastructure = getattr(runtime, "_messaging_infrastructure", None)
+    for actor in getattr(infrastructure, "actors", []):
+        try:
+            if actor.is_alive():
+                actor.kill()
+                actor.join(5)
+        except (ValueError, OSError):  # already closed
+            pass
+    try:
+        infrastructure.smm.shutdown()
+    except Exception:  # nothing left to release
+        pass
+    return False
 
 
 def align(data: Dict[str, np.ndarray], sched: Schedule, timesteps: int, samples: int) -> Dict[str, np.ndarray]:
@@ -320,8 +353,12 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
     sizes = {name: node.size for name, node in target.nodes.items()}
     sizes.update({relay: target.nodes[src].size for (src, k), relay in sched.relays.items()})
     mapping = core_map.map_cores(ordered, lambda n: [(s, w) for s, w, _ in edges.get(n, [])], sizes, profile)
-    procs, sinks, sched, total = build_network(target, precision, samples)
-    data, seconds, first = run_network(procs, sinks, total, precision, timeout)
+    import tempfile
+
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="spiking-attn-lava-", dir=shm) as record_dir:
+        procs, sinks, sched, total = build_network(target, precision, samples, record_dir)
+        data, seconds, first = run_network(procs, sinks, total, precision, timeout)
     lava = align(data, sched, graph.timesteps, samples)
     counts = {name: spikes.sum(axis=(0, 1)) for name, spikes in lava.items()}
     for (source, k), relay in sched.relays.items():
@@ -407,3 +444,47 @@ class Deployment:
             "emulator_steps_per_second": self.emulator_steps / max(self.emulator_seconds, 1e-9),
             "emulator_speedup": self.emulator_speedup,
         }
+
+
+def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profile="loihi2", timeout: float = 900.0,
+                      out=None) -> dict:
+    """``spiking-attn deploy``: the first ``samples`` test samples of the checkpoint's task through Lava.
+    With ``out``, writes ``deploy_raster.png``, ``deploy_cores.png`` and, last, ``deploy.json``.
+    Returns the ``deploy.json`` record."""
+    from pathlib import Path
+
+    from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint
+    from spiking_attn.data import TASKS, load_task
+    from spiking_attn.errors import check_choice, check_int
+    from spiking_attn.outputs import write_json
+
+    check_choice(precision, "precision", PRECISIONS)
+    check_int(samples, "samples", low=1)
+    payload = read_checkpoint(path)
+    config = config_from_checkpoint(payload)
+    if config.model != "spiking":
+        raise SpikingAttnError(f"checkpoint {str(path)!r} holds a dense model; deploy runs spiking models (train with "
+                               f"--model spiking, or convert the dense twin first)")
+    settings = (payload.get("training") or {}).get("settings") or {}
+    task = settings.get("task")
+    if task not in TASKS:
+        raise SpikingAttnError(f"checkpoint {str(path)!r} does not name a known task ({task!r}), so there are no test "
+                               f"samples to deploy on; use spiking_attn.hardware.lava.deploy(model, inputs) instead")
+    data = load_task(task)
+    if not settings.get("use_cue", True):
+        data = data.without_cue()
+    if samples > len(data.x_test):
+        raise SpikingAttnError(f"samples ({samples}) is more than the {len(data.x_test)} test samples of task {task!r}")
+    model = load_model(path)
+    rows = slice(0, samples)
+    result = deploy(model, data.x_test[rows], data.context("test", rows).get("cue"), precision=precision,
+                    profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout)
+    report = {"checkpoint": str(path), "task": task, "mechanism": config.mechanism, **result.report()}
+    if out is not None:
+        from .plots import plot_core_map, plot_raster
+
+        out = Path(out)
+        plot_raster(result, out / "deploy_raster.png")
+        plot_core_map(result, out / "deploy_cores.png")
+        write_json(out / "deploy.json", report)
+    return report

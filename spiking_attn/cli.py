@@ -90,7 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_train_options(sub.add_parser("train", help="train a spiking classifier or its dense twin"))
     _add_train_options(sub.add_parser("demo", help="the whole pipeline on the embedded digits data"), demo=True)
+    _add_deploy_options(sub.add_parser("deploy", help="run a trained spiking model on Lava's CPU simulation of Loihi"))
     return parser
+
+
+def _add_deploy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a spiking model's checkpoint (DIR/checkpoint.pt)")
+    p.add_argument("--precision", choices=("float", "fixed"), default="float",
+                   help="Lava's floating-point models, or Loihi's fixed point (default float)")
+    p.add_argument("--samples", type=int, default=8, help="test samples to run through Lava (default 8)")
+    p.add_argument("--profile", default="loihi2", help="core profile: loihi2 (default), loihi1, or a JSON file")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds the Lava run may take (default 900)")
+    p.add_argument("--out", required=True, help="output folder (deploy.json and figures)")
+    p.add_argument("--overwrite", action="store_true", help="replace a deployment already in the output folder")
 
 
 def _config_overrides(args: argparse.Namespace) -> dict:
@@ -159,7 +171,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo}
+DEPLOY_FILES = ("deploy.json", "deploy_raster.png", "deploy_cores.png")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .hardware.lava import deploy_checkpoint
+    from .errors import check_int
+    from .outputs import RunFolder
+
+    check_int(args.samples, "--samples", low=1, high=100000)
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
+    with RunFolder(args.out, overwrite=args.overwrite, markers=("deploy.json",), files=DEPLOY_FILES,
+                   keep_if="deploy.json") as out:
+        report = deploy_checkpoint(args.checkpoint, precision=args.precision, samples=args.samples,
+                                   profile=args.profile, timeout=args.timeout, out=out)
+    print(f"Lava {report['precision']} on {report['samples']} samples: spike agreement "
+          f"{report['spike_agreement']:.4f} (against the {report['reference']}), prediction agreement "
+          f"{report['prediction_agreement']:.4f} (against the float torch model)")
+    if report["lava_accuracy"] is not None:
+        print(f"accuracy: Lava {report['lava_accuracy']:.4f}, torch {report['torch_accuracy']:.4f}")
+    print(f"{report['cores']} cores ({report['profile']}), {report['inter_core_spikes']} spikes between cores; "
+          f"Lava {report['steps_per_second']:.1f} steps/s, emulator {report['emulator_speedup']:.0f}x faster")
+    print(f"outputs: {args.out}/ ({', '.join(DEPLOY_FILES)})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy}
 
 
 def _interrupted_message(args: Optional[argparse.Namespace]) -> str:

@@ -306,6 +306,14 @@ class NetworkGraph:
                               f"population's shape {shape}") from None
         return self._node(name, "neuron", current, **params)
 
+    def neurons(self, name: str, current: Current, *, du=1.0, dv=0.5, vth=1.0, bias=0.0) -> Spikes:
+        """A population given by its parameters (numbers or per-neuron arrays), for graphs built by
+        hand rather than exported from a model."""
+        n = current.size
+        params = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy()
+                  for k, v in (("du", du), ("dv", dv), ("vth", vth), ("bias", bias))}
+        return self._node(name, "neuron", current, **params)
+
     def logic(self, name: str, current: Current, vth: float) -> Spikes:
         """A coincidence population without memory (``du = dv = 1``): fires where ``current > vth``.
         With unit weights from two spike trains and ``vth = 1.5`` it is their AND; with weights

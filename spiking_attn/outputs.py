@@ -58,6 +58,9 @@ class RunFolder:
 
     Args:
         path: the folder (``--out``).
+        markers, files, keep_if: what marks a folder as holding a result, what a run writes (removed on
+            overwrite), and the file whose presence keeps the folder after a failure (the defaults are
+            a training run's; other commands pass their own).
         overwrite: replace a run already in the folder (the files a run writes, ``RUN_FILES``, are removed
             on entry; other files are left alone).
         resume: the folder is an earlier run being continued.
@@ -67,21 +70,23 @@ class RunFolder:
     left as it was. After a checkpoint, the folder stays: the run can be resumed.
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+                 markers=RUN_MARKERS, files=RUN_FILES, keep_if: str = "checkpoint.pt") -> None:
         self.path = Path(check_path(path, "out"))
         self.overwrite, self.resume = overwrite, resume
+        self.markers, self.files, self.keep_if = tuple(markers), tuple(files), keep_if
         self._created: List[Path] = []
 
     def __enter__(self) -> Path:
         path = self.path
         if path.exists() and not path.is_dir():
             raise SpikingAttnError(f"out {str(path)!r} exists and is not a folder")
-        holds_run = path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
+        holds_run = path.is_dir() and any((path / name).exists() for name in self.markers)
         if holds_run and not (self.overwrite or self.resume):
             raise SpikingAttnError(f"out {str(path)!r} already holds a run; pass --overwrite to replace it "
                                    f"or --resume {path} to continue it")
         if holds_run and self.overwrite and not self.resume:
-            for name in RUN_FILES:
+            for name in self.files:
                 (path / name).unlink(missing_ok=True)
         missing = []
         for folder in (path, *path.parents):
@@ -94,7 +99,7 @@ class RunFolder:
         return path
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or (self.path / "checkpoint.pt").exists():
+        if exc_type is None or (self.path / self.keep_if).exists():
             return
         for folder in reversed(self._created):  # innermost first
             shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,72 @@
+"""Figures of a deployment: Lava's spikes beside the reference's, and the core map with its traffic."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spiking_attn.outputs import atomic_write  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def plot_raster(deployment, path: str | os.PathLike, sample: int = 0, max_neurons: int = 64) -> None:
+    """One row of panels per population (up to ``max_neurons`` neurons each): Lava's spikes of ``sample``
+    (left) beside the reference's (right); a red mark where they differ."""
+    names = list(deployment.lava)
+    fig, axes = plt.subplots(len(names), 2, figsize=(8, 0.55 * len(names) + 1.2), squeeze=False, sharex=True)
+    ref_label = "emulator" if deployment.precision == "fixed" else "torch (float64)"
+    for row, name in enumerate(names):
+        lava = deployment.lava[name][:, sample, :max_neurons]  # [T, n]
+        ref = deployment.reference[name][:, sample, :max_neurons]
+        for col, (spikes, label) in enumerate(((lava, f"Lava ({deployment.precision})"), (ref, ref_label))):
+            ax = axes[row, col]
+            t, n = np.nonzero(spikes)
+            ax.scatter(t, n, s=2, c="k", marker="|")
+            bad_t, bad_n = np.nonzero(lava != ref)
+            if bad_t.size:
+                ax.scatter(bad_t, bad_n, s=6, c="r", marker="x")
+            ax.set_yticks([])
+            ax.set_xlim(-0.5, spikes.shape[0] - 0.5)
+            if row == 0:
+                ax.set_title(label, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(name.replace("blocks.", "b"), rotation=0, ha="right", va="center", fontsize=6)
+    axes[-1, 0].set_xlabel("time step")
+    axes[-1, 1].set_xlabel("time step")
+    fig.suptitle(f"sample {sample}: spike agreement {deployment.spike_agreement():.4f} over all samples")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_core_map(deployment, path: str | os.PathLike) -> None:
+    """Neurons per core, coloured by core group (the gating and pulvinar groups stand apart), and the
+    spikes sent between cores in the run."""
+    mapping = deployment.mapping
+    groups = sorted({c.group for c in mapping.cores})
+    colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    fig, (ax_map, ax_traffic) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    for core in mapping.cores:
+        bottom = 0
+        for name, start, end in core.slices:
+            ax_map.bar(core.index, end - start, bottom=bottom, color=colours[core.group], edgecolor="white", lw=0.3)
+            bottom += end - start
+    for g in groups:
+        ax_map.bar([], [], color=colours[g], label=g)
+    ax_map.axhline(mapping.profile.neurons_per_core, color="grey", ls="--", lw=0.8)
+    ax_map.set(xlabel="core", ylabel="neurons (bars split by population)",
+               title=f"{len(mapping.cores)} cores, profile {mapping.profile.name}")
+    ax_map.legend(fontsize=6, loc="upper right")
+    image = ax_traffic.imshow(np.log10(1 + deployment.traffic), cmap="viridis")
+    ax_traffic.set(xlabel="receiving core", ylabel="sending core",
+                   title=f"inter-core spikes: {int(deployment.traffic.sum())}")
+    fig.colorbar(image, ax=ax_traffic, label="log10(1 + spikes)")
+    fig.tight_layout()
+    _save(fig, path)
