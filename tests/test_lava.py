@@ -383,3 +383,61 @@ def test_deploy_rejects_bad_input():
     dense = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=5, dim=8, heads=2, model="dense"))
     with pytest.raises(ValueError, match="dense twin"):
         deploy(dense, torch.rand(2, 4, 8))
+
+
+# ---------------------------------------------------------------- the command line
+@pytest.fixture(scope="module")
+def trained_checkpoints(tmp_path_factory):
+    from spiking_attn.training import train
+
+    root = tmp_path_factory.mktemp("deploy_ckpt")
+    common = dict(task="digits", epochs=1, dim=16, depth=1, heads=2, batch_size=128, progress=False, seed=0)
+    train(model="spiking", out=root / "spiking", **common)
+    train(model="dense", out=root / "dense", **common)
+    return root
+
+
+def test_cli_deploy_writes_the_report_and_figures(trained_checkpoints, tmp_path, capsys):
+    from spiking_attn.cli import main
+
+    out = tmp_path / "deploy"
+    code = main(["deploy", "--checkpoint", str(trained_checkpoints / "spiking" / "checkpoint.pt"),
+                 "--precision", "fixed", "--samples", "3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "deploy.json").read_text())
+    for key in ("precision", "samples", "spike_agreement", "prediction_agreement", "lava_accuracy", "torch_accuracy",
+                "cores", "mapping", "steps_per_second", "emulator_speedup"):
+        assert key in report
+    assert report["precision"] == "fixed" and report["samples"] == 3 and report["spike_agreement"] == 1.0
+    assert (out / "deploy_raster.png").stat().st_size > 0 and (out / "deploy_cores.png").stat().st_size > 0
+    assert "spike agreement 1.0000" in capsys.readouterr().out
+    # a second run into the same folder needs --overwrite
+    assert main(["deploy", "--checkpoint", str(trained_checkpoints / "spiking" / "checkpoint.pt"),
+                 "--samples", "1", "--out", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--precision", "double"], 2, "invalid choice"),
+    (["--samples", "0"], 1, "--samples"),
+    (["--samples", "100000"], 1, "more than the 360 test samples"),
+    (["--profile", "loihi9"], 1, "neither a built-in profile"),
+])
+def test_cli_deploy_bad_options(trained_checkpoints, tmp_path, capsys, args, code, message):
+    from spiking_attn.cli import main
+
+    out = tmp_path / "nested" / "deploy"
+    assert main(["deploy", "--checkpoint", str(trained_checkpoints / "spiking" / "checkpoint.pt"), "--out", str(out),
+                 *args]) == code
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nested").exists()  # a failed run leaves nothing behind
+
+
+def test_cli_deploy_refuses_a_dense_checkpoint(trained_checkpoints, tmp_path, capsys):
+    from spiking_attn.cli import main
+
+    assert main(["deploy", "--checkpoint", str(trained_checkpoints / "dense" / "checkpoint.pt"),
+                 "--out", str(tmp_path / "d")]) == 1
+    assert "dense model" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
