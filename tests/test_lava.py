@@ -441,3 +441,44 @@ def test_cli_deploy_refuses_a_dense_checkpoint(trained_checkpoints, tmp_path, ca
                  "--out", str(tmp_path / "d")]) == 1
     assert "dense model" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def _processes_mentioning(marker: str) -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline") as f:
+                    if marker in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_ctrl_c_during_a_lava_run_leaves_no_process(trained_checkpoints, tmp_path, group):
+    """Ctrl-C to the command alone, or to its whole process group as a terminal sends it: status 130,
+    one line, and no process of the run left."""
+    import signal
+    import time
+
+    out = tmp_path / f"interrupted_{group}"
+    cmd = [sys.executable, "-m", "spiking_attn.cli", "deploy", "--checkpoint",
+           str(trained_checkpoints / "spiking" / "checkpoint.pt"), "--samples", "300", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_processes_mentioning(str(out))) < 5:  # Lava's runtime is up
+        time.sleep(0.5)
+    time.sleep(2)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "spiking-attn: interrupted"
+    time.sleep(1)
+    assert _processes_mentioning(str(out)) == []
+    assert not out.exists()
