@@ -168,33 +168,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     **_config_overrides(args))
     _print_summary(metrics)
     print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
+    if metrics["attention"] != "sdsa":
+        print("deploy step skipped: SSA's product does not map to Lava (the demo deploys SDSA models)")
+        return 0
+    deploy_dir = os.path.join(args.out, "deploy")
+    print(f"deploying {DEMO_DEPLOY_SAMPLES} test samples to Lava (Loihi fixed point, CPU simulation)...", flush=True)
+    _run_deploy(os.path.join(args.out, "checkpoint.pt"), "fixed", DEMO_DEPLOY_SAMPLES, "loihi2", 900.0,
+                deploy_dir, args.overwrite)
     return 0
 
 
+DEMO_DEPLOY_SAMPLES = 4
 DEPLOY_FILES = ("deploy.json", "deploy_raster.png", "deploy_cores.png")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .hardware.lava import deploy_checkpoint
     from .errors import check_int
-    from .outputs import RunFolder
 
     check_int(args.samples, "--samples", low=1, high=100000)
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
-    with RunFolder(args.out, overwrite=args.overwrite, markers=("deploy.json",), files=DEPLOY_FILES,
-                   keep_if="deploy.json") as out:
-        report = deploy_checkpoint(args.checkpoint, precision=args.precision, samples=args.samples,
-                                   profile=args.profile, timeout=args.timeout, out=out)
+    _run_deploy(args.checkpoint, args.precision, args.samples, args.profile, args.timeout, args.out, args.overwrite)
+    return 0
+
+
+def _run_deploy(checkpoint: str, precision: str, samples: int, profile: str, timeout: float, out: str,
+                overwrite: bool) -> None:
+    from .hardware.lava import deploy_checkpoint
+    from .outputs import RunFolder
+
+    with RunFolder(out, overwrite=overwrite, markers=("deploy.json",), files=DEPLOY_FILES,
+                   keep_if="deploy.json") as folder:
+        report = deploy_checkpoint(checkpoint, precision=precision, samples=samples, profile=profile,
+                                   timeout=timeout, out=folder)
     print(f"Lava {report['precision']} on {report['samples']} samples: spike agreement "
           f"{report['spike_agreement']:.4f} (against the {report['reference']}), prediction agreement "
           f"{report['prediction_agreement']:.4f} (against the float torch model)")
     if report["lava_accuracy"] is not None:
-        print(f"accuracy: Lava {report['lava_accuracy']:.4f}, torch {report['torch_accuracy']:.4f}")
+        print(f"accuracy on these samples: Lava {report['lava_accuracy']:.4f}, torch {report['torch_accuracy']:.4f}")
     print(f"{report['cores']} cores ({report['profile']}), {report['inter_core_spikes']} spikes between cores; "
           f"Lava {report['steps_per_second']:.1f} steps/s, emulator {report['emulator_speedup']:.0f}x faster")
-    print(f"outputs: {args.out}/ ({', '.join(DEPLOY_FILES)})")
-    return 0
+    print(f"outputs: {out}/ ({', '.join(DEPLOY_FILES)})")
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy}

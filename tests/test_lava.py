@@ -482,3 +482,14 @@ def test_ctrl_c_during_a_lava_run_leaves_no_process(trained_checkpoints, tmp_pat
     time.sleep(1)
     assert _processes_mentioning(str(out)) == []
     assert not out.exists()
+
+
+def test_demo_ends_with_a_deploy_step(tmp_path, capsys):
+    from spiking_attn.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "Lava fixed on 4 samples: spike agreement 1.0000" in text
+    report = json.loads((out / "deploy" / "deploy.json").read_text())
+    assert report["samples"] == 4 and report["precision"] == "fixed" and report["cores"] >= 1

@@ -1,0 +1,133 @@
+"""Deployment to Lava: spike agreement, prediction agreement, and the emulator against Lava's speed.
+
+For every seed in ``--seeds`` and every model below, train it at the task's defaults (the runs are
+kept in ``runs/bench_lava`` and reused), then:
+
+1. ``deploy(..., precision='float')`` on the first ``--samples`` test samples: spike agreement of Lava
+   with the float64 torch model (target 1.0);
+2. ``deploy(..., precision='fixed')`` on the same samples: spike agreement of Lava with the
+   bit-accurate emulator (target 1.0), Lava's steps per second, and the emulator's on the same run;
+3. the emulator over the whole test set: prediction agreement of the fixed-point network with the
+   float torch model (target >= 0.99), and the emulator's steps per second over Lava's
+   (target >= 100).
+
+| model | |
+|---|---|
+| digits, SDSA | the plain spiking transformer |
+| quadrant, thalamic gating, SDSA | the gating mechanism (SDSA: SSA's product does not export) |
+| digits, pulvinar, SDSA | pulvinar synchronization |
+
+    .venv/bin/python benchmarks/bench_lava.py [--seeds 0 1 2] [--samples 8] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+MODELS = {
+    "digits, SDSA": dict(task="digits", mechanism="none"),
+    "quadrant, thalamic, SDSA": dict(task="quadrant", mechanism="thalamic"),
+    "digits, pulvinar, SDSA": dict(task="digits", mechanism="pulvinar"),
+}
+
+
+def checkpoint(label: str, seed: int, kw: dict) -> str:
+    from pathlib import Path
+
+    from spiking_attn.training import train
+
+    folder = Path("runs/bench_lava") / f"{label.replace(', ', '_').replace(' ', '_')}_{seed}"
+    if not (folder / "metrics.json").exists():
+        t0 = time.perf_counter()
+        metrics = train(model="spiking", attention="sdsa", seed=seed, out=folder, overwrite=True, progress=False,
+                        figures=False, **kw)
+        print(f"  trained {label} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return str(folder / "checkpoint.pt")
+
+
+def whole_test_set(path: str) -> dict:
+    """Fixed-point emulator against the float torch model over the whole test set."""
+    from spiking_attn.checkpoint import load_model, read_checkpoint
+    from spiking_attn.data import load_task
+    from spiking_attn.graph import export_graph, simulate, torch_population_spikes
+    from spiking_attn.hardware.fixed_point import emulate, quantize
+
+    settings = read_checkpoint(path)["training"]["settings"]
+    data = load_task(settings["task"])
+    model = load_model(path)
+    cue = data.context("test").get("cue")
+    graph = export_graph(model, data.x_test, cue)
+    reference = simulate(graph)
+    _, torch_logits = torch_population_spikes(model, data.x_test, cue)
+    fixed = quantize(graph, reference)
+    t0 = time.perf_counter()
+    spikes = emulate(fixed)
+    seconds = time.perf_counter() - t0
+    fixed_logits = graph.readout.logits(spikes[graph.readout.source])
+    labels = data.y_test.numpy()
+    return {"samples": len(labels),
+            "prediction_agreement": float((fixed_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+            "fixed_accuracy": float((fixed_logits.argmax(1) == labels).mean()),
+            "float_accuracy": float((torch_logits.argmax(1) == labels).mean()),
+            "emulator_steps_per_second": len(labels) * graph.timesteps / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--only", nargs="+", choices=list(MODELS))
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    from spiking_attn.checkpoint import load_model, read_checkpoint
+    from spiking_attn.data import load_task
+    from spiking_attn.hardware.lava import deploy
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.samples} samples through Lava")
+    rows = []
+    for label, kw in MODELS.items():
+        if args.only and label not in args.only:
+            continue
+        for seed in args.seeds:
+            path = checkpoint(label, seed, kw)
+            data = load_task(read_checkpoint(path)["training"]["settings"]["task"])
+            model = load_model(path)
+            rows_ = slice(0, args.samples)
+            x, cue, y = data.x_test[rows_], data.context("test", rows_).get("cue"), data.y_test[rows_].numpy()
+            flt = deploy(model, x, cue, precision="float", labels=y)
+            fix = deploy(model, x, cue, precision="fixed", labels=y)
+            whole = whole_test_set(path)
+            row = {"model": label, "seed": seed, "float_spike_agreement": flt.spike_agreement(),
+                   "fixed_spike_agreement": fix.spike_agreement(),
+                   "fixed_prediction_agreement_lava": fix.prediction_agreement(),
+                   "lava_steps_per_second": fix.steps_per_second, "cores": len(fix.mapping.cores),
+                   "populations": len(fix.lava), "relays": len(fix.schedule.relays), **whole,
+                   "emulator_speedup": whole["emulator_steps_per_second"] / fix.steps_per_second}
+            rows.append(row)
+            print(f"  {label:26s} seed {seed}: float spikes {row['float_spike_agreement']:.4f}, fixed spikes "
+                  f"{row['fixed_spike_agreement']:.4f}; fixed vs float predictions {row['prediction_agreement']:.4f} "
+                  f"over {row['samples']} (accuracy {row['fixed_accuracy']:.4f} vs {row['float_accuracy']:.4f}); "
+                  f"Lava {row['lava_steps_per_second']:.1f} steps/s, emulator {row['emulator_speedup']:.0f}x",
+                  flush=True)
+    print()
+    print(f"{'model':26s} {'float spikes':>12s} {'fixed spikes':>12s} {'pred. agree (min)':>18s} {'speedup (min)':>14s}")
+    for label in MODELS:
+        sel = [r for r in rows if r["model"] == label]
+        if not sel:
+            continue
+        print(f"{label:26s} {min(r['float_spike_agreement'] for r in sel):12.4f} "
+              f"{min(r['fixed_spike_agreement'] for r in sel):12.4f} "
+              f"{np.mean([r['prediction_agreement'] for r in sel]):9.4f} ({min(r['prediction_agreement'] for r in sel):.4f}) "
+              f"{np.mean([r['emulator_speedup'] for r in sel]):7.0f}x ({min(r['emulator_speedup'] for r in sel):.0f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
