@@ -7,7 +7,8 @@ kept in ``runs/bench_lava`` and reused), then:
    with the float64 torch model (target 1.0);
 2. ``deploy(..., precision='fixed')`` on the same samples: spike agreement of Lava with the
    bit-accurate emulator (target 1.0), Lava's steps per second, and the emulator's on the same run;
-3. the emulator over the whole test set: prediction agreement of the fixed-point network with the
+3. the emulator over the whole test set (thresholds sized on the first 256 training samples, as
+   ``spiking-attn deploy`` does): prediction agreement of the fixed-point network with the
    float torch model (target >= 0.99), and the emulator's steps per second over Lava's
    (target >= 100).
 
@@ -27,6 +28,8 @@ import time
 
 import numpy as np
 import torch
+
+from spiking_attn.hardware.lava import CALIBRATION_SAMPLES
 
 MODELS = {
     "digits, SDSA": dict(task="digits", mechanism="none"),
@@ -55,7 +58,7 @@ def whole_test_set(path: str) -> dict:
     from spiking_attn.checkpoint import load_model, read_checkpoint
     from spiking_attn.data import load_task
     from spiking_attn.graph import export_graph, simulate, torch_population_spikes
-    from spiking_attn.hardware.fixed_point import emulate, quantize
+    from spiking_attn.hardware.fixed_point import emulate, peak_currents, quantize
 
     settings = read_checkpoint(path)["training"]["settings"]
     data = load_task(settings["task"])
@@ -64,7 +67,8 @@ def whole_test_set(path: str) -> dict:
     graph = export_graph(model, data.x_test, cue)
     reference = simulate(graph)
     _, torch_logits = torch_population_spikes(model, data.x_test, cue)
-    fixed = quantize(graph, reference)
+    cal = slice(0, CALIBRATION_SAMPLES)
+    fixed = quantize(graph, peak_currents(export_graph(model, data.x_train[cal], data.context("train", cal).get("cue"))))
     t0 = time.perf_counter()
     spikes = emulate(fixed)
     seconds = time.perf_counter() - t0
@@ -99,8 +103,10 @@ def main() -> None:
             model = load_model(path)
             rows_ = slice(0, args.samples)
             x, cue, y = data.x_test[rows_], data.context("test", rows_).get("cue"), data.y_test[rows_].numpy()
+            cal = slice(0, CALIBRATION_SAMPLES)
+            calibration = (data.x_train[cal], data.context("train", cal).get("cue"))
             flt = deploy(model, x, cue, precision="float", labels=y)
-            fix = deploy(model, x, cue, precision="fixed", labels=y)
+            fix = deploy(model, x, cue, precision="fixed", labels=y, calibration=calibration)
             whole = whole_test_set(path)
             row = {"model": label, "seed": seed, "float_spike_agreement": flt.spike_agreement(),
                    "fixed_spike_agreement": fix.spike_agreement(),

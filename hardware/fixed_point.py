@@ -109,14 +109,22 @@ def quantize_weights(w, rows_scale: np.ndarray):
     return out.tocsr(), exp
 
 
-def quantize(graph: NetworkGraph, reference: Optional[Dict[str, np.ndarray]] = None) -> FixedGraph:
+def peak_currents(graph: NetworkGraph, spikes: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """The largest |input current + bias| into each neuron of ``graph`` over its samples and steps
+    (``spikes``: its float simulation, computed if not given). A graph exported from calibration
+    samples gives the peaks ``quantize`` sizes the integer thresholds by."""
+    spikes = simulate(graph) if spikes is None else spikes
+    return {name: _peak_current(node, spikes) for name, node in graph.nodes.items() if node.role != "input"}
+
+
+def quantize(graph: NetworkGraph, peaks: Optional[Dict[str, np.ndarray]] = None) -> FixedGraph:
     """Loihi integers for every population and synapse of ``graph`` (the module docstring has the rules).
 
-    ``reference``: the float spikes of the graph on its samples (``graph.simulate``), used to measure
-    the largest current into each population; computed if not given.
+    ``peaks``: the largest current into each neuron (``peak_currents`` of a calibration graph); by
+    default measured on ``graph``'s own samples.
     """
-    if reference is None:
-        reference = simulate(graph)
+    if peaks is None:
+        peaks = peak_currents(graph)
     nodes: Dict[str, FixedNode] = {}
     for name, node in graph.nodes.items():
         size = node.size
@@ -125,7 +133,7 @@ def quantize(graph: NetworkGraph, reference: Optional[Dict[str, np.ndarray]] = N
                                     np.ones(size), spikes=node.spikes)
             continue
         theta = node.vth
-        peak = _peak_current(node, reference) / theta  # per neuron, in thresholds
+        peak = peaks[name] / theta  # per neuron, in thresholds
         bias_rel = np.abs(node.bias) / theta
         limit = VTH_MAX
         if peak.max() > 0:

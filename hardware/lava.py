@@ -47,6 +47,7 @@ from spiking_attn.errors import SpikingAttnError
 from spiking_attn.graph import NetworkGraph
 
 PRECISIONS = ("float", "fixed")
+CALIBRATION_SAMPLES = 256  # training samples whose currents size the fixed-point thresholds (deploy_checkpoint)
 SPARSE_DENSITY = 0.25  # synapse groups at most this dense become Lava Sparse processes
 
 
@@ -302,7 +303,7 @@ def _check_inputs(model, inputs, cue):
 
 
 def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2", labels=None,
-           timeout: float = 600.0) -> "Deployment":
+           timeout: float = 600.0, calibration=None) -> "Deployment":
     """Export ``model``, run ``inputs`` ``[S, N, F]`` (and ``cue``) through Lava, and compare.
 
     Args:
@@ -313,6 +314,9 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
         profile: core profile name ('loihi2', 'loihi1'), JSON file or ``CoreProfile``.
         labels: optional ``[S]`` labels, for the accuracies.
         timeout: seconds the Lava run may take before it is stopped.
+        calibration: ``(inputs, cue)`` whose currents size the fixed-point thresholds (default: the
+            samples being deployed). Give the same calibration to get the same integer network for
+            any samples.
 
     Returns a ``Deployment`` with per-population spikes from Lava and from the reference (aligned to
     torch time), the logits of both, the core mapping and the spike traffic between cores.
@@ -321,7 +325,7 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
     from spiking_attn.graph import export_graph, simulate, torch_population_spikes
 
     from . import cores as core_map
-    from .fixed_point import emulate, quantize
+    from .fixed_point import emulate, peak_currents, quantize
 
     check_choice(precision, "precision", PRECISIONS)
     check_number(timeout, "timeout", low=0.0)
@@ -331,7 +335,13 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
     graph = export_graph(model, inputs, cue)
     float_spikes = simulate(graph)
     torch_spikes, torch_logits = torch_population_spikes(model, inputs, cue)
-    fixed = quantize(graph, float_spikes)
+    if calibration is None:
+        peaks = peak_currents(graph, float_spikes)
+    else:
+        cal_x, cal_cue = calibration
+        _check_inputs(model, cal_x, cal_cue)
+        peaks = peak_currents(export_graph(model, cal_x, cal_cue))
+    fixed = quantize(graph, peaks)
     started = time.perf_counter()
     emulated = emulate(fixed)
     emulator_seconds = time.perf_counter() - started
@@ -477,8 +487,10 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
         raise SpikingAttnError(f"samples ({samples}) is more than the {len(data.x_test)} test samples of task {task!r}")
     model = load_model(path)
     rows = slice(0, samples)
+    cal = slice(0, min(CALIBRATION_SAMPLES, len(data.x_train)))  # the same integer network for any samples
     result = deploy(model, data.x_test[rows], data.context("test", rows).get("cue"), precision=precision,
-                    profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout)
+                    profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout,
+                    calibration=(data.x_train[cal], data.context("train", cal).get("cue")))
     report = {"checkpoint": str(path), "task": task, "mechanism": config.mechanism, **result.report()}
     if out is not None:
         from .plots import plot_core_map, plot_raster
