@@ -10,6 +10,10 @@ Both twins::
     x     = x + sum_k w_k c_k                             residual (on the membrane stream, spiking)
     x     = x + mlp(pre_mlp(x))
 
+Top-down context reaches the block twice: through the thalamic controller, which reads the cue, and
+as an extra token (``MechanismSpec.cue_token``), so that the pulvinar, basal-forebrain and
+predictive components, which do not read the cue themselves, see the task as well.
+
 ``block(x, cue=cue, return_components=True)`` also returns each component, the predictive module's
 prediction error and the weights. Every part is the twin of the same name in its mechanism's file,
 so the parameter names match across twins (``thalamic.gate.vth``, ``pulvinar.route.bias``, ...).
@@ -127,5 +131,6 @@ register_mechanism(MechanismSpec(
     spiking_block=SpikingIntegratedBlock,
     dense_block=DenseIntegratedBlock,
     options=IntegratedOptions,
+    cue_token=True,  # the cue also enters as a token, so that the three other mechanisms see the task
     readouts=("basal_forebrain.plasticity", "predictive.reconstruct"),
 ))
