@@ -175,17 +175,73 @@ def _peak_current(node, reference) -> np.ndarray:
     return np.abs(total + node.bias).max(axis=(0, 1))
 
 
+DENSE_LIMIT = 8_000_000  # synapse groups up to this many entries are multiplied as dense BLAS matrices
+
+
+def _block_diagonal(w) -> Optional[np.ndarray]:
+    """``B`` if ``w == kron(I_k, B)`` for some k > 1 (a weight layer applied to every token), else None."""
+    rows, cols = w.shape
+    for k in range(min(rows, cols), 1, -1):
+        if rows % k or cols % k:
+            continue
+        rb, cb = rows // k, cols // k
+        block = w[:rb, :cb].toarray()
+        if w.nnz == k * np.count_nonzero(block):
+            from scipy import sparse
+
+            if (sparse.kron(sparse.identity(k, format="csr", dtype=w.dtype), sparse.csr_matrix(block)) != w).nnz == 0:
+                return block
+    return None
+
+
+def _product(edge: FixedEdge):
+    """A function computing ``spikes @ W.T`` exactly, chosen once per synapse group."""
+    fn = getattr(edge, "_product", None)
+    if fn is not None:
+        return fn
+    w = edge.weight
+    bound = float(np.abs(w).sum(axis=1).max()) if w.nnz else 0.0
+    dtype = np.float32 if bound < 2 ** 24 else np.float64  # integer sums stay exact
+    block = _block_diagonal(w) if w.nnz else None
+    if block is not None:
+        bt = block.astype(dtype).T
+        k = w.shape[1] // block.shape[1]
+
+        def fn(flat):
+            return (flat.reshape(-1, block.shape[1]).astype(dtype) @ bt).reshape(flat.shape[0], k * block.shape[0])
+    elif w.shape[0] * w.shape[1] <= DENSE_LIMIT:
+        wt = w.toarray().astype(dtype).T
+
+        def fn(flat):
+            return flat.astype(dtype) @ wt
+    else:
+        ws = w.astype(dtype)
+
+        def fn(flat):
+            return np.asarray((ws @ flat.T.astype(dtype)).T)
+    edge._product = fn
+    return fn
+
+
 def synaptic_input(edge: FixedEdge, spikes: np.ndarray) -> np.ndarray:
-    """What a fixed-point Dense delivers for binary ``spikes`` ``[B, src]``: ``[B, dst]`` int64."""
-    acc = (edge.weight @ spikes.T.astype(np.int64)).T
-    acc = np.asarray(acc, dtype=np.int64)
+    """What a fixed-point Dense delivers for binary ``spikes`` ``[..., src]``: ``[..., dst]`` int64.
+
+    The weighted sums are integers; they are formed by a floating-point matrix product, which is exact
+    because every partial sum stays below 2^24 (float32) or is done in float64 otherwise. A weight
+    layer applied per token is multiplied block by block."""
+    lead = spikes.shape[:-1]
+    acc = _product(edge)(spikes.reshape(-1, spikes.shape[-1]))
+    acc = np.rint(acc).astype(np.int64).reshape(*lead, -1)
     return acc << edge.weight_exp if edge.weight_exp > 0 else acc >> -edge.weight_exp
 
 
 def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray):
     """One bit-accurate step of Loihi's LIF (int64 arrays ``[B, size]``): returns ``(spikes, u, v)``."""
-    x = u * (4096 - (node.du + 1))
-    u = np.sign(x) * (np.abs(x) >> 12) + (a << 6)
+    if node.du == 4095:  # the current is the input of the step: (4096 - 4096) * u = 0
+        u = a << 6
+    else:
+        x = u * (4096 - (node.du + 1))
+        u = np.sign(x) * (np.abs(x) >> 12) + (a << 6)
     u = np.where(u > U_LIMIT, u - 2 * U_LIMIT, u)
     u = np.where(u <= -U_LIMIT, u + 2 * U_LIMIT, u)
     y = v * (4096 - node.dv)
@@ -197,20 +253,23 @@ def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray)
 
 
 def emulate(fixed: FixedGraph) -> Dict[str, np.ndarray]:
-    """Run the quantised graph over its whole batch: ``{population: spikes [T, B, size] bool}``."""
+    """Run the quantised graph over its whole batch: ``{population: spikes [T, B, size] bool}``.
+
+    The synapses carry no state and the graph has no cycles, so each population's input over all
+    steps is formed at once (one matrix product per synapse group), and then its neurons run step by
+    step: the same numbers as stepping the whole network in torch time, far fewer calls."""
     t_steps, batch = fixed.timesteps, fixed.batch
-    out = {name: np.zeros((t_steps, batch, node.size), dtype=bool) for name, node in fixed.nodes.items()}
-    state = {name: (np.zeros((batch, node.size), np.int64), np.zeros((batch, node.size), np.int64))
-             for name, node in fixed.nodes.items()}
-    for t in range(t_steps):
-        for name, node in fixed.nodes.items():
-            if node.role == "input":
-                out[name][t] = node.spikes[t]
-                continue
-            a = np.zeros((batch, node.size), np.int64) if node.host is None else node.host[t].copy()
-            for edge in node.edges:
-                a += synaptic_input(edge, out[edge.source][t])
-            s, u, v = lif_fixed_step(node, *state[name], a)
-            state[name] = (u, v)
-            out[name][t] = s
+    out: Dict[str, np.ndarray] = {}
+    for name, node in fixed.nodes.items():
+        if node.role == "input":
+            out[name] = np.asarray(node.spikes, dtype=bool)
+            continue
+        a = np.zeros((t_steps, batch, node.size), np.int64) if node.host is None else node.host.astype(np.int64)
+        for edge in node.edges:
+            a = a + synaptic_input(edge, out[edge.source])
+        spikes = np.zeros((t_steps, batch, node.size), dtype=bool)
+        u = v = np.zeros((batch, node.size), np.int64)
+        for t in range(t_steps):
+            spikes[t], u, v = lif_fixed_step(node, u, v, a[t])
+        out[name] = spikes
     return out
