@@ -5,8 +5,9 @@ kept in ``runs/bench_lava`` and reused), then:
 
 1. ``deploy(..., precision='float')`` on the first ``--samples`` test samples: spike agreement of Lava
    with the float64 torch model (target 1.0);
-2. ``deploy(..., precision='fixed')`` on the same samples: spike agreement of Lava with the
-   bit-accurate emulator (target 1.0), Lava's steps per second, and the emulator's on the same run;
+2. ``deploy(..., precision='fixed')`` on the same samples, for each ``--weight-bits`` (16: two synapse
+   groups per connection, 8: one): spike agreement of Lava with the bit-accurate emulator (target
+   1.0) and Lava's steps per second;
 3. the emulator over the whole test set (thresholds sized on the first 256 training samples, as
    ``spiking-attn deploy`` does): prediction agreement of the fixed-point network with the
    float torch model (target >= 0.99), and the emulator's steps per second over Lava's
@@ -53,7 +54,7 @@ def checkpoint(label: str, seed: int, kw: dict) -> str:
     return str(folder / "checkpoint.pt")
 
 
-def whole_test_set(path: str) -> dict:
+def whole_test_set(path: str, weight_bits: int) -> dict:
     """Fixed-point emulator against the float torch model over the whole test set."""
     from spiking_attn.checkpoint import load_model, read_checkpoint
     from spiking_attn.data import load_task
@@ -68,7 +69,8 @@ def whole_test_set(path: str) -> dict:
     reference = simulate(graph)
     _, torch_logits = torch_population_spikes(model, data.x_test, cue)
     cal = slice(0, CALIBRATION_SAMPLES)
-    fixed = quantize(graph, peak_currents(export_graph(model, data.x_train[cal], data.context("train", cal).get("cue"))))
+    fixed = quantize(graph, peak_currents(export_graph(model, data.x_train[cal], data.context("train", cal).get("cue"))),
+                     weight_bits)
     t0 = time.perf_counter()
     spikes = emulate(fixed)
     seconds = time.perf_counter() - t0
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--only", nargs="+", choices=list(MODELS))
+    parser.add_argument("--weight-bits", type=int, nargs="+", default=[16, 8])
     parser.add_argument("--json")
     args = parser.parse_args()
     from spiking_attn.checkpoint import load_model, read_checkpoint
@@ -106,30 +109,35 @@ def main() -> None:
             cal = slice(0, CALIBRATION_SAMPLES)
             calibration = (data.x_train[cal], data.context("train", cal).get("cue"))
             flt = deploy(model, x, cue, precision="float", labels=y)
-            fix = deploy(model, x, cue, precision="fixed", labels=y, calibration=calibration)
-            whole = whole_test_set(path)
-            row = {"model": label, "seed": seed, "float_spike_agreement": flt.spike_agreement(),
-                   "fixed_spike_agreement": fix.spike_agreement(),
-                   "fixed_prediction_agreement_lava": fix.prediction_agreement(),
-                   "lava_steps_per_second": fix.steps_per_second, "cores": len(fix.mapping.cores),
-                   "populations": len(fix.lava), "relays": len(fix.schedule.relays), **whole,
-                   "emulator_speedup": whole["emulator_steps_per_second"] / fix.steps_per_second}
-            rows.append(row)
-            print(f"  {label:26s} seed {seed}: float spikes {row['float_spike_agreement']:.4f}, fixed spikes "
-                  f"{row['fixed_spike_agreement']:.4f}; fixed vs float predictions {row['prediction_agreement']:.4f} "
-                  f"over {row['samples']} (accuracy {row['fixed_accuracy']:.4f} vs {row['float_accuracy']:.4f}); "
-                  f"Lava {row['lava_steps_per_second']:.1f} steps/s, emulator {row['emulator_speedup']:.0f}x",
-                  flush=True)
+            print(f"  {label:26s} seed {seed}: float: spike agreement {flt.spike_agreement():.4f}, "
+                  f"Lava {flt.steps_per_second:.1f} steps/s", flush=True)
+            for bits in args.weight_bits:
+                fix = deploy(model, x, cue, precision="fixed", labels=y, calibration=calibration, weight_bits=bits)
+                whole = whole_test_set(path, bits)
+                row = {"model": label, "seed": seed, "weight_bits": bits,
+                       "float_spike_agreement": flt.spike_agreement(), "fixed_spike_agreement": fix.spike_agreement(),
+                       "fixed_prediction_agreement_lava": fix.prediction_agreement(),
+                       "lava_steps_per_second": fix.steps_per_second, "cores": len(fix.mapping.cores),
+                       "populations": len(fix.lava), "relays": len(fix.schedule.relays), **whole,
+                       "emulator_speedup": whole["emulator_steps_per_second"] / fix.steps_per_second}
+                rows.append(row)
+                print(f"  {label:26s} seed {seed}: fixed {bits:2d}-bit weights: spike agreement with the emulator "
+                      f"{row['fixed_spike_agreement']:.4f}; predictions agree with float on "
+                      f"{row['prediction_agreement']:.4f} of {row['samples']} (accuracy {row['fixed_accuracy']:.4f} vs "
+                      f"{row['float_accuracy']:.4f}); Lava {row['lava_steps_per_second']:.1f} steps/s, emulator "
+                      f"{row['emulator_speedup']:.0f}x", flush=True)
     print()
-    print(f"{'model':26s} {'float spikes':>12s} {'fixed spikes':>12s} {'pred. agree (min)':>18s} {'speedup (min)':>14s}")
+    print(f"{'model':26s} {'bits':>4s} {'float spikes':>12s} {'fixed spikes':>12s} {'pred. agree mean (min)':>23s} "
+          f"{'emulator x Lava mean (min)':>27s}")
     for label in MODELS:
-        sel = [r for r in rows if r["model"] == label]
-        if not sel:
-            continue
-        print(f"{label:26s} {min(r['float_spike_agreement'] for r in sel):12.4f} "
-              f"{min(r['fixed_spike_agreement'] for r in sel):12.4f} "
-              f"{np.mean([r['prediction_agreement'] for r in sel]):9.4f} ({min(r['prediction_agreement'] for r in sel):.4f}) "
-              f"{np.mean([r['emulator_speedup'] for r in sel]):7.0f}x ({min(r['emulator_speedup'] for r in sel):.0f}x)")
+        for bits in args.weight_bits:
+            sel = [r for r in rows if r["model"] == label and r["weight_bits"] == bits]
+            if not sel:
+                continue
+            print(f"{label:26s} {bits:4d} {min(r['float_spike_agreement'] for r in sel):12.4f} "
+                  f"{min(r['fixed_spike_agreement'] for r in sel):12.4f} "
+                  f"{np.mean([r['prediction_agreement'] for r in sel]):14.4f} ({min(r['prediction_agreement'] for r in sel):.4f}) "
+                  f"{np.mean([r['emulator_speedup'] for r in sel]):18.0f}x ({min(r['emulator_speedup'] for r in sel):.0f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -303,7 +303,7 @@ def _check_inputs(model, inputs, cue):
 
 
 def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2", labels=None,
-           timeout: float = 600.0, calibration=None) -> "Deployment":
+           timeout: float = 600.0, calibration=None, weight_bits: int = 16) -> "Deployment":
     """Export ``model``, run ``inputs`` ``[S, N, F]`` (and ``cue``) through Lava, and compare.
 
     Args:
@@ -317,6 +317,8 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
         calibration: ``(inputs, cue)`` whose currents size the fixed-point thresholds (default: the
             samples being deployed). Give the same calibration to get the same integer network for
             any samples.
+        weight_bits: fixed point only: 8 (one 8-bit synapse group per connection) or 16 (two groups,
+            the second carrying the first's rounding error; see ``fixed_point``).
 
     Returns a ``Deployment`` with per-population spikes from Lava and from the reference (aligned to
     torch time), the logits of both, the core mapping and the spike traffic between cores.
@@ -329,6 +331,8 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
 
     check_choice(precision, "precision", PRECISIONS)
     check_number(timeout, "timeout", low=0.0)
+    if weight_bits not in (8, 16) or isinstance(weight_bits, bool):
+        raise SpikingAttnError(f"weight_bits must be 8 or 16, got {weight_bits!r}")
     _check_inputs(model, inputs, cue)
     profile = core_map.load_profile(profile)
     samples = int(inputs.shape[0])
@@ -341,7 +345,7 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
         cal_x, cal_cue = calibration
         _check_inputs(model, cal_x, cal_cue)
         peaks = peak_currents(export_graph(model, cal_x, cal_cue))
-    fixed = quantize(graph, peaks)
+    fixed = quantize(graph, peaks, weight_bits)
     started = time.perf_counter()
     emulated = emulate(fixed)
     emulator_seconds = time.perf_counter() - started
@@ -377,7 +381,7 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
     readout = graph.readout
     lava_logits = readout.logits(lava[readout.source])
     return Deployment(
-        precision=precision, samples=samples, lava=lava, reference={k: reference[k] for k in lava},
+        precision=precision, samples=samples, weight_bits=weight_bits, lava=lava, reference={k: reference[k] for k in lava},
         lava_logits=lava_logits, torch_logits=torch_logits, emulator_logits=readout.logits(emulated[readout.source]),
         labels=None if labels is None else np.asarray(labels), schedule=sched, mapping=mapping, traffic=traffic,
         lava_steps=max(0, total - 1), lava_seconds=seconds, first_step_seconds=first,
@@ -393,6 +397,7 @@ class Deployment:
 
     precision: str
     samples: int
+    weight_bits: int
     lava: Dict[str, np.ndarray]
     reference: Dict[str, np.ndarray]
     lava_logits: np.ndarray
@@ -437,6 +442,7 @@ class Deployment:
         m = self.mapping
         return {
             "precision": self.precision, "samples": self.samples,
+            "weight_bits": self.weight_bits if self.precision == "fixed" else None,
             "spike_agreement": self.spike_agreement(), "prediction_agreement": self.prediction_agreement(),
             "lava_accuracy": self.accuracy(self.lava_logits), "torch_accuracy": self.accuracy(self.torch_logits),
             "emulator_accuracy": self.accuracy(self.emulator_logits),
@@ -457,7 +463,7 @@ class Deployment:
 
 
 def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profile="loihi2", timeout: float = 900.0,
-                      out=None) -> dict:
+                      out=None, weight_bits: int = 16) -> dict:
     """``spiking-attn deploy``: the first ``samples`` test samples of the checkpoint's task through Lava.
     With ``out``, writes ``deploy_raster.png``, ``deploy_cores.png`` and, last, ``deploy.json``.
     Returns the ``deploy.json`` record."""
@@ -489,7 +495,7 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
     rows = slice(0, samples)
     cal = slice(0, min(CALIBRATION_SAMPLES, len(data.x_train)))  # the same integer network for any samples
     result = deploy(model, data.x_test[rows], data.context("test", rows).get("cue"), precision=precision,
-                    profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout,
+                    profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout, weight_bits=weight_bits,
                     calibration=(data.x_train[cal], data.context("train", cal).get("cue")))
     report = {"checkpoint": str(path), "task": task, "mechanism": config.mechanism, **result.report()}
     if out is not None:

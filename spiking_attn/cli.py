@@ -99,6 +99,8 @@ def _add_deploy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("float", "fixed"), default="float",
                    help="Lava's floating-point models, or Loihi's fixed point (default float)")
     p.add_argument("--samples", type=int, default=8, help="test samples to run through Lava (default 8)")
+    p.add_argument("--weight-bits", type=int, choices=(8, 16), default=16,
+                   help="fixed point: one 8-bit synapse group per connection, or two (16, default)")
     p.add_argument("--profile", default="loihi2", help="core profile: loihi2 (default), loihi1, or a JSON file")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds the Lava run may take (default 900)")
     p.add_argument("--out", required=True, help="output folder (deploy.json and figures)")
@@ -188,19 +190,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     check_int(args.samples, "--samples", low=1, high=100000)
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
-    _run_deploy(args.checkpoint, args.precision, args.samples, args.profile, args.timeout, args.out, args.overwrite)
+    _run_deploy(args.checkpoint, args.precision, args.samples, args.profile, args.timeout, args.out, args.overwrite,
+                args.weight_bits)
     return 0
 
 
 def _run_deploy(checkpoint: str, precision: str, samples: int, profile: str, timeout: float, out: str,
-                overwrite: bool) -> None:
+                overwrite: bool, weight_bits: int = 16) -> None:
     from .hardware.lava import deploy_checkpoint
     from .outputs import RunFolder
 
     with RunFolder(out, overwrite=overwrite, markers=("deploy.json",), files=DEPLOY_FILES,
                    keep_if="deploy.json") as folder:
         report = deploy_checkpoint(checkpoint, precision=precision, samples=samples, profile=profile,
-                                   timeout=timeout, out=folder)
+                                   timeout=timeout, out=folder, weight_bits=weight_bits)
     print(f"Lava {report['precision']} on {report['samples']} samples: spike agreement "
           f"{report['spike_agreement']:.4f} (against the {report['reference']}), prediction agreement "
           f"{report['prediction_agreement']:.4f} (against the float torch model)")

@@ -275,6 +275,25 @@ def test_quantised_weights_survive_lavas_own_clipping():
         assert np.abs(approx - w * 37.0).max() <= 2.0 ** (exp + 1)  # within one (even) step
 
 
+def test_sixteen_bit_weights_are_two_lava_synapse_groups():
+    lava_compat.import_lava()
+    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
+    from spiking_attn.hardware.fixed_point import split_weights
+
+    w = np.random.default_rng(2).normal(0, 1, (6, 10))
+    scale = np.full(6, 500.0)
+    (one, e1), = split_weights(sparse.csr_matrix(w), scale, 8)
+    groups = split_weights(sparse.csr_matrix(w), scale, 16)
+    assert len(groups) == 2 and np.array_equal(groups[0][0].toarray(), one.toarray())
+    total = sum(g.toarray() * 2.0 ** e for g, e in groups)
+    err8, err16 = np.abs(one.toarray() * 2.0 ** e1 - w * 500).max(), np.abs(total - w * 500).max()
+    assert err16 <= 2.0 ** (groups[1][1] + 1) and err16 < err8 / 50
+    for g, _ in groups:  # each group is already in the form Lava keeps
+        mode = determine_sign_mode(g.toarray())
+        assert np.array_equal(truncate_weights(clip_weights(g.toarray(), mode, 8), mode, 8), g.toarray())
+
+
 def test_emulator_matches_the_independent_integer_reference():
     graph = random_network(3, residual=True)
     fixed = quantize(graph)
@@ -300,14 +319,18 @@ def test_random_networks_on_lava_match_numpy_in_both_precisions(residual, tmp_pa
     assert np.mean([s.mean() for s in ref.values()]) > 0.05
 
 
-@pytest.mark.parametrize("mechanism, extra", [("none", {}), ("thalamic", {"num_cues": 4}), ("pulvinar", {})])
-@pytest.mark.parametrize("precision", ["float", "fixed"])
-def test_exportable_mechanisms_run_on_lava_spike_for_spike(mechanism, extra, precision):
+MECHANISMS_ON_LAVA = [("none", {}), ("thalamic", {"num_cues": 4}), ("pulvinar", {})]
+
+
+@pytest.mark.parametrize("mechanism, extra, precision, bits",
+                         [(m, e, p, 16) for m, e in MECHANISMS_ON_LAVA for p in ("float", "fixed")]
+                         + [("none", {}, "fixed", 8)])  # 8-bit weights checked on one model
+def test_exportable_mechanisms_run_on_lava_spike_for_spike(mechanism, extra, precision, bits):
     model = small_model(mechanism, seed=1, **extra)
     x = torch.rand(3, 4, 8)
     cue = torch.randint(0, 4, (3,)) if extra else None
     before = child_pids()
-    result = deploy(model, x, cue, precision=precision)
+    result = deploy(model, x, cue, precision=precision, weight_bits=bits)
     assert result.spike_agreement() == 1.0
     assert result.graph_matches_torch
     if precision == "float":
