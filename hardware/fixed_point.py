@@ -237,17 +237,18 @@ def _product(edge: FixedEdge):
         k = w.shape[1] // block.shape[1]
 
         def fn(flat):
-            return (flat.reshape(-1, block.shape[1]).astype(dtype) @ bt).reshape(flat.shape[0], k * block.shape[0])
+            return (flat.reshape(-1, block.shape[1]).astype(dtype, copy=False) @ bt).reshape(flat.shape[0],
+                                                                                          k * block.shape[0])
     elif w.shape[0] * w.shape[1] <= DENSE_LIMIT:
         wt = w.toarray().astype(dtype).T
 
         def fn(flat):
-            return flat.astype(dtype) @ wt
+            return flat.astype(dtype, copy=False) @ wt
     else:
         ws = w.astype(dtype)
 
         def fn(flat):
-            return np.asarray((ws @ flat.T.astype(dtype)).T)
+            return np.asarray((ws @ flat.T.astype(dtype, copy=False)).T)
     edge._product = fn
     return fn
 
@@ -257,11 +258,22 @@ def synaptic_input(edge: FixedEdge, spikes: np.ndarray) -> np.ndarray:
 
     The weighted sums are integers; they are formed by a floating-point matrix product, which is exact
     because every partial sum stays below 2^24 (float32) or is done in float64 otherwise. A weight
-    layer applied per token is multiplied block by block."""
+    layer applied per token is multiplied block by block. ``spikes`` may already be float32."""
     lead = spikes.shape[:-1]
-    acc = _product(edge)(spikes.reshape(-1, spikes.shape[-1]))
-    acc = np.rint(acc).astype(np.int64).reshape(*lead, -1)
+    flat = spikes.reshape(-1, spikes.shape[-1])
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float32)
+    acc = _product(edge)(flat).astype(np.int64).reshape(*lead, -1)  # exact integers already
     return acc << edge.weight_exp if edge.weight_exp > 0 else acc >> -edge.weight_exp
+
+
+def _decay(x: np.ndarray, keep: int) -> np.ndarray:
+    """``sign(x * keep) * (|x * keep| >> 12)``: the product shifted right by 12, rounded toward zero
+    (an arithmetic shift floors; adding 4095 to negative values first turns that into truncation)."""
+    y = x * keep
+    y += (y >> 63) & 4095
+    y >>= 12
+    return y
 
 
 def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray):
@@ -269,36 +281,93 @@ def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray)
     if node.du == 4095:  # the current is the input of the step: (4096 - 4096) * u = 0
         u = a << 6
     else:
-        x = u * (4096 - (node.du + 1))
-        u = np.sign(x) * (np.abs(x) >> 12) + (a << 6)
-    u = np.where(u > U_LIMIT, u - 2 * U_LIMIT, u)
-    u = np.where(u <= -U_LIMIT, u + 2 * U_LIMIT, u)
-    y = v * (4096 - node.dv)
-    bias = node.bias_mant << node.bias_exp
-    v = np.clip(np.sign(y) * (np.abs(y) >> 12) + u + bias, -(U_LIMIT - 1), U_LIMIT - 1)
+        u = _decay(u, 4096 - (node.du + 1))
+        u += a << 6
+    if u.size and (u.max() > U_LIMIT or u.min() <= -U_LIMIT):  # 24-bit wrap, asymmetric as on Loihi
+        u = np.where(u > U_LIMIT, u - 2 * U_LIMIT, u)
+        u = np.where(u <= -U_LIMIT, u + 2 * U_LIMIT, u)
+    v = _decay(v, 4096 - node.dv)
+    v += u
+    v += node.bias_mant << node.bias_exp
+    if v.size and (v.max() > U_LIMIT - 1 or v.min() < -(U_LIMIT - 1)):
+        np.clip(v, -(U_LIMIT - 1), U_LIMIT - 1, out=v)
     s = v > (node.vth << 6)
-    v = np.where(s, 0, v)
+    v[s] = 0
     return s, u, v
+
+
+def _run_population(node: FixedNode, a: np.ndarray) -> np.ndarray:
+    """``lif_fixed_step`` over all steps for input ``a`` ``[T, B, size]`` (exact integers held in float64):
+    every quantity stays an integer below 2^53 and every scaling is by a power of two, so float64
+    gives the integer results exactly, without conversions."""
+    keep_u = (4096 - (node.du + 1)) / 4096.0
+    keep_v = (4096 - node.dv) / 4096.0
+    bias = (node.bias_mant << node.bias_exp).astype(np.float64)
+    vth = float(node.vth << 6)
+    spikes = np.zeros(a.shape, dtype=bool)
+    u = np.zeros(a.shape[1:])
+    v = np.zeros(a.shape[1:])
+    for t in range(a.shape[0]):
+        step = a[t].astype(np.float64) * 64.0
+        if keep_u == 0.0:
+            u = step
+        else:
+            u = np.trunc(u * keep_u)
+            u += step
+        if u.size and (u.max() > U_LIMIT or u.min() <= -U_LIMIT):
+            u = np.where(u > U_LIMIT, u - 2 * U_LIMIT, u)
+            u = np.where(u <= -U_LIMIT, u + 2 * U_LIMIT, u)
+        v *= keep_v
+        np.trunc(v, out=v)
+        v += u
+        v += bias
+        if v.size and (v.max() > U_LIMIT - 1 or v.min() < -(U_LIMIT - 1)):
+            np.clip(v, -(U_LIMIT - 1), U_LIMIT - 1, out=v)
+        s = spikes[t]
+        np.greater(v, vth, out=s)
+        v[s] = 0.0
+    return spikes
 
 
 def emulate(fixed: FixedGraph) -> Dict[str, np.ndarray]:
     """Run the quantised graph over its whole batch: ``{population: spikes [T, B, size] bool}``.
 
     The synapses carry no state and the graph has no cycles, so each population's input over all
-    steps is formed at once (one matrix product per synapse group), and then its neurons run step by
-    step: the same numbers as stepping the whole network in torch time, far fewer calls."""
+    steps is formed at once (one exact matrix product per synapse group, summed in float64, where
+    these integers are exact), and then its neurons run step by step (``_run_population``): the same
+    numbers as stepping the whole network in torch time with ``lif_fixed_step``, far fewer calls."""
     t_steps, batch = fixed.timesteps, fixed.batch
     out: Dict[str, np.ndarray] = {}
-    for name, node in fixed.nodes.items():
+    last_use = {edge.source: i for i, node in enumerate(fixed.nodes.values()) for edge in node.edges}
+    as_float: Dict[str, np.ndarray] = {}  # a source's spikes as float32, kept while later synapses read them
+    for i, (name, node) in enumerate(fixed.nodes.items()):
         if node.role == "input":
             out[name] = np.asarray(node.spikes, dtype=bool)
             continue
-        a = np.zeros((t_steps, batch, node.size), np.int64) if node.host is None else node.host.astype(np.int64)
+        # the input is a sum of integers: float32 holds it exactly while its bound stays below 2^24
+        bound = 0.0 if node.host is None else float(np.abs(node.host).max(initial=0))
         for edge in node.edges:
-            a = a + synaptic_input(edge, out[edge.source])
-        spikes = np.zeros((t_steps, batch, node.size), dtype=bool)
-        u = v = np.zeros((batch, node.size), np.int64)
-        for t in range(t_steps):
-            spikes[t], u, v = lif_fixed_step(node, u, v, a[t])
-        out[name] = spikes
+            rows = np.abs(edge.weight).sum(axis=1).max() if edge.weight.nnz else 0
+            bound += float(rows) * 2.0 ** max(edge.weight_exp, 0)
+        dtype = np.float32 if bound < 2 ** 24 else np.float64
+        a = None if node.host is None else node.host.astype(dtype)
+        for edge in node.edges:
+            if edge.source not in as_float:
+                src = out[edge.source]
+                as_float[edge.source] = src.reshape(-1, src.shape[-1]).astype(np.float32)
+            acc = _product(edge)(as_float[edge.source]).reshape(t_steps, batch, -1)
+            if edge.weight_exp > 0:
+                acc *= 2.0 ** edge.weight_exp  # exact: a power-of-two scaling of an integer
+            elif edge.weight_exp < 0:
+                acc *= 1.0 / 2 ** -edge.weight_exp
+                np.floor(acc, out=acc)  # Lava's arithmetic shift floors
+            if a is None:
+                a = acc.astype(dtype, copy=False)
+            else:
+                a += acc
+        if a is None:
+            a = np.zeros((t_steps, batch, node.size), dtype=np.float32)
+        for source in [src for src, last in last_use.items() if last == i and src in as_float]:
+            del as_float[source]
+        out[name] = _run_population(node, a)
     return out
