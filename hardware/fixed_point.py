@@ -175,6 +175,7 @@ def quantize(graph: NetworkGraph, peaks: Optional[Dict[str, np.ndarray]] = None,
         for edge in node.edges:
             for w_int, exp in split_weights(edge.weight, scale, weight_bits):
                 edges.append(FixedEdge(edge.source, w_int, exp))
+                _product(edges[-1])  # prepared with the network, as Lava compiles before it runs
         bias_v = node.bias * scale * 64.0  # in membrane units
         bias_exp = 0
         while np.abs(bias_v).max() / 2 ** bias_exp > BIAS_MANT_MAX and bias_exp < 7:

@@ -58,12 +58,13 @@ def plot_core_map(deployment, path: str | os.PathLike) -> None:
         for name, start, end in core.slices:
             ax_map.bar(core.index, end - start, bottom=bottom, color=colours[core.group], edgecolor="white", lw=0.3)
             bottom += end - start
-    for g in groups:
-        ax_map.bar([], [], color=colours[g], label=g)
+    from matplotlib.patches import Patch
+
     ax_map.axhline(mapping.profile.neurons_per_core, color="grey", ls="--", lw=0.8)
-    ax_map.set(xlabel="core", ylabel="neurons (bars split by population)",
+    ax_map.set_yscale("log")  # a gating group of a few neurons stays visible beside full cores
+    ax_map.set(xlabel="core", ylabel="neurons (log; bars split by population)",
                title=f"{len(mapping.cores)} cores, profile {mapping.profile.name}")
-    ax_map.legend(fontsize=6, loc="upper right")
+    ax_map.legend(handles=[Patch(color=colours[g], label=g) for g in groups], fontsize=6, loc="lower right")
     image = ax_traffic.imshow(np.log10(1 + deployment.traffic), cmap="viridis")
     ax_traffic.set(xlabel="receiving core", ylabel="sending core",
                    title=f"inter-core spikes: {int(deployment.traffic.sum())}")
