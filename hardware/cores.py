@@ -99,10 +99,6 @@ class Mapping:
     cores: List[Core]
     placement: Dict[str, np.ndarray]  # population -> core index per neuron
 
-    def summary(self) -> dict:
-        return {"profile": self.profile.name, "cores": len(self.cores),
-                "groups": sorted({c.group for c in self.cores})}
-
 
 def _incoming(edges_of, name) -> List[Tuple[str, object]]:
     return [(src, w.tocsr()) for src, w in edges_of(name)]

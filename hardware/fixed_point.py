@@ -86,11 +86,16 @@ class FixedGraph:
     readout: object
     source: NetworkGraph
 
-    def order(self) -> List[str]:
-        return list(self.nodes)
+
+def check_weight_bits(bits) -> int:
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        from spiking_attn.graph import ExportError
+
+        raise ExportError(f"weight_bits must be 8 or 16, got {bits!r}")
+    return bits
 
 
-def decay_int(value: float, name: str, offset: int) -> int:
+def decay_int(value: float, offset: int) -> int:
     """A float decay in [0, 1] as Loihi's 12-bit register (``offset``: 1 for du, 0 for dv)."""
     return int(min(4095, max(0, round(4096 * float(value)) - offset)))
 
@@ -148,10 +153,7 @@ def quantize(graph: NetworkGraph, peaks: Optional[Dict[str, np.ndarray]] = None,
     default measured on ``graph``'s own samples. ``weight_bits``: 8 (one 8-bit synapse group per
     connection) or 16 (two groups, ``split_weights``).
     """
-    if weight_bits not in WEIGHT_BITS:
-        from spiking_attn.graph import ExportError
-
-        raise ExportError(f"weight_bits must be 8 or 16, got {weight_bits!r}")
+    check_weight_bits(weight_bits)
     if peaks is None:
         peaks = peak_currents(graph)
     nodes: Dict[str, FixedNode] = {}
@@ -182,15 +184,9 @@ def quantize(graph: NetworkGraph, peaks: Optional[Dict[str, np.ndarray]] = None,
             bias_exp += 1
         bias_mant = np.clip(np.round(bias_v / 2 ** bias_exp), -4096, BIAS_MANT_MAX).astype(np.int64)
         host = None if node.host is None else np.round(node.host * scale).astype(np.int64)
-        du = np.unique(node.du)
-        dv = np.unique(node.dv)
-        if du.size != 1 or dv.size != 1:
-            from spiking_attn.graph import ExportError
-
-            raise ExportError(f"{name}: Loihi's LIF has one du and one dv per population; this one has "
-                              f"{du.size} and {dv.size} different values")
-        nodes[name] = FixedNode(name, node.shape, node.role, node.group, decay_int(du[0], "du", 1),
-                                decay_int(dv[0], "dv", 0), vth_int, bias_mant, bias_exp, scale, edges, host)
+        du, dv = node.decays()
+        nodes[name] = FixedNode(name, node.shape, node.role, node.group, decay_int(du, 1), decay_int(dv, 0), vth_int,
+                                bias_mant, bias_exp, scale, edges, host)
     return FixedGraph(graph.timesteps, graph.batch, nodes, graph.readout, graph)
 
 
@@ -254,18 +250,17 @@ def _product(edge: FixedEdge):
     return fn
 
 
-def synaptic_input(edge: FixedEdge, spikes: np.ndarray) -> np.ndarray:
-    """What a fixed-point Dense delivers for binary ``spikes`` ``[..., src]``: ``[..., dst]`` int64.
-
-    The weighted sums are integers; they are formed by a floating-point matrix product, which is exact
-    because every partial sum stays below 2^24 (float32) or is done in float64 otherwise. A weight
-    layer applied per token is multiplied block by block. ``spikes`` may already be float32."""
-    lead = spikes.shape[:-1]
-    flat = spikes.reshape(-1, spikes.shape[-1])
-    if flat.dtype != np.float32:
-        flat = flat.astype(np.float32)
-    acc = _product(edge)(flat).astype(np.int64).reshape(*lead, -1)  # exact integers already
-    return acc << edge.weight_exp if edge.weight_exp > 0 else acc >> -edge.weight_exp
+def _delivered(edge: FixedEdge, flat: np.ndarray) -> np.ndarray:
+    """``flat`` float32 spikes ``[M, src]`` -> what the synapse group delivers, ``[M, dst]``: the integer
+    sums shifted by the weight exponent, held exactly in floating point (a power-of-two scaling of an
+    integer is exact; for a negative exponent the result is floored, as Lava's arithmetic shift)."""
+    acc = _product(edge)(flat)
+    if edge.weight_exp > 0:
+        acc *= 2.0 ** edge.weight_exp
+    elif edge.weight_exp < 0:
+        acc *= 1.0 / 2 ** -edge.weight_exp
+        np.floor(acc, out=acc)
+    return acc
 
 
 def _decay(x: np.ndarray, keep: int) -> np.ndarray:
@@ -356,12 +351,7 @@ def emulate(fixed: FixedGraph) -> Dict[str, np.ndarray]:
             if edge.source not in as_float:
                 src = out[edge.source]
                 as_float[edge.source] = src.reshape(-1, src.shape[-1]).astype(np.float32)
-            acc = _product(edge)(as_float[edge.source]).reshape(t_steps, batch, -1)
-            if edge.weight_exp > 0:
-                acc *= 2.0 ** edge.weight_exp  # exact: a power-of-two scaling of an integer
-            elif edge.weight_exp < 0:
-                acc *= 1.0 / 2 ** -edge.weight_exp
-                np.floor(acc, out=acc)  # Lava's arithmetic shift floors
+            acc = _delivered(edge, as_float[edge.source]).reshape(t_steps, batch, -1)
             if a is None:
                 a = acc.astype(dtype, copy=False)
             else:

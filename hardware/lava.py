@@ -103,21 +103,23 @@ def hardware_edges(nodes, sched: Schedule, fixed: bool) -> Dict[str, list]:
         if node.role == "input":
             continue
         d = sched.depth[name]
+        factor = None if fixed else _fold_threshold(node.vth)[1][:, None]
         edges[name] = []
         for edge in node.edges:
             src = sched.relay_chain(edge.source, d - 1 - sched.depth[edge.source])
             if fixed:
                 edges[name].append((src, edge.weight, edge.weight_exp))
             else:
-                factor = _fold_threshold(node.vth)[1]
-                edges[name].append((src, edge.weight.multiply(factor[:, None]).tocsr(), None))
+                edges[name].append((src, edge.weight.multiply(factor).tocsr(), None))
     return edges
 
 
-def build_network(graph, precision: str, samples: int, record_dir: str):
+def build_network(graph, precision: str, samples: int, record_dir: str, sched: Optional[Schedule] = None,
+                  edges: Optional[Dict[str, list]] = None):
     """Lava processes for ``graph`` (a ``NetworkGraph`` for float, a ``FixedGraph`` for fixed).
 
     Every population's spikes are recorded by a ``MemmapSink`` into a file in ``record_dir``.
+    ``sched`` and ``edges`` (``schedule``, ``hardware_edges``) are computed unless a caller already has them.
     Returns ``(processes, sinks, schedule, total_steps)``; ``processes`` maps a population name to its
     Lava process, ``sinks`` a population name to ``(sink process, memmap)``.
     """
@@ -132,7 +134,8 @@ def build_network(graph, precision: str, samples: int, record_dir: str):
 
     fixed = precision == "fixed"
     nodes = graph.nodes
-    sched = schedule(nodes)
+    sched = schedule(nodes) if sched is None else sched
+    edges = hardware_edges(nodes, sched, fixed) if edges is None else edges
     t_steps = graph.timesteps
     total = samples * t_steps + sched.max_depth
     procs, sinks = {}, {}
@@ -159,24 +162,19 @@ def build_network(graph, precision: str, samples: int, record_dir: str):
     for name, node in nodes.items():
         d = sched.depth[name]
         if node.role == "input":
-            procs[name] = Source(data=window_data(node.spikes.astype(np.float64), d).astype(
-                np.int32 if fixed else np.float64))
+            procs[name] = Source(data=window_data(node.spikes, d))
             continue
         if fixed:
+            factor = 1
             procs[name] = lif(name, node.size, d, du=node.du, dv=node.dv, vth=node.vth,
                               bias_mant=node.bias_mant.astype(np.int32),
                               bias_exp=np.full(node.size, node.bias_exp, dtype=np.int32))
         else:
             vth, factor = _fold_threshold(node.vth)
-            du, dv = np.unique(node.du), np.unique(node.dv)
-            if du.size != 1 or dv.size != 1:
-                raise SpikingAttnError(f"{name}: Lava's LIF has one du and one dv per population; this one has "
-                                       f"{du.size} and {dv.size} different values")
-            procs[name] = lif(name, node.size, d, du=float(du[0]), dv=float(dv[0]), vth=vth,
-                              bias_mant=node.bias * factor)
+            du, dv = node.decays()
+            procs[name] = lif(name, node.size, d, du=du, dv=dv, vth=vth, bias_mant=node.bias * factor)
         if node.host is not None:
-            host = node.host if fixed else node.host * (1.0 if np.all(node.vth == node.vth[0]) else 1.0 / node.vth)
-            src = Source(data=window_data(host, d))
+            src = Source(data=window_data(node.host * factor, d))
             src.s_out.connect(procs[name].a_in)
             procs[f"{name}.host"] = src
     # relays: one input of weight 1 (2 in fixed point), threshold 1/2 (1 in fixed point: 64 < 128), no memory
@@ -186,7 +184,7 @@ def build_network(graph, precision: str, samples: int, record_dir: str):
             procs[relay] = lif(relay, size, sched.depth[relay], du=4095, dv=4095, vth=1)
         else:
             procs[relay] = lif(relay, size, sched.depth[relay], du=1.0, dv=1.0, vth=0.5)
-    for name, incoming in hardware_edges(nodes, sched, fixed).items():
+    for name, incoming in edges.items():
         for src, weights, exp in incoming:
             kw = {"weight_exp": exp, "num_weight_bits": 8} if fixed else {}
             connect(procs[src], procs[name], weights.astype(np.int32) if fixed else weights, **kw)
@@ -327,12 +325,11 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
     from spiking_attn.graph import export_graph, simulate, torch_population_spikes
 
     from . import cores as core_map
-    from .fixed_point import emulate, peak_currents, quantize
+    from .fixed_point import check_weight_bits, emulate, peak_currents, quantize
 
     check_choice(precision, "precision", PRECISIONS)
     check_number(timeout, "timeout", low=0.0)
-    if weight_bits not in (8, 16) or isinstance(weight_bits, bool):
-        raise SpikingAttnError(f"weight_bits must be 8 or 16, got {weight_bits!r}")
+    check_weight_bits(weight_bits)
     _check_inputs(model, inputs, cue)
     profile = core_map.load_profile(profile)
     samples = int(inputs.shape[0])
@@ -357,27 +354,27 @@ def deploy(model, inputs, cue=None, *, precision: str = "float", profile="loihi2
                      if graph.nodes[name].role != "input"}
     sched = schedule(target.nodes)
     edges = hardware_edges(target.nodes, sched, precision == "fixed")
-    populations = {}
-    for name, node in target.nodes.items():
-        if node.role != "input":
-            populations[name] = (node.size, node.group)
-    for (source, k), relay in sched.relays.items():
-        populations[relay] = (target.nodes[source].size, target.nodes[source].group)
-    ordered = {name: populations[name] for name in sorted(populations, key=lambda n: sched.depth[n])}
+
+    def edges_of(name):
+        return [(s, w) for s, w, _ in edges.get(name, [])]
+
+    placed = {name: (node.size, node.group) for name, node in target.nodes.items() if node.role != "input"}
+    placed.update({relay: (target.nodes[src].size, target.nodes[src].group) for (src, k), relay in sched.relays.items()})
+    ordered = dict(sorted(placed.items(), key=lambda item: sched.depth[item[0]]))
     sizes = {name: node.size for name, node in target.nodes.items()}
-    sizes.update({relay: target.nodes[src].size for (src, k), relay in sched.relays.items()})
-    mapping = core_map.map_cores(ordered, lambda n: [(s, w) for s, w, _ in edges.get(n, [])], sizes, profile)
+    sizes.update({name: size for name, (size, _) in placed.items()})
+    mapping = core_map.map_cores(ordered, edges_of, sizes, profile)
     import tempfile
 
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="spiking-attn-lava-", dir=shm) as record_dir:
-        procs, sinks, sched, total = build_network(target, precision, samples, record_dir)
+        procs, sinks, sched, total = build_network(target, precision, samples, record_dir, sched, edges)
         data, seconds, first = run_network(procs, sinks, total, precision, timeout)
     lava = align(data, sched, graph.timesteps, samples)
     counts = {name: spikes.sum(axis=(0, 1)) for name, spikes in lava.items()}
     for (source, k), relay in sched.relays.items():
         counts[relay] = counts.get(source, np.zeros(sizes[source]))  # a relay copies its source's spikes
-    traffic = core_map.spike_traffic(mapping, lambda n: [(s, w) for s, w, _ in edges.get(n, [])], counts)
+    traffic = core_map.spike_traffic(mapping, edges_of, counts)
     readout = graph.readout
     lava_logits = readout.logits(lava[readout.source])
     return Deployment(

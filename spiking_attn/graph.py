@@ -84,7 +84,6 @@ class Node:
     shape: Tuple[int, ...]
     role: str
     group: str
-    module: str
     du: np.ndarray
     dv: np.ndarray
     vth: np.ndarray
@@ -96,6 +95,14 @@ class Node:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape)) if self.shape else 1
+
+    def decays(self) -> tuple:
+        """``(du, dv)`` as numbers: Loihi's LIF has one of each per population (an error otherwise)."""
+        du, dv = np.unique(self.du), np.unique(self.dv)
+        if du.size != 1 or dv.size != 1:
+            raise ExportError(f"{self.name}: Loihi's LIF has one du and one dv per population; this one has "
+                              f"{du.size} and {dv.size} different values")
+        return float(du[0]), float(dv[0])
 
 
 @dataclass
@@ -240,7 +247,7 @@ class NetworkGraph:
             raise ExportError(f"input {name!r} must be binary spikes to enter the network as spikes")
         shape = tuple(values.shape[2:])
         zeros = np.zeros(int(np.prod(shape)))
-        node = Node(name, shape, "input", self._current_group(), name, zeros, zeros, zeros, zeros,
+        node = Node(name, shape, "input", self._current_group(), zeros, zeros, zeros, zeros,
                     spikes=values.reshape(self.timesteps, self.batch, -1).numpy().astype(bool))
         return self._add(node)
 
@@ -330,18 +337,9 @@ class NetworkGraph:
             if source not in self.nodes:
                 raise ExportError(f"{name}: its input {source!r} is not a population of the graph")
         edges = [Edge(src, w.tocsr()) for src, w in current.terms.items() if w.nnz]
-        node = Node(name, current.shape, role, self._current_group(), name, du, dv, vth, bias + current.bias,
+        node = Node(name, current.shape, role, self._current_group(), du, dv, vth, bias + current.bias,
                     edges, current.host)
         return self._add(node)
-
-    # ---- reading the graph
-    def order(self) -> List[str]:
-        return list(self.nodes)
-
-    def counts(self) -> dict:
-        """Populations, neurons and synapses (non-zero weights) of the graph."""
-        return {"populations": len(self.nodes), "neurons": sum(n.size for n in self.nodes.values()),
-                "synapses": sum(e.weight.nnz for n in self.nodes.values() for e in n.edges)}
 
 
 def simulate(graph: NetworkGraph, record_membrane: bool = False) -> Dict[str, np.ndarray]:
