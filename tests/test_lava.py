@@ -403,6 +403,10 @@ def test_deploy_rejects_bad_input():
         deploy(model, torch.rand(4, 8), precision="float")
     with pytest.raises(ValueError, match="inputs is empty"):
         deploy(model, torch.rand(0, 4, 8))
+    with pytest.raises(ValueError, match="weight_bits must be 8 or 16"):
+        deploy(model, torch.rand(2, 4, 8), precision="fixed", weight_bits=12)
+    with pytest.raises(ValueError, match="timeout"):
+        deploy(model, torch.rand(2, 4, 8), timeout=-1.0)
     dense = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=5, dim=8, heads=2, model="dense"))
     with pytest.raises(ValueError, match="dense twin"):
         deploy(dense, torch.rand(2, 4, 8))
