@@ -246,6 +246,7 @@ def stop_runtime(process, timeout: float = 20.0) -> bool:
     process models has raised, so it runs in a thread; if it has not returned after ``timeout``
     seconds, the runtime's own OS processes are killed and its shared memory released.
     Returns True if the normal stop worked."""
+    import multiprocessing
     import threading
 
     runtime = getattr(process, "runtime", None)
@@ -261,7 +262,7 @@ def stop_runtime(process, timeout: float = 20.0) -> bool:
         try:
             if actor.is_alive():
                 actor.kill()
-                actor.join(5)
+                multiprocessing.Process.join(actor, 5)  # Lava's own join() takes no timeout
         except (ValueError, OSError):  # already closed
             pass
     try:

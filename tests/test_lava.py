@@ -395,6 +395,28 @@ def test_a_run_over_its_timeout_is_stopped_and_leaves_no_process(tmp_path):
     assert child_pids() <= before
 
 
+def test_a_runtime_whose_stop_hangs_is_killed(tmp_path, monkeypatch):
+    """Lava's stop() can wait forever (after a process model raised); stop_runtime then kills the
+    runtime's processes."""
+    import time
+
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    from spiking_attn.hardware.lava import stop_runtime
+
+    before = child_pids()
+    graph = random_network(1, residual=False, timesteps=2, batch=1)
+    procs, sinks, sched, total = build_network(graph, "float", graph.batch, str(tmp_path))
+    anchor = next(iter(sinks.values()))[0]
+    anchor.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag="floating_pt"))
+    assert child_pids() - before  # the runtime's processes are up
+    monkeypatch.setattr(anchor, "stop", lambda: time.sleep(3600))
+    assert stop_runtime(anchor, timeout=1.0) is False
+    time.sleep(1)
+    assert child_pids() <= before
+
+
 def test_deploy_rejects_bad_input():
     model = small_model()
     with pytest.raises(ValueError, match="precision"):
