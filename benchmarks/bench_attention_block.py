@@ -171,6 +171,10 @@ def lif_layouts(repeats: int) -> dict:
         "gain per sample": (LIFPopulation(), {"gain": torch.rand(B, 1, 1) + 0.5}),
         "threshold shift per channel": (LIFPopulation(), {"threshold_shift": channel - 1}),
         "adaptive threshold": (LIFPopulation(theta_decay=0.1, theta_step=0.5), {}),
+        # the basal forebrain's modulation: learned, per step, sample and channel, gradients summed in the kernel
+        "gain+shift per step/sample/channel": (LIFPopulation(), {
+            "gain": (torch.rand(T, B, 1, width) + 0.5).requires_grad_(),
+            "threshold_shift": (torch.randn(T, B, 1, width) * 0.1).requires_grad_()}),
     }
     x = torch.randn(T, B, N, width)
 
@@ -231,9 +235,9 @@ def main() -> None:
           f"(median of {2 * args.repeats}, round-robin)")
     layouts = lif_layouts(2 * args.repeats)
     base = layouts["scalar parameters"]
-    print(f"{'layout':30s} {'time ms':>9s} {'vs scalar':>10s}")
+    print(f"{'layout':34s} {'time ms':>9s} {'vs scalar':>10s}")
     for name, ms in layouts.items():
-        print(f"{name:30s} {ms:9.2f} {ms / base:9.2f}x")
+        print(f"{name:34s} {ms:9.2f} {ms / base:9.2f}x")
     print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
     scaling = token_scaling(args.repeats)
     print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")

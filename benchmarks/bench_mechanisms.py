@@ -12,7 +12,8 @@ Accuracy (``--part accuracy``): `spiking-attn train --task quadrant` at its defa
 | spiking plain, cue token | the plain model given the cue as an extra token |
 
 Speed (``--part speed``): one block of each mechanism, forward + backward at T=4, batch 32, 32 tokens,
-dim 128, spiking version and dense twin in the same run (median of ``--repeats``); prints the
+dim 128, spiking version and dense twin timed in alternation in the same run (median of ``--repeats``
+each); prints the
 spiking time per time step over the dense time (target <= 1.5).
 
     .venv/bin/python benchmarks/bench_mechanisms.py [--part speed|accuracy|all] [--seeds 0 1 2] [--json out.json]
@@ -55,19 +56,26 @@ def accuracy(seeds, only=None) -> dict:
     return results
 
 
-def _block_time(block, x, cue, repeats: int) -> float:
+def _step(block, x, cue):
     def step():
         xs = x.clone().requires_grad_()
         block(xs, cue=cue).sum().backward()
+    return step
 
-    for _ in range(2):
-        step()
-    times = []
+
+def _paired_times(steps, repeats: int) -> list:
+    """Median time of each step function, timed in alternation (one of each per round), so that a burst
+    of load on a shared machine falls on both sides of a ratio rather than on one."""
+    for step in steps:
+        for _ in range(2):
+            step()
+    times = [[] for _ in steps]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for step, record in zip(steps, times):
+            t0 = time.perf_counter()
+            step()
+            record.append(time.perf_counter() - t0)
+    return [statistics.median(record) for record in times]
 
 
 def speed(repeats: int) -> dict:
@@ -83,8 +91,8 @@ def speed(repeats: int) -> dict:
         spiking, dense = spec.spiking_block(config, options), spec.dense_block(config, options)
         cue_spikes = torch.zeros(T, B, 4)
         cue_spikes[..., 1] = 1.0
-        t_spiking = _block_time(spiking, torch.randn(T, B, N, D), cue_spikes, repeats)
-        t_dense = _block_time(dense, torch.randn(B, N, D), cue_spikes[0], repeats)
+        t_spiking, t_dense = _paired_times([_step(spiking, torch.randn(T, B, N, D), cue_spikes),
+                                            _step(dense, torch.randn(B, N, D), cue_spikes[0])], repeats)
         results[name] = {"spiking_ms": 1e3 * t_spiking, "dense_ms": 1e3 * t_dense,
                          "per_step_ratio": t_spiking / T / t_dense}
     return results

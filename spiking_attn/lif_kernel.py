@@ -11,7 +11,10 @@ is available, the native engine runs ``neuron.run_reference`` instead and logs t
 operands (``data[t*tstride + ((c // div) % mod) * mod2 + (c // div2) % mod2]`` for column ``c``), derived
 here from their shapes: scalars, per-channel, per-sample, per-token and per-sample-and-channel
 tensors are read in place; any other broadcastable shape is expanded once. The forward pass saves only the input (plus ``z = h - threshold`` when the
-surrogate is not one the kernel knows); the backward pass recomputes the membrane in cache.
+surrogate is not one the kernel knows); the backward pass recomputes the membrane in cache. The
+gradient of a time-varying gain or shift whose outer run spans the batch (per step and sample, say) is
+summed inside the kernel in the operand's own layout, with the columns split across threads at sample
+boundaries so that no two threads write one element.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-mat
          "-Wno-psabi"]
 MIN_PARALLEL = 1 << 15  # below this many neurons one thread is faster than handing off work
 OPERANDS = ("du", "dv", "vth", "bias", "theta_decay", "theta_step", "gain", "shift")  # slots of operand_t
-F_DECAY_U, F_ADAPTIVE, F_GAIN, F_SHIFT, F_DETACH, F_PARAMS = 1, 2, 4, 8, 16, 32
+F_DECAY_U, F_ADAPTIVE, F_GAIN, F_SHIFT, F_DETACH, F_PARAMS, F_ACC_GAIN, F_ACC_SHIFT = 1, 2, 4, 8, 16, 32, 64, 128
+F_ACC = {6: F_ACC_GAIN, 7: F_ACC_SHIFT}  # operand slot -> its in-kernel gradient accumulation flag
 SG_TABLE = 3
 SURROGATE_KINDS = {ATan: 0, Sigmoid: 1, FastSigmoid: 2}  # exact types; anything else uses the table path
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -136,9 +140,11 @@ def usable(x: torch.Tensor) -> bool:
     return x.dtype in SUFFIX and x.device.type == "cpu" and _load() is not None
 
 
-def _chunks(n: int) -> list:
+def _chunks(n: int, align: int = 1) -> list:
+    """Column ranges, one per worker, with bounds at multiples of ``align``."""
     workers = max(1, torch.get_num_threads()) if n >= MIN_PARALLEL else 1
-    bounds = [n * k // workers for k in range(workers + 1)]
+    units = n // align
+    bounds = [units * k // workers * align for k in range(workers)] + [n]
     return [(bounds[k], bounds[k + 1]) for k in range(workers) if bounds[k] < bounds[k + 1]]
 
 
@@ -154,9 +160,9 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool["executor"]
 
 
-def _run_chunks(fn, n: int, args_for) -> list:
+def _run_chunks(fn, n: int, args_for, align: int = 1) -> list:
     """Call ``fn(*args_for(lo, hi))`` for every column chunk, in parallel when there is more than one."""
-    chunks = _chunks(n)
+    chunks = _chunks(n, align)
     if len(chunks) == 1:
         return [fn(*args_for(*chunks[0]))]
     pool = _executor(len(chunks))
@@ -257,10 +263,17 @@ class _KernelLIF(torch.autograd.Function):
         grad_membrane = grad_membrane.contiguous() if grad_membrane is not None and grad_membrane.numel() else None
         table = _surrogate_table(surrogate, z) if kind == SG_TABLE else None
         grad_x = torch.empty_like(x)
-        outputs = [None] * len(OPERANDS)
+        outputs, align = [None] * len(OPERANDS), 1
         for k, op in enumerate(operands):
-            if op is not None and need[k]:
-                outputs[k] = x.new_zeros((T, n) if op[-1] else (n,))
+            if op is None or not need[k]:
+                continue
+            outer = _exclusive_run(op, n)
+            if k in F_ACC and outer:  # summed in the kernel, in the operand's layout
+                flags |= F_ACC[k]
+                align = max(align, outer)
+                outputs[k] = torch.zeros_like(op[0])
+            else:
+                outputs[k] = x.new_empty((T, n)) if op[-1] else x.new_zeros(n)  # every (t, column) is written
         pointers = _PointerArray(*(None if g is None else g.data_ptr() for g in outputs))
         structs = _structs(operands)
         bwd = getattr(_load(), f"lif_backward_{SUFFIX[x.dtype]}")
@@ -268,11 +281,11 @@ class _KernelLIF(torch.autograd.Function):
         status = _run_chunks(bwd, n, lambda lo, hi: (
             grad_spikes.data_ptr(), None if grad_membrane is None else grad_membrane.data_ptr(), x.data_ptr(),
             None if table is None else table.data_ptr(), grad_x.data_ptr(), pointers, T, n, lo, hi, structs, flags,
-            kind, alpha))
+            kind, alpha), align)
         if any(code != 0 for code in status):
             raise MemoryError("LIF kernel could not allocate its work buffer")
-        grads = [None if g is None else _reduce(g, x.shape if g.dim() == 2 else population, shape)
-                 for g, shape in zip(outputs, shapes)]
+        grads = [None if g is None else _reduce(g, _layout(g, k, flags, x.shape, population), shape)
+                 for k, (g, shape) in enumerate(zip(outputs, shapes))]
         return (grad_x, *grads, None)
 
 
@@ -298,6 +311,23 @@ def _structs(operands) -> _OperandArray:
             data, tstride, div, mod, div2, mod2, _ = op
             array[k] = _Operand(data.data_ptr(), tstride, div, mod, div2, mod2)
     return array
+
+
+def _exclusive_run(op: tuple, n: int) -> int:
+    """For a time-varying operand read in place whose outer run spans all ``n`` columns (a per-sample
+    modulation, say), the columns per element of that run (``div``): column chunks aligned to it never
+    share an element, so the kernel may sum the operand's gradient in place. Else 0."""
+    data, tstride, div, mod, div2, mod2, per_step = op
+    if not per_step or tstride * data.shape[0] != data.numel() or data.shape[0] * mod * mod2 != data.numel():
+        return 0
+    return div if div * mod == n and mod > 1 else 0
+
+
+def _layout(g: torch.Tensor, k: int, flags: int, full: Sequence[int], population: Sequence[int]) -> Sequence[int]:
+    """The shape a gradient output of operand ``k`` is laid out over."""
+    if k in F_ACC and flags & F_ACC[k]:
+        return g.shape  # the operand's own layout
+    return full if g.dim() == 2 else population
 
 
 def _reduce(g: torch.Tensor, full: Sequence[int], shape: torch.Size) -> torch.Tensor:

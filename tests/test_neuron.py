@@ -197,6 +197,33 @@ def test_fast_path_matches_reference(surrogate, du, detach, dtype):
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("shape", [(3, 5, 410, 16), (3, 7, 300, 20)])
+def test_per_step_modulation_gradient_summed_in_the_kernel_across_threads(threads, shape):
+    # per-step, per-sample-and-channel gain and shift ([T, B, 1, D], as the basal forebrain gives): the
+    # kernel sums their gradients over tokens in place, each thread owning whole samples. An odd batch
+    # split over 2 and 3 threads; D = 16 reads whole vectors, D = 20 straddles them
+    T, B, N, D = shape
+    assert B * N * D >= lif_kernel.MIN_PARALLEL
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(T, B, N, D, generator=g, dtype=torch.float64) * 1.5
+    mods = {"gain": torch.rand(T, B, 1, D, generator=g, dtype=torch.float64) + 0.5,
+            "threshold_shift": torch.randn(T, B, 1, D, generator=g, dtype=torch.float64) * 0.2}
+    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in dict(du=1.0, dv=0.3, vth=1.0, bias=0.0).items()}
+    weights = (torch.randn(*shape, generator=g, dtype=torch.float64), None)
+    options = dict(surrogate=get_surrogate("atan"), detach_reset=False, return_membrane=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s1, _, g1 = _run_and_grad(_engine("native"), x, params, mods, weights, options)
+    finally:
+        torch.set_num_threads(before)
+    s2, _, g2 = _run_and_grad(_reference, x, params, mods, weights, options)
+    assert torch.equal(s1, s2)
+    for name in ("x", "gain", "threshold_shift"):
+        torch.testing.assert_close(g1[name], g2[name], rtol=0, atol=1e-9)
+
+
 def test_engines_agree_on_changed_loaded_and_per_neuron_parameters():
     # Before, the spikingjelly engine kept the vth it was built with: after vth.fill_(0.3) it fired at
     # another rate than the native engine.

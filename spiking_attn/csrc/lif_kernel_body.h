@@ -153,10 +153,30 @@ INLINE SFX(block_consts) *SFX(new_consts)(void) {
     return c;
 }
 
-/* Gain or shift of the W columns from j0 at step t. */
+/* Whether the W columns from j0 read W consecutive elements of a time-varying operand (channels of
+ * one sample, say): then a step's values are one vector load instead of W scalar reads. The indices
+ * wrap inside one step, so consecutive indices never read past the step's end. */
+INLINE int SFX(consecutive)(const int64_t *idx, int64_t ts) {
+    if (!ts) return 0;
+    for (int64_t k = 1; k < W; ++k)
+        if (idx[k] != idx[0] + k) return 0;
+    return 1;
+}
+
+/* Add the first w lanes of g into p at the columns' indices (one vector when they are consecutive). */
+INLINE void SFX(accumulate)(REAL *p, const int64_t *idx, VEC g, int64_t w, int run) {
+    if (run && w == W) {
+        *(VEC *)(p + idx[0]) += g;
+        return;
+    }
+    for (int64_t k = 0; k < w; ++k) p[idx[k]] += g[k];
+}
+
+/* Gain or shift of the W columns from j0 at step t; run: the indices are consecutive. */
 INLINE VEC SFX(modulation)(const REAL *values, const int64_t *idx, const REAL *data, int64_t ts, int64_t t,
-                           int64_t j0) {
+                           int64_t j0, int run) {
     if (!ts) return *(const VEC *)(values + j0);
+    if (run) return *(const VEC *)(data + t * ts + idx[j0]);
     VEC r;
     for (int64_t k = 0; k < W; ++k) r[k] = data[t * ts + idx[j0 + k]];
     return r;
@@ -174,17 +194,19 @@ INLINE VEC SFX(modulation)(const REAL *values, const int64_t *idx, const REAL *d
         kth = *(const VEC *)(c->kth + j0);                                                   \
         step = *(const VEC *)(c->step + j0);                                                 \
     }                                                                                        \
+    const int gain_run = gain && SFX(consecutive)(c->gain_idx + j0, c->gain_ts);               \
+    const int shift_run = shift && SFX(consecutive)(c->shift_idx + j0, c->shift_ts);          \
     VEC u = {0}, v = {0}, th = vth;
 
 /* One step at t with input XV: updates u, v, th (before the jump); defines h, thr and s. */
 #define LIF_STEP(XV)                                                                         \
     VEC cur = (XV);                                                                          \
-    if (gain) cur = cur * SFX(modulation)(c->gain, c->gain_idx, c->gain_data, c->gain_ts, t, j0); \
+    if (gain) cur = cur * SFX(modulation)(c->gain, c->gain_idx, c->gain_data, c->gain_ts, t, j0, gain_run); \
     if (decay_u) { u = u * ku + cur; cur = u; }                                              \
     const VEC h = (cur + v * kv) + bias;                                                     \
     VEC thr = vth;                                                                           \
     if (adaptive) { th = (th - vth) * kth + vth; thr = th; }                                 \
-    if (shift) thr = thr + SFX(modulation)(c->shift, c->shift_idx, c->shift_data, c->shift_ts, t, j0); \
+    if (shift) thr = thr + SFX(modulation)(c->shift, c->shift_idx, c->shift_data, c->shift_ts, t, j0, shift_run); \
     const VEC s = SFX(ones)(h > thr);                                                        \
     v = h * (1 - s);
 
@@ -237,7 +259,9 @@ int64_t SFX(lif_forward)(const REAL *x, REAL *spikes, REAL *membrane, REAL *zout
  *
  * grad_spikes, grad_membrane (optional) and table (surrogate values, SG_TABLE only) are [T, n];
  * grad_x receives dL/dx. pg[k] is NULL or the gradient output of operand k: [T, n] per step if the
- * operand changes with time, else [n], summed over time (the caller reduces it to the operand's shape).
+ * operand changes with time, else [n], summed over time (the caller reduces it to the operand's shape);
+ * with F_ACC_GAIN / F_ACC_SHIFT, a time-varying gain / shift's gradient is summed here into the
+ * operand's own layout (zeroed by the caller) instead.
  */
 INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membrane, const REAL *x,
                                 const REAL *table, REAL *grad_x, REAL *const *pg, REAL *h_loc, REAL *thr_loc,
@@ -278,7 +302,11 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
         const VEC gh = via_spike + gvt * (1 - s);
         const VEC gthr = -via_spike;
         if (shift) {
-            if (c->shift_ts) { if (pg[OP_SHIFT]) SFX(st)(pg[OP_SHIFT] + o, gthr, w); }
+            if (c->shift_ts) {
+                if (pg[OP_SHIFT] && (flags & F_ACC_SHIFT))
+                    SFX(accumulate)(pg[OP_SHIFT] + t * c->shift_ts, c->shift_idx + j0, gthr, w, shift_run);
+                else if (pg[OP_SHIFT]) SFX(st)(pg[OP_SHIFT] + o, gthr, w);
+            }
             else a_shift += gthr;
         }
         if (adaptive) {
@@ -317,10 +345,14 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
             if (params && t > 0) a_du += -gcur * *(const VEC *)(u_loc + (t - 1) * W);
         }
         if (gain) {
-            const VEC g = SFX(modulation)(c->gain, c->gain_idx, c->gain_data, c->gain_ts, t, j0);
+            const VEC g = SFX(modulation)(c->gain, c->gain_idx, c->gain_data, c->gain_ts, t, j0, gain_run);
             SFX(st)(grad_x + o, gcur * g, w);
             const VEC through = gcur * SFX(ld)(x + o, w);
-            if (c->gain_ts) { if (pg[OP_GAIN]) SFX(st)(pg[OP_GAIN] + o, through, w); }
+            if (c->gain_ts) {
+                if (pg[OP_GAIN] && (flags & F_ACC_GAIN))
+                    SFX(accumulate)(pg[OP_GAIN] + t * c->gain_ts, c->gain_idx + j0, through, w, gain_run);
+                else if (pg[OP_GAIN]) SFX(st)(pg[OP_GAIN] + o, through, w);
+            }
             else a_gain += through;
         } else {
             SFX(st)(grad_x + o, gcur, w);
