@@ -1,4 +1,5 @@
-"""Figures of a deployment: Lava's spikes beside the reference's, and the core map with its traffic."""
+"""Figures of the hardware stage: Lava's spikes beside the reference's, the core map with its traffic, and the
+energy breakdown of a model beside its dense twin."""
 from __future__ import annotations
 
 import os
@@ -69,5 +70,68 @@ def plot_core_map(deployment, path: str | os.PathLike) -> None:
     ax_traffic.set(xlabel="receiving core", ylabel="sending core",
                    title=f"inter-core spikes: {int(deployment.traffic.sum())}")
     fig.colorbar(image, ax=ax_traffic, label="log10(1 + spikes)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def energy_group(layer: str) -> str:
+    """The bar a layer's energy joins: the embedding, a block's attention (mechanism) or MLP, the head."""
+    parts = layer.split(".")
+    if parts[0] == "blocks" and len(parts) >= 3:
+        branch = parts[2]
+        if branch.startswith("pre_"):  # a branch's input population belongs to its branch
+            branch = branch[len("pre_"):].removesuffix("_lif").removesuffix("_act")
+        return ".".join([*parts[:2], branch])
+    if parts[0] == "blocks":
+        return ".".join(parts[:2]) + " (residual)" if len(parts) == 2 else ".".join(parts[:2])
+    first = parts[0]
+    if layer == "model":
+        return "positions, readout"
+    for suffix in ("_lif", "_act"):
+        if first.endswith(suffix):
+            first = first[: -len(suffix)]
+    return first
+
+
+def plot_energy_breakdown(report, path: str | os.PathLike) -> None:
+    """Stacked bars of energy per layer group and part (MAC, AC, mask, add, neuron, spike, memory): the
+    dense twin (hatched, left) beside the spiking model (right)."""
+    from .energy import PARTS
+
+    em = report.energy_model
+    sides = [("ANN", report.ann), ("SNN", report.snn)] if report.ann is not None else [("SNN", report.snn)]
+    groups: dict = {}
+    for label, rep in sides:
+        for name, ops in rep.per_layer.items():
+            parts = em.breakdown(ops)
+            slot = groups.setdefault(energy_group(name), {}).setdefault(label, dict.fromkeys(PARTS, 0.0))
+            for k, v in parts.items():
+                slot[k] += v
+    names = [g for g, v in groups.items() if any(sum(p.values()) > 0 for p in v.values())]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.2))
+    colors = dict(zip(PARTS, plt.cm.tab10.colors))
+    width = 0.38 if len(sides) == 2 else 0.6
+    x = np.arange(len(names))
+    for i, (label, _) in enumerate(sides):
+        offset = (i - (len(sides) - 1) / 2) * width
+        bottom = np.zeros(len(names))
+        for part in PARTS:
+            values = np.array([groups[g].get(label, {}).get(part, 0.0) for g in names])
+            if not values.any():
+                continue
+            ax.bar(x + offset, values, width, bottom=bottom, color=colors[part], edgecolor="k", linewidth=0.3,
+                   hatch="//" if label == "ANN" else None, label=f"{part}" if i == len(sides) - 1 or label == "ANN"
+                   else None)
+            bottom += values
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, ncol=2, title="hatched: ANN; plain: SNN", title_fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("energy per inference (pJ)")
+    title = f"energy model {em.name}: SNN {report.energy('snn') / 1e6:.3f} uJ"
+    if report.ann is not None:
+        title += f", ANN {report.energy('ann') / 1e6:.3f} uJ ({report.ratio:.1f}x)"
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)

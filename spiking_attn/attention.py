@@ -31,6 +31,7 @@ from .errors import ShapeError, SpikingAttnError, check_choice, check_tensor
 from .graph import ExportError, export_rule
 from .layers import LinearBN
 from .neuron import population
+from .opcount import count_rule, mask_events, nnz
 
 SPIKING_KINDS = ("ssa", "sdsa")
 DENSE_KINDS = ("softmax", "ssa", "sdsa")
@@ -258,3 +259,67 @@ def attention_map(q: torch.Tensor, k: torch.Tensor, heads: int, causal: bool = F
         scores = scores.masked_fill(~mask, 0.0)
     head_axis = scores.dim() - 3
     return scores.mean(dim=(0, head_axis) if q.dim() == 4 else head_axis)
+
+
+# --- operation counts (``opcount``) ------------------------------------------------------------------
+
+
+def routed_spikes(attn: SpikingSelfAttention, call) -> torch.Tensor:
+    """The spikes ``route`` returned in this forward pass, rebuilt from its populations' outputs."""
+    if attn.kind == "ssa":
+        return call.output_of(attn.attn_lif)
+    return call.output_of(attn.q_lif) * call.output_of(attn.attn_lif)
+
+
+def count_spiking_route(attn: SpikingSelfAttention, call) -> None:
+    """The masks and additions of ``route`` (its layers and populations count themselves).
+
+    SDSA: ``k AND v`` and ``q AND kv`` are coincidence events; the token sum adds each coincidence once.
+    SSA: each coincident pair of a spike-count product is one accumulate (as spikingjelly counts a product
+    of two binary matrices); ``Q (K^T V)`` adds a row of ``K^T V`` per query spike.
+    """
+    q, k, v = (call.output_of(p) for p in (attn.q_lif, attn.k_lif, attn.v_lif))
+    if attn.kind == "sdsa":
+        kv = k * v
+        call.add_to(attn, masks=mask_events(k, v) + mask_events(q, call.output_of(attn.attn_lif)), adds=nnz(kv))
+        return
+    qh, kh, vh = (_split_heads(t, attn.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
+    if attn.causal:
+        scores = (qh @ kh.transpose(-2, -1)).masked_fill(~_causal_mask(qh.shape[-2], kh.shape[-2], q.device), 0.0)
+        acs = float(scores.sum()) + float(((scores != 0).to(vh.dtype) @ vh).sum())
+    else:
+        acs = float((kh.transpose(-2, -1) @ vh).sum()) + nnz(qh) * qh.shape[-1]
+    call.add_to(attn, acs=acs)
+
+
+def count_dense_route(attn: DenseSelfAttention, call, modulated: bool = False) -> None:
+    """The products of the dense ``route`` (its layers count themselves); with ``modulated``, the gain and
+    shift applied to Q, K and V."""
+    q, k = call.output_of(attn.q), call.output_of(attn.k)  # [B, N, D], [B, M, D]
+    b, n, d = q.shape
+    m, h = k.shape[-2], attn.heads
+    dh = d // h
+    macs, adds = 0.0, 0.0
+    if modulated:
+        macs += 2 * k.numel() + q.numel()
+        adds += 2 * k.numel() + q.numel()
+    if attn.kind == "softmax":  # Q K^T and A V, then exp and the division per score, a sum per row
+        scores = b * h * n * m
+        macs += 2 * scores * dh + 2 * scores
+        adds += scores
+    elif attn.kind == "ssa":
+        macs += 2 * b * h * n * m * dh if attn.causal else b * h * (m + n) * dh * dh
+    else:  # k * v, its sum over tokens, q * kv
+        macs += k.numel() + q.numel()
+        adds += k.numel()
+    call.add_to(attn, macs=macs, adds=adds)
+
+
+@count_rule(SpikingSelfAttention)
+def _count_spiking_attention(attn: SpikingSelfAttention, call) -> None:
+    count_spiking_route(attn, call)
+
+
+@count_rule(DenseSelfAttention)
+def _count_dense_attention(attn: DenseSelfAttention, call) -> None:
+    count_dense_route(attn, call)

@@ -22,6 +22,7 @@ from .errors import check_choice
 from .graph import export_rule
 from .layers import LinearBN
 from .neuron import population
+from .opcount import count_rule, no_own_ops
 
 
 class SpikingMLP(nn.Module):
@@ -106,3 +107,11 @@ class DenseTransformerBlock(nn.Module):
                 cue: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.pre_attn_act(x), context, cue=cue)
         return x + self.mlp(self.pre_mlp_act(x))
+
+
+count_rule(SpikingMLP, DenseMLP)(no_own_ops)
+
+
+@count_rule(SpikingTransformerBlock, DenseTransformerBlock)
+def _count_block(block: nn.Module, call) -> None:
+    call.add(adds=2 * call.output.numel())  # the two residual adds

@@ -91,7 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(sub.add_parser("train", help="train a spiking classifier or its dense twin"))
     _add_train_options(sub.add_parser("demo", help="the whole pipeline on the embedded digits data"), demo=True)
     _add_deploy_options(sub.add_parser("deploy", help="run a trained spiking model on Lava's CPU simulation of Loihi"))
+    _add_energy_options(sub.add_parser("energy", help="estimate the energy of a trained model beside its dense twin"))
     return parser
+
+
+def _add_energy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a spiking or dense model's checkpoint (DIR/checkpoint.pt)")
+    p.add_argument("--twin", help="the trained other twin's checkpoint (default: built from --checkpoint's config)")
+    p.add_argument("--energy-model", default="45nm",
+                   help="45nm (default), 45nm-fp16, 45nm-int8, 45nm-memory, loihi, or a JSON/TOML file")
+    p.add_argument("--samples", type=int, default=360, help="test samples to measure on (default 360)")
+    p.add_argument("--out", required=True, help="output folder (energy.json and energy_breakdown.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an estimate already in the output folder")
 
 
 def _add_deploy_options(p: argparse.ArgumentParser) -> None:
@@ -170,6 +181,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     **_config_overrides(args))
     _print_summary(metrics)
     print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
+    print("estimating the energy (45 nm) on the test set, beside the dense twin's operation counts...", flush=True)
+    _run_energy(os.path.join(args.out, "checkpoint.pt"), None, "45nm", 360, os.path.join(args.out, "energy"),
+                args.overwrite)
     if metrics["attention"] != "sdsa":
         print("deploy step skipped: SSA's product does not map to Lava (the demo deploys SDSA models)")
         return 0
@@ -182,6 +196,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 DEMO_DEPLOY_SAMPLES = 4
 DEPLOY_FILES = ("deploy.json", "deploy_raster.png", "deploy_cores.png")
+ENERGY_FILES = ("energy.json", "energy_breakdown.png")
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    from .errors import check_int
+
+    check_int(args.samples, "--samples", low=1, high=1000000)
+    for flag, path in (("--checkpoint", args.checkpoint), ("--twin", args.twin)):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{flag} {path!r} is not a file")
+    _run_energy(args.checkpoint, args.twin, args.energy_model, args.samples, args.out, args.overwrite)
+    return 0
+
+
+def _run_energy(checkpoint: str, twin: Optional[str], energy_model: str, samples: int, out: str,
+                overwrite: bool) -> None:
+    from .hardware.energy import energy_checkpoint, format_table, load_energy_model
+    from .outputs import RunFolder
+
+    load_energy_model(energy_model)  # an unknown or malformed model fails before the folder is touched
+    with RunFolder(out, overwrite=overwrite, markers=("energy.json",), files=ENERGY_FILES,
+                   keep_if="energy.json") as folder:
+        report = energy_checkpoint(checkpoint, energy_model=energy_model, samples=samples, twin_path=twin, out=folder)
+    print(format_table(report))
+    print(f"outputs: {out}/ ({', '.join(ENERGY_FILES)})")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -215,7 +254,7 @@ def _run_deploy(checkpoint: str, precision: str, samples: int, profile: str, tim
     print(f"outputs: {out}/ ({', '.join(DEPLOY_FILES)})")
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy}
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy, "energy": cmd_energy}
 
 
 def _interrupted_message(args: Optional[argparse.Namespace]) -> str:

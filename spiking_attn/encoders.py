@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import SpikingAttnError, check_choice, check_positive_int, check_tensor
+from .opcount import count_rule, no_own_ops
 
 ENCODERS = ("direct", "rate", "latency")
 
@@ -73,3 +74,8 @@ def make_encoder(name: str, timesteps: int) -> nn.Module:
     """Build the encoder called ``name`` ('direct', 'rate', 'latency')."""
     cls = {"direct": DirectEncoder, "rate": RateEncoder, "latency": LatencyEncoder}
     return cls[check_choice(name, "encoder", ENCODERS)](timesteps)
+
+
+# Encoding happens at the sensor or on the host; the first weight layer's count reflects what it gives
+# (analog values: MACs; rate or latency spikes: accumulates).
+count_rule(DirectEncoder, RateEncoder, LatencyEncoder)(no_own_ops)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .opcount import count_rule, no_own_ops
+
 
 class LinearBN(nn.Module):
     """``y = BN(x W^T)`` over the last axis. Args: in_features, out_features. Shapes: [..., in] -> [..., out]."""
@@ -48,3 +50,11 @@ class DenseThresholdOffset(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z + self.bias - self.vth
+
+
+count_rule(LinearBN)(no_own_ops)  # its Linear counts; the BatchNorm folds into it
+
+
+@count_rule(DenseThresholdOffset)
+def _count_threshold_offset(module: DenseThresholdOffset, call) -> None:
+    call.add(adds=call.output.numel())  # z + (bias - vth): one add per value

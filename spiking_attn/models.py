@@ -32,6 +32,7 @@ from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, c
 from .graph import Readout, export_rule
 from .layers import LinearBN
 from .neuron import ENGINES, population
+from .opcount import count_rule
 from .surrogate import SURROGATES
 
 MODEL_KINDS = ("spiking", "dense")
@@ -295,3 +296,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     from .mechanisms import get_mechanism
 
     return get_mechanism(config.mechanism).build(config)
+
+
+@count_rule(SpikingClassifier, DenseClassifier)
+def _count_classifier(model: nn.Module, call) -> None:
+    """The positions added to the embedding, and the head's mean over tokens (and steps)."""
+    call.add(adds=call.output_of(model.embed).numel() + call.output_of(model.head).numel())

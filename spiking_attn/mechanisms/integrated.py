@@ -30,6 +30,7 @@ from ..attention import ACTIVATIONS
 from ..block import DenseMLP, SpikingMLP
 from ..errors import check_int
 from ..neuron import population
+from ..opcount import count_rule
 from . import MechanismSpec, register_mechanism
 from .basal_forebrain import DenseBasalForebrain, SpikingBasalForebrain
 from .predictive import DensePredictiveCoding, SpikingPredictiveCoding
@@ -134,3 +135,11 @@ register_mechanism(MechanismSpec(
     cue_token=True,  # the cue also enters as a token, so that the three other mechanisms see the task
     readouts=("basal_forebrain.plasticity", "predictive.reconstruct"),
 ))
+
+
+@count_rule(SpikingIntegratedBlock, DenseIntegratedBlock)
+def _count_integrated(block: nn.Module, call) -> None:
+    """The four components summed (their mixture weights are static scales that fold into each component's
+    output layer), and the two residual adds."""
+    out = call.output[0] if isinstance(call.output, tuple) else call.output
+    call.add(adds=(len(COMPONENTS) - 1) * out.numel() + 2 * out.numel())

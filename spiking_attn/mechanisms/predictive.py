@@ -43,6 +43,7 @@ from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
 from ..layers import LinearBN
 from ..neuron import LIFPopulation, population
+from ..opcount import count_rule
 from . import MechanismSpec, register_mechanism
 
 
@@ -184,3 +185,23 @@ register_mechanism(MechanismSpec(
     options=PredictiveOptions,
     readouts=("attn.reconstruct",),
 ))
+
+
+@count_rule(SpikingPredictiveCoding)
+def _count_spiking_predictive(module: SpikingPredictiveCoding, call) -> None:
+    """The encoding's mean over tokens, and per level the two signed differences of representation and
+    prediction driving the error populations (the precision gain is static: it folds into the synapses)."""
+    encoded = call.output_of(module.encode)  # [T, B, N, D]
+    per_level = encoded[..., 0, :].numel()  # [T, B, D]
+    call.add(adds=encoded.numel() + module.levels * 2 * per_level)
+
+
+@count_rule(DensePredictiveCoding)
+def _count_dense_predictive(module: DensePredictiveCoding, call) -> None:
+    """The encoding's mean over tokens; per level the error, its precision weighting and squared norm."""
+    encoded = call.output_of(module.encode)  # [B, N, D]
+    per_level = encoded[..., 0, :].numel()  # [B, D]
+    call.add(macs=module.levels * 2 * per_level, adds=encoded.numel() + module.levels * 2 * per_level)
+
+
+count_rule(DensePrior)(lambda module, call: None)  # the activation of a learned constant

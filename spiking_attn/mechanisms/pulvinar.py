@@ -37,6 +37,7 @@ from ..errors import SpikingAttnError, check_int
 from ..graph import export_rule
 from ..layers import DenseThresholdOffset, LinearBN
 from ..neuron import poised_population, population
+from ..opcount import count_rule, nnz
 from . import MechanismSpec, register_mechanism
 
 
@@ -191,3 +192,28 @@ register_mechanism(MechanismSpec(
     dense_block=dense_block,
     options=PulvinarOptions,
 ))
+
+
+@count_rule(SpikingPulvinarSync)
+def _count_spiking_pulvinar(pulvinar: SpikingPulvinarSync, call) -> None:
+    """Route (i, j) AND area j's spikes (coincidence events), the coincidences summed into area i, the mean
+    of the pulvinar drive over tokens, and the phase gate's choice (p AND sync, x AND NOT p)."""
+    x = call.args[0]  # [T, B, N, D] spikes
+    route = call.output_of(pulvinar.route)  # [T, B, A*A]
+    areas = [call.output_of(lif) for lif in pulvinar.area_lif]  # A x [T, B, N, Da]
+    n, da = areas[0].shape[-2], areas[0].shape[-1]
+    coincidences = torch.einsum("tbij,tbnjd->tbnid", route.reshape(*route.shape[:-1], pulvinar.areas, -1),
+                                torch.stack(areas, -2))
+    p, sync = call.output_of(pulvinar.phase_lif), call.output_of(pulvinar.sync_lif)
+    masks = n * da * nnz(route) + pulvinar.areas * sum(nnz(a) for a in areas) + 2 * nnz(p) + nnz(sync) + nnz(x)
+    call.add(masks=masks, adds=call.output_of(pulvinar.pulvinar).numel() + float(coincidences.sum()))
+
+
+@count_rule(DensePulvinarSync)
+def _count_dense_pulvinar(pulvinar: DensePulvinarSync, call) -> None:
+    """The token mean, the softmax over routes, route times area values, and the sigmoid phase mix."""
+    x = call.args[0]  # [B, N, D]
+    b, n, d = x.shape
+    routes = b * pulvinar.areas * pulvinar.areas
+    mixing = routes * n * (d // pulvinar.areas)
+    call.add(macs=2 * routes + mixing + 3 * x.numel(), adds=x.numel() + routes + 2 * x.numel())

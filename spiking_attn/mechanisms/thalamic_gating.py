@@ -30,12 +30,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..attention import DenseSelfAttention, SpikingSelfAttention, export_route
+from ..attention import (DenseSelfAttention, SpikingSelfAttention, count_dense_route, count_spiking_route, export_route,
+                         routed_spikes)
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
 from ..graph import Current, export_rule
 from ..layers import DenseThresholdOffset
 from ..neuron import poised_population, population
+from ..opcount import count_rule, mask_events
 from . import MechanismSpec, register_mechanism
 
 
@@ -176,3 +178,22 @@ register_mechanism(MechanismSpec(
     dense_block=dense_block,
     options=ThalamicOptions,
 ))
+
+
+@count_rule(SpikingThalamicGating)
+def _count_spiking_thalamic(gating: SpikingThalamicGating, call) -> None:
+    """The inner attention's route, and the AND of each head's routed spikes with its gate's."""
+    count_spiking_route(gating.attn, call)
+    routed = routed_spikes(gating.attn, call)  # [T, B, N, D]
+    per_head = routed.reshape(*routed.shape[:-1], gating.heads, -1)  # [T, B, N, H, Dh]
+    gates = call.output_of(gating.gate)  # [T, B, H]
+    call.add(masks=mask_events(per_head, gates.unsqueeze(-2).unsqueeze(-1)))
+
+
+@count_rule(DenseThalamicGating)
+def _count_dense_thalamic(gating: DenseThalamicGating, call) -> None:
+    """The inner attention's route; the sigmoid gates, their renormalisation, and gate times routed value."""
+    count_dense_route(gating.attn, call)
+    q = call.output_of(gating.attn.q)  # [B, N, D]: the routed values have its shape
+    gates = q.shape[0] * gating.heads
+    call.add(macs=2 * gates + q.numel(), adds=gates)
