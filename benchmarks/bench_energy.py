@@ -13,7 +13,7 @@ Prints, per seed, both accuracies, the accuracy lost (points), the mean firing r
 ANN/SNN with the textbook bound (E_MAC/E_AC)/(rate*T), and the ratio under the other energy models;
 then mean, min and max. Target (45 nm): ratio >= 5 at <= 1 point lost.
 
-    .venv/bin/python benchmarks/bench_energy.py [--recipes default sparse] [--seeds 0 1 2] [--json out.json]
+    .venv/bin/python benchmarks/bench_energy.py [--recipes default sparse] [--seeds 0 1 2] [--reuse] [--json out.json]
 """
 from __future__ import annotations
 
@@ -25,15 +25,19 @@ from pathlib import Path
 
 RECIPES = {
     "default": {},
-    "sparse": {"regularizers": {"rate_target": 4.0}, "target_rate": 0.05},
+    "sparse": {"regularizers": {"rate_target": 2.0}, "target_rate": 0.05},
 }
 MODELS = ("45nm", "45nm-fp16", "45nm-int8", "45nm-memory", "loihi")
 ROOT = Path("runs/bench_energy")
 
 
-def _train(out: Path, seed: int, model: str, extra: dict) -> Path:
+def _train(out: Path, seed: int, model: str, extra: dict, reuse: bool = False) -> Path:
     from spiking_attn.training import train
 
+    metrics_file = out / "metrics.json"
+    if reuse and metrics_file.is_file() and json.loads(metrics_file.read_text()).get("completed"):
+        print(f"  reusing {out.name}: test accuracy {json.loads(metrics_file.read_text())['test_accuracy']:.4f}")
+        return out / "checkpoint.pt"
     t0 = time.perf_counter()
     metrics = train(task="digits", model=model, seed=seed, out=out, overwrite=True, progress=False, figures=False,
                     **extra)
@@ -42,7 +46,7 @@ def _train(out: Path, seed: int, model: str, extra: dict) -> Path:
     return out / "checkpoint.pt"
 
 
-def run(recipes, seeds) -> dict:
+def run(recipes, seeds, reuse: bool = False) -> dict:
     from spiking_attn.checkpoint import load_model
     from spiking_attn.data import load_task
     from spiking_attn.hardware.energy import estimate
@@ -50,9 +54,9 @@ def run(recipes, seeds) -> dict:
     data = load_task("digits")
     results = {}
     for seed in seeds:
-        dense = load_model(_train(ROOT / f"dense_{seed}", seed, "dense", {}))
+        dense = load_model(_train(ROOT / f"dense_{seed}", seed, "dense", {}, reuse))
         for recipe in recipes:
-            snn = load_model(_train(ROOT / f"spiking_{recipe}_{seed}", seed, "spiking", RECIPES[recipe]))
+            snn = load_model(_train(ROOT / f"spiking_{recipe}_{seed}", seed, "spiking", RECIPES[recipe], reuse))
             row = {}
             for name in MODELS:
                 report = estimate(snn, data.x_test, name, labels=data.y_test, twin=dense)
@@ -71,9 +75,11 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"reuse completed runs in {ROOT}/ instead of training again (estimates are redone)")
     args = parser.parse_args()
     print(f"digits, 360 test samples; recipes {args.recipes}, seeds {args.seeds}")
-    results = run(args.recipes, args.seeds)
+    results = run(args.recipes, args.seeds, args.reuse)
     header = (f"{'recipe':8s} {'seed':>4s} {'SNN acc':>8s} {'ANN acc':>8s} {'lost pts':>8s} {'rate':>7s} "
               f"{'45nm':>7s} {'bound':>7s} " + " ".join(f"{m:>11s}" for m in MODELS[1:]))
     print("\n" + header)

@@ -85,8 +85,8 @@ def energy_group(layer: str) -> str:
     if parts[0] == "blocks":
         return ".".join(parts[:2]) + " (residual)" if len(parts) == 2 else ".".join(parts[:2])
     first = parts[0]
-    if layer == "model":
-        return "positions, readout"
+    if layer == "model":  # the classifier's own work: the head's mean over tokens and steps
+        return "head"
     for suffix in ("_lif", "_act"):
         if first.endswith(suffix):
             first = first[: -len(suffix)]
@@ -129,6 +129,8 @@ def plot_energy_breakdown(report, path: str | os.PathLike) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("energy per inference (pJ)")
+    tallest = max(sum(parts.values()) for g in names for parts in groups[g].values())
+    ax.set_ylim(0, 1.08 * tallest)
     title = f"energy model {em.name}: SNN {report.energy('snn') / 1e6:.3f} uJ"
     if report.ann is not None:
         title += f", ANN {report.energy('ann') / 1e6:.3f} uJ ({report.ratio:.1f}x)"

@@ -22,6 +22,7 @@ _EXPORTS = {
     "layers": ("LinearBN",),
     "mechanisms": ("MECHANISMS", "MechanismSpec", "get_mechanism", "register_mechanism"),
     "models": ("DenseClassifier", "ModelConfig", "SpikingClassifier", "build_model"),
+    "opcount": ("OpCounter", "OpReport", "count_ops", "count_rule"),
     "neuron": ("LIFOutput", "LIFParams", "LIFPopulation", "attach_constraints", "constrain_parameters",
                "lif_sequence", "lif_step"),
     "recorder": ("SpikeRecorder",),

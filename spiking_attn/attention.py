@@ -274,9 +274,11 @@ def routed_spikes(attn: SpikingSelfAttention, call) -> torch.Tensor:
 def count_spiking_route(attn: SpikingSelfAttention, call) -> None:
     """The masks and additions of ``route`` (its layers and populations count themselves).
 
-    SDSA: ``k AND v`` and ``q AND kv`` are coincidence events; the token sum adds each coincidence once.
+    SDSA: ``k AND v`` and ``q AND kv`` are coincidence events; the token sum adds each coincidence once
+    (causal: into a running accumulator that every token reads).
     SSA: each coincident pair of a spike-count product is one accumulate (as spikingjelly counts a product
-    of two binary matrices); ``Q (K^T V)`` adds a row of ``K^T V`` per query spike.
+    of two binary matrices); ``Q (K^T V)`` adds a whole row of the integer matrix ``K^T V`` (zeros too,
+    as a dense row is read) per query spike; causal, ``(Q K^T) V`` skips zero scores.
     """
     q, k, v = (call.output_of(p) for p in (attn.q_lif, attn.k_lif, attn.v_lif))
     if attn.kind == "sdsa":

@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
     print("estimating the energy (45 nm) on the test set, beside the dense twin's operation counts...", flush=True)
     _run_energy(os.path.join(args.out, "checkpoint.pt"), None, "45nm", 360, os.path.join(args.out, "energy"),
-                args.overwrite)
+                args.overwrite, brief=True)
     if metrics["attention"] != "sdsa":
         print("deploy step skipped: SSA's product does not map to Lava (the demo deploys SDSA models)")
         return 0
@@ -211,7 +211,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
 
 def _run_energy(checkpoint: str, twin: Optional[str], energy_model: str, samples: int, out: str,
-                overwrite: bool) -> None:
+                overwrite: bool, brief: bool = False) -> None:
     from .hardware.energy import energy_checkpoint, format_table, load_energy_model
     from .outputs import RunFolder
 
@@ -219,7 +219,8 @@ def _run_energy(checkpoint: str, twin: Optional[str], energy_model: str, samples
     with RunFolder(out, overwrite=overwrite, markers=("energy.json",), files=ENERGY_FILES,
                    keep_if="energy.json") as folder:
         report = energy_checkpoint(checkpoint, energy_model=energy_model, samples=samples, twin_path=twin, out=folder)
-    print(format_table(report))
+    table = format_table(report).splitlines()
+    print("\n".join([table[0], *table[-3:]] if brief else table))  # brief: the totals and the summary
     print(f"outputs: {out}/ ({', '.join(ENERGY_FILES)})")
 
 

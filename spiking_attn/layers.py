@@ -55,6 +55,6 @@ class DenseThresholdOffset(nn.Module):
 count_rule(LinearBN)(no_own_ops)  # its Linear counts; the BatchNorm folds into it
 
 
-@count_rule(DenseThresholdOffset)
-def _count_threshold_offset(module: DenseThresholdOffset, call) -> None:
-    call.add(adds=call.output.numel())  # z + (bias - vth): one add per value
+# z + (bias - vth) follows a weight layer with a bias, and folds into it, as the spiking twin's poised
+# population folds the same offset into its bias current
+count_rule(DenseThresholdOffset)(no_own_ops)

@@ -36,7 +36,9 @@ What is counted (per call, summed over the batch and the time steps):
 Folded, hence not counted (both twins alike): BatchNorm in eval mode (into the preceding weights), the
 bias of a weight layer (into the accumulator's start or the neuron's bias current), a constant scale
 of a linear map (SSA's scale, the integrated block's mixture weights), a gain or threshold shift that
-does not change over time or samples (into the synapses or the threshold). Elementwise
+does not change over time or samples (into the synapses or the threshold), a fixed offset added to a
+weight layer's output (learned positions, a poised population's offset). Readouts that compute
+exposed signals only (``MechanismSpec.readouts``) are not counted. Elementwise
 nonlinearities (ReLU, GELU) cost nothing; a transcendental function (exp, sigmoid, tanh) counts as
 one MAC per value, a floor rather than a price.
 """
@@ -72,6 +74,23 @@ def count_rule(*classes: type):
 
 def no_own_ops(module, call) -> None:
     """The rule of a module whose work is all in its children (or folded away)."""
+
+
+def readout_modules(model: nn.Module) -> set:
+    """Modules that compute exposed signals only (the mechanism's ``MechanismSpec.readouts``: predictive
+    coding's reconstruction, the basal forebrain's plasticity). They run in ``forward`` for the losses
+    and figures that read them, but no output depends on them, so an inference does not need them and
+    they are not counted."""
+    config = getattr(model, "config", None)
+    name = getattr(config, "mechanism", None)
+    if not isinstance(name, str):
+        return set()
+    from .mechanisms import MECHANISMS
+
+    if name not in MECHANISMS:
+        return set()
+    fragments = MECHANISMS.get(name).readouts
+    return {m for n, m in model.named_modules() if any(f in n for f in fragments)}
 
 
 def rule_for(module: nn.Module) -> Optional[Callable]:
@@ -118,9 +137,6 @@ class Call:
         attention whose ``route`` a mechanism calls)."""
         self.counter.add(self.counter.names[module], type(module).__name__, **ops)
 
-    def ran(self, module: nn.Module) -> bool:
-        return module in self.counter._outputs
-
     def output_of(self, module: nn.Module):
         """The last output of a child module in this forward pass."""
         return self.counter.output_of(module)
@@ -136,7 +152,7 @@ class OpReport:
     per_layer: "OrderedDict[str, Dict[str, float]]" = field(default_factory=OrderedDict)
     types: Dict[str, str] = field(default_factory=dict)
     samples: int = 0
-    firing: Dict[str, List[float]] = field(default_factory=dict)  # population -> [spikes, neuron-steps]
+    firing: Dict[str, List[float]] = field(default_factory=dict)  # population -> [spikes, neuron-steps] (SpikeRecorder)
 
     def totals(self) -> Dict[str, float]:
         out = {op: 0.0 for op in OPS}
@@ -180,6 +196,7 @@ class OpCounter:
         self.event_driven = bool(event_driven)
         config = getattr(model, "config", None)
         self.timesteps = int(getattr(config, "timesteps", 1) or 1) if self.event_driven else 1
+        self.readouts = readout_modules(model)
         self.report = OpReport()
         self._outputs: Dict[nn.Module, object] = {}
         self._handles: list = []
@@ -204,8 +221,13 @@ class OpCounter:
         self._outputs[module] = output
         rule_for(module)(module, Call(module, self.names[module], args, kwargs, output, self))
 
+    def _start(self, module, args) -> None:
+        self._outputs = {}  # a new forward pass of the whole model: outputs of earlier calls do not count
+
     def __enter__(self) -> "OpCounter":
-        self._handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.names]
+        self._handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.names
+                         if m not in self.readouts]
+        self._handles.append(self.model.register_forward_pre_hook(self._start))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -232,16 +254,19 @@ def count_ops(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = N
     from .errors import check_int
 
     check_int(batch_size, "batch_size", low=1)
+    from .recorder import SpikeRecorder
+
     was_training = model.training
     model.eval()
     try:
-        with OpCounter(model, event_driven) as counter:
+        with OpCounter(model, event_driven) as counter, SpikeRecorder(model, keep="counts") as recorder:
             for lo in range(0, x.shape[0], batch_size):
                 rows = slice(lo, lo + batch_size)
                 model(x[rows], cue[rows]) if cue is not None else model(x[rows])
                 counter.end_call(x[rows].shape[0])
     finally:
         model.train(was_training)
+    counter.report.firing = {name: [float(s), float(n)] for name, (s, n) in recorder.counts.items() if n}
     return counter.report
 
 
@@ -280,11 +305,12 @@ count_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.GELU, nn.Identity, nn.Dro
 
 
 def varies_per_step_or_sample(mod: Optional[torch.Tensor], x: torch.Tensor) -> bool:
-    """Whether a modulation tensor broadcast to ``x`` (``[T, B, ...]``) changes over time or samples."""
+    """Whether a modulation tensor broadcast to ``x`` (``[T, B, ...]``) is given per step or per sample: it has
+    axes that line up with T or B (whatever their size in this call: one step or one sample still changes
+    from call to call). A gain over the neurons alone is static and folds into the synapses."""
     if mod is None or not isinstance(mod, torch.Tensor):
         return False
-    lead = mod.dim() - (x.dim() - 2)  # axes of mod that line up with T and B
-    return any(mod.shape[i] > 1 for i in range(max(lead, 0)))
+    return mod.dim() > x.dim() - 2
 
 
 def count_population(pop: nn.Module, call: Call) -> None:
@@ -298,9 +324,6 @@ def count_population(pop: nn.Module, call: Call) -> None:
     call.add(neuron_updates=updates, spikes=fired, state_accesses=2 * updates,
              macs=updates if varies_per_step_or_sample(gain, x) else 0.0,
              adds=updates if varies_per_step_or_sample(shift, x) else 0.0)
-    firing = call.counter.report.firing.setdefault(call.name, [0.0, 0.0])
-    firing[0] += fired
-    firing[1] += updates
 
 
 def _register_population() -> None:

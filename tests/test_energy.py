@@ -153,6 +153,19 @@ def test_every_mechanism_is_counted_with_its_own_operations(mechanism, kind):
         assert report.totals()["neuron_updates"] > 0
 
 
+def test_a_per_step_gain_costs_its_macs_whatever_the_batch_and_readouts_are_left_out():
+    torch.manual_seed(0)
+    config = dict(SMALL, timesteps=1, vth=0.3, mechanism="basal_forebrain")
+    model = build_model(ModelConfig(**config))
+    x = 3 * torch.rand(4, 6, 8)
+    one, four = (count_ops(model, x, batch_size=b).per_layer["blocks.0.attn.attn.q_lif"] for b in (1, 4))
+    assert one["macs"] == four["macs"] == 4 * 6 * 16  # a gain per neuron per step, batch of 1 or 4
+    assert not any("plasticity" in name for name in count_ops(model, x).per_layer)
+    predictive = build_model(ModelConfig(**dict(config, mechanism="predictive")))
+    layers = count_ops(predictive, x).per_layer
+    assert "blocks.0.attn.reconstruct" not in layers and "blocks.0.attn.predict.0" in layers
+
+
 def test_an_uncounted_module_type_is_an_error_naming_it():
     class Mystery(nn.Module):
         def forward(self, x):
@@ -197,6 +210,10 @@ def test_estimate_with_a_given_twin_and_a_built_one(pair):
     rate, e = given.mean_firing_rate(), load_energy_model("45nm").energy_pJ
     assert given.bound() == pytest.approx(e["mac"] / e["ac"] / (rate * 4))
     assert "total" in format_table(given)
+    # the firing rates come from the SpikeRecorder and agree with the counted spikes per population
+    for name, rate in given.snn.firing_rates().items():
+        layer = given.snn.per_layer[name]
+        assert rate == pytest.approx(layer["spikes"] / layer["neuron_updates"])
     with pytest.raises(Exception, match="one spiking model and one dense model"):
         estimate(snn, x, twin=snn)
 

@@ -533,12 +533,17 @@ def test_ctrl_c_during_a_lava_run_leaves_no_process(trained_checkpoints, tmp_pat
     assert not out.exists()
 
 
-def test_demo_ends_with_a_deploy_step(tmp_path, capsys):
+def test_demo_has_an_energy_step_and_ends_with_a_deploy_step(tmp_path, capsys):
     from spiking_attn.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "Lava fixed on 4 samples: spike agreement 1.0000" in text
+    assert "ANN / SNN" in text and text.index("ANN / SNN") < text.index("Lava fixed")
     report = json.loads((out / "deploy" / "deploy.json").read_text())
     assert report["samples"] == 4 and report["precision"] == "fixed" and report["cores"] >= 1
+    energy = json.loads((out / "energy" / "energy.json").read_text())
+    assert energy["samples"] == 360 and energy["energy_model"]["name"] == "45nm" and energy["ratio"] > 0
+    assert energy["accuracy"]["ann"] is None  # the twin was built, not trained
+    assert (out / "energy" / "energy_breakdown.png").is_file()

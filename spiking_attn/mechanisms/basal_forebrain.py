@@ -149,24 +149,23 @@ register_mechanism(MechanismSpec(
 def _count_spiking_basal_forebrain(module: SpikingBasalForebrain, call) -> None:
     """The attention's route (the per-step gain and shift of Q, K and V count in their populations); the
     arousal drive's mean over tokens and its centring; each state spike reading its rows of the gain and
-    threshold tables, and the gain's ``1 + 0.5 tanh``."""
+    threshold tables, and the gain's ``1 + 0.5 tanh``. (The plasticity signal is a readout, not counted.)"""
     count_spiking_route(module.attn, call)
     drive, states = call.output_of(module.arousal), call.output_of(module.arousal_state)  # [T,B,N,S], [T,B,S]
     dim = module.state_gain.shape[1]
     modulated = states[..., :1].numel() * dim  # [T, B, D] values of the gain
-    adds = drive.numel() + 2 * states.numel() + modulated
-    if call.ran(module.plasticity):
-        adds += call.output_of(module.plasticity).numel()
-    call.add(acs=2 * nnz(states) * dim, macs=modulated, adds=adds)
+    table_reads = 2 * nnz(states) * dim
+    call.add(acs=table_reads, weight_reads=table_reads, macs=modulated,
+             adds=drive.numel() + 2 * states.numel() + modulated)
 
 
 @count_rule(DenseBasalForebrain)
 def _count_dense_basal_forebrain(module: DenseBasalForebrain, call) -> None:
     """The attention's modulated route; the token mean, the softmax over states, the state mixture of the
-    gain and threshold tables and the gain's tanh; the plasticity sigmoid when it ran."""
+    gain and threshold tables and the gain's tanh. (The plasticity signal is a readout, not counted.)"""
     count_dense_route(module.attn, call, modulated=True)
     x = call.args[0]  # [B, N, D]
     b, _, d = x.shape
     s = module.state_gain.shape[0]
-    macs = 2 * b * s + 2 * b * s * d + b * d + (b if call.ran(module.plasticity) else 0)
-    call.add(macs=macs, adds=x.numel() + b * s + b * d)
+    table = 2 * b * s * d
+    call.add(macs=2 * b * s + table + b * d, weight_reads=table, adds=x.numel() + b * s + b * d)

@@ -189,19 +189,24 @@ register_mechanism(MechanismSpec(
 
 @count_rule(SpikingPredictiveCoding)
 def _count_spiking_predictive(module: SpikingPredictiveCoding, call) -> None:
-    """The encoding's mean over tokens, and per level the two signed differences of representation and
-    prediction driving the error populations (the precision gain is static: it folds into the synapses)."""
+    """The encoding's mean over tokens, and per level the representation's spikes reaching both error
+    populations (one accumulate each; the prediction's current arrives through ``predict``, counted there;
+    the precision gain is static and folds into the synapses)."""
+    from ..opcount import nnz
+
     encoded = call.output_of(module.encode)  # [T, B, N, D]
-    per_level = encoded[..., 0, :].numel()  # [T, B, D]
-    call.add(adds=encoded.numel() + module.levels * 2 * per_level)
+    r = call.output_of(module.current_lif)  # [T, B, D] spikes
+    acs = module.levels * 2 * nnz(r)
+    call.add(adds=encoded.numel(), acs=acs, weight_reads=acs)
 
 
 @count_rule(DensePredictiveCoding)
 def _count_dense_predictive(module: DensePredictiveCoding, call) -> None:
-    """The encoding's mean over tokens; per level the error, its precision weighting and squared norm."""
+    """The encoding's mean over tokens; per level the error ``r - prediction``. The precision is positive and
+    static, so ``relu(p e) = p relu(e)`` folds into ``update``'s weights; the squared error is a diagnostic
+    (the spiking twin's error count is not counted either)."""
     encoded = call.output_of(module.encode)  # [B, N, D]
-    per_level = encoded[..., 0, :].numel()  # [B, D]
-    call.add(macs=module.levels * 2 * per_level, adds=encoded.numel() + module.levels * 2 * per_level)
+    call.add(adds=encoded.numel() + module.levels * encoded[..., 0, :].numel())
 
 
 count_rule(DensePrior)(lambda module, call: None)  # the activation of a learned constant
