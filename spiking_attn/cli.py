@@ -220,7 +220,7 @@ def _run_energy(checkpoint: str, twin: Optional[str], energy_model: str, samples
                    keep_if="energy.json") as folder:
         report = energy_checkpoint(checkpoint, energy_model=energy_model, samples=samples, twin_path=twin, out=folder)
     table = format_table(report).splitlines()
-    print("\n".join([table[0], *table[-3:]] if brief else table))  # brief: the totals and the summary
+    print("\n".join([*table[:2], *table[-3:]] if brief else table))  # brief: the header, totals and summary
     print(f"outputs: {out}/ ({', '.join(ENERGY_FILES)})")
 
 
