@@ -259,6 +259,18 @@ def test_cli_energy_bad_options(pair, tmp_path, capsys, args, message):
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
 
 
+def test_cli_energy_refuses_a_malformed_energy_model_file(pair, tmp_path, capsys):
+    from spiking_attn.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[energy_pJ]\nmac = 4.6\nac = -0.9\n')
+    out = tmp_path / "out"
+    assert main(["energy", "--checkpoint", str(pair[0]), "--energy-model", str(bad), "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "energy_pJ.ac must not be negative" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_cli_energy_refuses_a_file_that_is_not_a_checkpoint_and_a_twin_of_the_same_kind(pair, tmp_path, capsys):
     from spiking_attn.cli import main
 
