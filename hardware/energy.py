@@ -373,10 +373,9 @@ def format_table(report: EnergyReport) -> str:
     if bound is not None:
         summary.append(f"bound (E_MAC/E_AC)/(rate*T) = {bound:.2f}x at mean rate {report.mean_firing_rate():.4f}, "
                        f"T={report.timesteps}")
-    acc = report.accuracy
-    if acc.get("snn") is not None:
-        summary.append(f"accuracy SNN {acc['snn']:.4f}" + (f", ANN {acc['ann']:.4f}" if acc.get("ann") is not None
-                                                          else ""))
+    measured = [f"{k.upper()} {v:.4f}" for k, v in report.accuracy.items() if v is not None]
+    if measured:
+        summary.append("accuracy " + ", ".join(measured))
     lines.append("; ".join(summary))
     if report.twin not in ("given", "none"):
         lines.append(f"twin: {report.twin}")
