@@ -305,6 +305,9 @@ class NetworkGraph:
             raise ExportError(f"{name} ({type(lif).__name__}) is not a LIFPopulation")
         if lif.adaptive:
             raise ExportError(f"{name}: an adaptive threshold has no export rule yet (Lava's ATRLIF is not mapped)")
+        if lif.reset != "zero" or lif.v_init:
+            raise ExportError(f"{name}: reset={lif.reset!r}, v_init={lif.v_init:g} has no export rule yet (Lava's LIF "
+                              f"starts at v = 0 and resets to zero)")
         shape = current.shape
         try:
             params = {k: _as_params(getattr(lif, k), shape) for k in ("du", "dv", "vth", "bias")}

@@ -46,6 +46,7 @@ FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-mat
 MIN_PARALLEL = 1 << 15  # below this many neurons one thread is faster than handing off work
 OPERANDS = ("du", "dv", "vth", "bias", "theta_decay", "theta_step", "gain", "shift")  # slots of operand_t
 F_DECAY_U, F_ADAPTIVE, F_GAIN, F_SHIFT, F_DETACH, F_PARAMS, F_ACC_GAIN, F_ACC_SHIFT = 1, 2, 4, 8, 16, 32, 64, 128
+F_SUBTRACT = 256
 F_ACC = {6: F_ACC_GAIN, 7: F_ACC_SHIFT}  # operand slot -> its in-kernel gradient accumulation flag
 SG_TABLE = 3
 SURROGATE_KINDS = {ATan: 0, Sigmoid: 1, FastSigmoid: 2}  # exact types; anything else uses the table path
@@ -117,11 +118,11 @@ def _load():
             lib = ctypes.CDLL(str(_build()))
             for suffix in SUFFIX.values():
                 fwd = getattr(lib, f"lif_forward_{suffix}")
-                fwd.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, ctypes.POINTER(_Operand), _int]
+                fwd.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, ctypes.POINTER(_Operand), _int, _dbl]
                 fwd.restype = _i64
                 bwd = getattr(lib, f"lif_backward_{suffix}")
                 bwd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, ctypes.POINTER(_ptr), _i64, _i64, _i64, _i64,
-                                ctypes.POINTER(_Operand), _int, _int, _dbl]
+                                ctypes.POINTER(_Operand), _int, _int, _dbl, _dbl]
                 bwd.restype = _int
             _state["lib"] = lib
         except (OSError, RuntimeError, AttributeError) as exc:
@@ -214,7 +215,7 @@ class _KernelLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, du, dv, vth, bias, theta_decay, theta_step, gain, shift, options):
-        surrogate, detach_reset, return_membrane = options
+        surrogate, detach_reset, return_membrane, reset, v_init = options
         lib = _load()
         x = x.contiguous()
         T, population = x.shape[0], tuple(x.shape[1:])
@@ -225,7 +226,7 @@ class _KernelLIF(torch.autograd.Function):
         flags = ((F_DECAY_U if need[0] or not bool((du == 1).all()) else 0)
                  | (F_ADAPTIVE if theta_step is not None else 0)
                  | (F_GAIN if gain is not None else 0) | (F_SHIFT if shift is not None else 0)
-                 | (F_DETACH if detach_reset else 0))
+                 | (F_DETACH if detach_reset else 0) | (F_SUBTRACT if reset == "subtract" else 0))
         kind = SURROGATE_KINDS.get(type(surrogate), SG_TABLE)
         spikes = torch.empty_like(x)
         membrane = torch.empty_like(x) if return_membrane else x.new_empty(0)
@@ -235,14 +236,14 @@ class _KernelLIF(torch.autograd.Function):
         counts = _run_chunks(fwd, n, lambda lo, hi: (x.data_ptr(), spikes.data_ptr(),
                                                      membrane.data_ptr() if return_membrane else None,
                                                      None if z is None else z.data_ptr(), T, n, lo, hi, structs,
-                                                     flags))
+                                                     flags, float(v_init)))
         if any(count < 0 for count in counts):
             raise MemoryError("LIF kernel could not allocate its work buffer")
         if sum(counts):
             raise NonFiniteError(f"x contains {sum(counts)} NaN or Inf value(s)")
         ctx.save_for_backward(x, z, *(None if op is None else op[0] for op in operands))
         layouts = [None if op is None else op[1:] for op in operands]  # (tstride, div, mod, div2, mod2, per_step)
-        ctx.meta = (layouts, flags, kind, surrogate, [None if t is None else t.shape for t in inputs])
+        ctx.meta = (layouts, flags, kind, surrogate, [None if t is None else t.shape for t in inputs], float(v_init))
         if not return_membrane:
             ctx.mark_non_differentiable(membrane)
         return spikes, membrane
@@ -253,7 +254,7 @@ class _KernelLIF(torch.autograd.Function):
             raise SpikingAttnError("the compiled LIF kernel gives first-order gradients only; for a gradient of a "
                                    "gradient (create_graph=True) use engine='spikingjelly', which runs on autograd")
         x, z, *data = ctx.saved_tensors
-        layouts, flags, kind, surrogate, shapes = ctx.meta
+        layouts, flags, kind, surrogate, shapes, v_init = ctx.meta
         operands = [None if layout is None else (d, *layout) for layout, d in zip(layouts, data)]
         T, population, n = x.shape[0], tuple(x.shape[1:]), x[0].numel()
         need = ctx.needs_input_grad[1:9]
@@ -281,7 +282,7 @@ class _KernelLIF(torch.autograd.Function):
         status = _run_chunks(bwd, n, lambda lo, hi: (
             grad_spikes.data_ptr(), None if grad_membrane is None else grad_membrane.data_ptr(), x.data_ptr(),
             None if table is None else table.data_ptr(), grad_x.data_ptr(), pointers, T, n, lo, hi, structs, flags,
-            kind, alpha), align)
+            kind, alpha, v_init), align)
         if any(code != 0 for code in status):
             raise MemoryError("LIF kernel could not allocate its work buffer")
         grads = [None if g is None else _reduce(g, _layout(g, k, flags, x.shape, population), shape)
@@ -339,8 +340,9 @@ def _reduce(g: torch.Tensor, full: Sequence[int], shape: torch.Size) -> torch.Te
 
 
 def run(x: torch.Tensor, params, *, gain=None, shift=None, surrogate=None, detach_reset=False,
-        return_membrane=False) -> tuple:
+        return_membrane=False, reset="zero", v_init=0.0) -> tuple:
     """Run the kernel on checked inputs (``params`` already in ``x``'s dtype); ``(spikes, membrane or None)``."""
     spikes, membrane = _KernelLIF.apply(x, params.du, params.dv, params.vth, params.bias, params.theta_decay,
-                                        params.theta_step, gain, shift, (surrogate, detach_reset, return_membrane))
+                                        params.theta_step, gain, shift,
+                                        (surrogate, detach_reset, return_membrane, reset, v_init))
     return spikes, (membrane if return_membrane else None)

@@ -34,6 +34,7 @@ from .surrogate import ATan, get_surrogate, surrogate_name
 
 ENGINES = ("native", "spikingjelly")
 PARAM_NAMES = ("du", "dv", "vth", "bias", "theta_decay", "theta_step")
+RESETS = ("zero", "subtract")  # after a spike: v = 0 (Lava's LIF), or v = h - threshold (reset by subtraction)
 VTH_FLOOR = 1e-4  # the projection keeps learned thresholds at or above this (see LIFPopulation.constrain_)
 
 
@@ -97,11 +98,13 @@ class LIFOutput(NamedTuple):
     membrane: torch.Tensor
 
 
-def initial_state(x0: torch.Tensor, params: LIFParams) -> LIFState:
-    """The state at rest for one step's input ``x0`` ``[B, ...]``: ``u = v = 0``, ``theta = vth``."""
+def initial_state(x0: torch.Tensor, params: LIFParams, v_init: float = 0.0) -> LIFState:
+    """The state before the first step for one step's input ``x0`` ``[B, ...]``: ``u = 0``,
+    ``v = v_init * vth`` (a fraction of the resting threshold, not differentiated), ``theta = vth``."""
     zeros = torch.zeros_like(x0)
     theta = (zeros + params.vth) if params.adaptive else None
-    return LIFState(zeros, zeros, theta)
+    v = zeros if v_init == 0 else zeros + v_init * params.vth.detach()
+    return LIFState(zeros, v, theta)
 
 
 def heaviside(z: torch.Tensor) -> torch.Tensor:
@@ -111,7 +114,7 @@ def heaviside(z: torch.Tensor) -> torch.Tensor:
 
 def lif_step(x: torch.Tensor, state: LIFState, params: LIFParams, *, gain: Optional[torch.Tensor] = None,
              shift: Optional[torch.Tensor] = None, fire: Callable[[torch.Tensor], torch.Tensor] = heaviside,
-             detach_reset: bool = False) -> tuple:
+             detach_reset: bool = False, reset: str = "zero") -> tuple:
     r"""One time step of the population: the equations of spiking-attn's neuron, in the only place they
     are written. Returns ``(spikes, new_state)``.
 
@@ -122,10 +125,13 @@ def lif_step(x: torch.Tensor, state: LIFState, params: LIFParams, *, gain: Optio
         h[t]     = u[t] + v[t-1] * (1 - dv) + bias                  membrane before firing
         theta[t] = (theta[t-1] - vth) * (1 - theta_decay) + vth     adaptive threshold decays to vth
         s[t]     = h[t] > theta[t] + c[t]                           spike (strict, as Lava's LIF)
-        v[t]     = h[t] * (1 - s[t])                                reset to zero
+        v[t]     = h[t] * (1 - s[t])                                reset to zero (reset='zero'), or
+        v[t]     = h[t] - s[t] * (theta[t] + c[t])                  by subtraction (reset='subtract')
         theta[t] = theta[t] + theta_step * s[t]                     ...and rises after a spike
 
-    with ``u[-1] = v[-1] = 0`` and ``theta[-1] = vth``. Without adaptation (``theta_step`` unset),
+    with ``u[-1] = 0``, ``v[-1] = v_init * vth`` (0 by default; see ``initial_state``) and
+    ``theta[-1] = vth``. Reset by subtraction keeps the charge above the threshold, so a neuron's rate
+    tracks its input over time: the reset of converted (ANN-to-SNN) models. Lava's LIF resets to zero. Without adaptation (``theta_step`` unset),
     ``theta[t] = vth`` throughout. Expressions are evaluated left to right exactly as written; the
     compiled kernel uses the same order, so both give the same spikes bit for bit.
 
@@ -143,7 +149,7 @@ def lif_step(x: torch.Tensor, state: LIFState, params: LIFParams, *, gain: Optio
     threshold = firing_threshold(theta, params, shift)
     s = fire(h - threshold)
     s_reset = s.detach() if detach_reset else s
-    v = h * (1 - s_reset)
+    v = h * (1 - s_reset) if reset == "zero" else h - s_reset * threshold
     return s, LIFState(u, v, raised_threshold(theta, s_reset, params))
 
 
@@ -194,7 +200,8 @@ def modulation_at(mod: Optional[torch.Tensor], t: int, ndim: int) -> Optional[to
 
 
 def run_reference(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, surrogate=None,
-                  detach_reset: bool = False, return_membrane: bool = False):
+                  detach_reset: bool = False, return_membrane: bool = False, reset: str = "zero",
+                  v_init: float = 0.0):
     """``lif_step`` over every step of ``x`` ``[T, B, ...]``, differentiable through autograd.
 
     This is the native engine where the compiled kernel cannot run, and the reference every engine is
@@ -202,7 +209,8 @@ def run_reference(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, 
     """
     fire = heaviside if surrogate is None else (lambda z: SpikeFunction.apply(z, surrogate))
     spikes, membrane = [], []
-    for s, state in lif_steps(x, params, gain=gain, shift=shift, fire=fire, detach_reset=detach_reset):
+    for s, state in lif_steps(x, params, gain=gain, shift=shift, fire=fire, detach_reset=detach_reset, reset=reset,
+                              v_init=v_init):
         spikes.append(s)
         if return_membrane:
             membrane.append(state.v)
@@ -210,12 +218,14 @@ def run_reference(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, 
 
 
 def lif_steps(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, fire=heaviside,
-              detach_reset: bool = False):
-    """Yield ``(spikes, state)`` of ``lif_step`` for every step of ``x`` ``[T, B, ...]``, from rest."""
-    state = initial_state(x[0], params)
+              detach_reset: bool = False, reset: str = "zero", v_init: float = 0.0):
+    """Yield ``(spikes, state)`` of ``lif_step`` for every step of ``x`` ``[T, B, ...]``, from the initial
+    state."""
+    state = initial_state(x[0], params, v_init)
     for t in range(x.shape[0]):
         s, state = lif_step(x[t], state, params, gain=modulation_at(gain, t, x.dim()),
-                            shift=modulation_at(shift, t, x.dim()), fire=fire, detach_reset=detach_reset)
+                            shift=modulation_at(shift, t, x.dim()), fire=fire, detach_reset=detach_reset,
+                            reset=reset)
         yield s, state
 
 
@@ -307,15 +317,24 @@ def make_params(du=1.0, dv=0.5, vth=1.0, bias=0.0, theta_decay=None, theta_step=
     return LIFParams(**values)
 
 
+def check_v_init(v_init) -> float:
+    """The initial membrane as a fraction of the threshold: a number in [0, 1)."""
+    if isinstance(v_init, bool) or not isinstance(v_init, (int, float)) or not (0.0 <= v_init < 1.0):
+        raise SpikingAttnError(f"v_init must be a number in [0, 1) (a fraction of the threshold), got {v_init!r}")
+    return float(v_init)
+
+
 def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=None, surrogate=None,
             detach_reset: bool = False, return_membrane: bool = False, engine: str = "native",
-            where: str = ""):
+            where: str = "", reset: str = "zero", v_init: float = 0.0):
     """Check the input, the parameters and the modulation, then run ``engine``.
 
     Returns the spikes ``[T, B, ...]`` (same dtype as ``x``), or ``LIFOutput(spikes, membrane)`` with
     ``return_membrane=True``.
     """
     check_choice(engine, "engine", ENGINES)
+    check_choice(reset, "reset", RESETS)
+    v_init = check_v_init(v_init)
     # NaN/Inf in x are caught inside the engines: the compiled kernel counts them in its own pass
     check_tensor(x, "x", ndim=range(2, 9), finite=False)
     population = x.shape[1:]
@@ -330,20 +349,24 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
         from .spikingjelly_engine import run_spikingjelly
 
         spikes, membrane = run_spikingjelly(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
-                                            detach_reset=detach_reset, return_membrane=return_membrane)
+                                            detach_reset=detach_reset, return_membrane=return_membrane,
+                                            reset=reset, v_init=v_init)
     elif lif_kernel.usable(x):
         spikes, membrane = lif_kernel.run(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
-                                          detach_reset=detach_reset, return_membrane=return_membrane)
+                                          detach_reset=detach_reset, return_membrane=return_membrane,
+                                          reset=reset, v_init=v_init)
     else:
         check_tensor(x, "x")
         spikes, membrane = run_reference(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
-                                         detach_reset=detach_reset, return_membrane=return_membrane)
+                                         detach_reset=detach_reset, return_membrane=return_membrane,
+                                         reset=reset, v_init=v_init)
     return LIFOutput(spikes, membrane) if return_membrane else spikes
 
 
 def lif_sequence(x: torch.Tensor, du=1.0, dv=0.5, vth=1.0, bias=0.0, surrogate="atan",
                  detach_reset: bool = False, *, theta_decay=None, theta_step=None, gain=None,
-                 threshold_shift=None, return_membrane: bool = False, engine: str = "native"):
+                 threshold_shift=None, return_membrane: bool = False, engine: str = "native", reset: str = "zero",
+                 v_init: float = 0.0):
     """Run the LIF (equations in ``lif_step``) over a whole ``[T, B, ...]`` input.
 
     A pure function: the state starts at rest and is not returned. Parameters are numbers or tensors
@@ -356,7 +379,8 @@ def lif_sequence(x: torch.Tensor, du=1.0, dv=0.5, vth=1.0, bias=0.0, surrogate="
                          like=x if isinstance(x, torch.Tensor) and x.is_floating_point() else None)
     return run_lif(x, params, gain=gain, threshold_shift=threshold_shift, surrogate=get_surrogate(surrogate),
                    detach_reset=check_bool(detach_reset, "detach_reset"),
-                   return_membrane=check_bool(return_membrane, "return_membrane"), engine=engine)
+                   return_membrane=check_bool(return_membrane, "return_membrane"), engine=engine, reset=reset,
+                   v_init=v_init)
 
 
 def lif_reference(x: torch.Tensor, du=1.0, dv=0.5, vth=1.0, bias=0.0, theta_decay=None, theta_step=None,
@@ -389,6 +413,9 @@ class LIFPopulation(nn.Module):
         learn_threshold, learn_bias, learn_decay, learn_adaptation: which parameters train
             (``vth``; ``bias``; ``du`` and ``dv``; ``theta_decay`` and ``theta_step``).
         detach_reset: stop the gradient through the reset and the threshold jump.
+        reset: 'zero' (Lava's LIF; the default) or 'subtract' (reset by subtraction, for converted models).
+        v_init: the membrane before the first step, as a fraction of ``vth`` in [0, 1) (0.5 for converted
+            models; not differentiated).
         engine: 'native' (compiled kernel) or 'spikingjelly' (cross-check).
 
     The value stored is the value used: parameters are checked against their domains at every call
@@ -402,9 +429,12 @@ class LIFPopulation(nn.Module):
     def __init__(self, du=1.0, dv=0.5, vth=1.0, bias=0.0, *, theta_decay=None, theta_step=None,
                  shape: Sequence[int] = (), surrogate="atan", alpha: Optional[float] = None,
                  learn_threshold: bool = False, learn_bias: bool = False, learn_decay: bool = False,
-                 learn_adaptation: bool = False, detach_reset: bool = False, engine: str = "native") -> None:
+                 learn_adaptation: bool = False, detach_reset: bool = False, engine: str = "native",
+                 reset: str = "zero", v_init: float = 0.0) -> None:
         super().__init__()
         self.engine = check_choice(engine, "engine", ENGINES)
+        self.reset = check_choice(reset, "reset", RESETS)
+        self.v_init = check_v_init(v_init)
         self.surrogate = get_surrogate(surrogate, alpha)
         self.detach_reset = check_bool(detach_reset, "detach_reset")
         learn = {"du": learn_decay, "dv": learn_decay, "vth": learn_threshold, "bias": learn_bias,
@@ -462,13 +492,15 @@ class LIFPopulation(nn.Module):
             return f"{float(t):g}" if t.numel() == 1 else f"<{'x'.join(map(str, t.shape))}>"
 
         parts = [f"{name}={show(value)}" for name, value in self.params().items()]
+        if self.reset != "zero" or self.v_init:
+            parts += [f"reset={self.reset}", f"v_init={self.v_init:g}"]
         return ", ".join(parts + [f"surrogate={surrogate_name(self.surrogate)}", f"engine={self.engine}"])
 
     def forward(self, x: torch.Tensor, gain: Optional[torch.Tensor] = None,
                 threshold_shift: Optional[torch.Tensor] = None, return_membrane: bool = False):
         return run_lif(x, self.params(), gain=gain, threshold_shift=threshold_shift, surrogate=self.surrogate,
                        detach_reset=self.detach_reset, return_membrane=check_bool(return_membrane, "return_membrane"),
-                       engine=self.engine, where="LIFPopulation: ")
+                       engine=self.engine, where="LIFPopulation: ", reset=self.reset, v_init=self.v_init)
 
 
 def population(width: int, lif: Optional[dict] = None) -> LIFPopulation:

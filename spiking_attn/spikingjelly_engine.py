@@ -67,14 +67,18 @@ def _is_plain(x: torch.Tensor, params: LIFParams, gain, shift) -> bool:
 
 
 def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=None, surrogate=None,
-                     detach_reset: bool = False, return_membrane: bool = False) -> tuple:
-    """Run the population on SpikingJelly's LIF; returns ``(spikes, membrane or None)``."""
+                     detach_reset: bool = False, return_membrane: bool = False, reset: str = "zero",
+                     v_init: float = 0.0) -> tuple:
+    """Run the population on SpikingJelly's LIF; returns ``(spikes, membrane or None)``. Reset by
+    subtraction is SpikingJelly's soft reset (``v_reset=None``): it subtracts its threshold, which is
+    ours moved up by one representable number (a difference of one rounding unit)."""
     from spikingjelly.activation_based import functional as sjf
 
     check_tensor(x, "x")
     fire = _fire_function(surrogate)
-    v0 = torch.zeros_like(x[0])
-    if _is_plain(x, params, gain, shift):
+    u, v0, theta = initial_state(x[0], params, v_init)
+    v_reset = 0.0 if reset == "zero" else None
+    if _is_plain(x, params, gain, shift) and reset == "zero":
         b = float(params.bias)
         vth = float(_strict(params.vth.reshape(())))
         spikes, _, v_seq = sjf.lif_multi_step(x + b if b != 0.0 else x, v0, 1.0 / float(params.dv), False, vth, 0.0,
@@ -86,7 +90,6 @@ def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=Non
         return fire(z)
 
     tau = 1.0 / params.dv.detach()
-    u, _, theta = initial_state(x[0], params)
     v = v0
     spikes, membrane = [], []
     for t in range(x.shape[0]):
@@ -97,7 +100,7 @@ def run_spikingjelly(x: torch.Tensor, params: LIFParams, *, gain=None, shift=Non
         if params.dv.requires_grad:  # value + 0; d/d(dv) = -v, as in h = v (1 - dv) + ...
             leak = v.detach() * params.dv
             current = current + (leak.detach() - leak)
-        s, v = sjf.lif_step(current, v, tau, False, _strict(threshold), 0.0, fire_fn, detach_reset)
+        s, v = sjf.lif_step(current, v, tau, False, _strict(threshold), v_reset, fire_fn, detach_reset)
         theta = raised_threshold(theta, s.detach() if detach_reset else s, params)
         spikes.append(s)
         if return_membrane:

@@ -47,8 +47,9 @@ enum { OP_DU, OP_DV, OP_VTH, OP_BIAS, OP_THETA_DECAY, OP_THETA_STEP, OP_GAIN, OP
 /* F_ACC_GAIN / F_ACC_SHIFT: the per-step gradient of the gain / shift is summed in the operand's own
  * layout (allowed when no other thread's columns read the same elements) instead of one value per
  * step and column. */
+/* F_SUBTRACT: reset by subtraction (v = h - thr after a spike) instead of to zero. */
 enum { F_DECAY_U = 1, F_ADAPTIVE = 2, F_GAIN = 4, F_SHIFT = 8, F_DETACH = 16, F_PARAMS = 32, F_ACC_GAIN = 64,
-       F_ACC_SHIFT = 128 };
+       F_ACC_SHIFT = 128, F_SUBTRACT = 256 };
 
 /* Surrogates the kernel evaluates itself; SG_TABLE reads precomputed values (any surrogate object). */
 enum { SG_ATAN = 0, SG_SIGMOID = 1, SG_FAST_SIGMOID = 2, SG_TABLE = 3 };

@@ -7,7 +7,8 @@
  *   h  = (u + v * (1 - dv)) + bias
  *   th = (th - vth) * (1 - theta_decay) + vth        (adaptive threshold only; th starts at vth)
  *   thr = th (or vth) + shift                       (shift only if given)
- *   s  = h > thr;  v = h * (1 - s);  th = th + theta_step * s
+ *   s  = h > thr;  v = h * (1 - s)  (or v = h - s * thr with F_SUBTRACT);  th = th + theta_step * s
+ * with u = 0 and v = v_init * vth before the first step (v_init: a fraction, 0 by default).
  *
  * Loop order: blocks of BLOCK columns, whose operand values are gathered once; inside a block, groups
  * of W columns (one 32-byte vector, written with GCC's vector extensions) whose parameters and state
@@ -68,6 +69,7 @@ typedef struct {
     int64_t gain_idx[BLOCK], shift_idx[BLOCK], scratch[BLOCK];
     const REAL *gain_data, *shift_data;
     int64_t gain_ts, shift_ts;
+    REAL v_init;               /* the membrane before the first step, as a fraction of vth */
     int64_t loaded_at[N_OPS];  /* first column of the block each operand was last loaded for; -1: never */
 } SFX(block_consts);
 
@@ -185,7 +187,7 @@ INLINE VEC SFX(modulation)(const REAL *values, const int64_t *idx, const REAL *d
 /* The parameters and state of the group of columns j0 .. j0 + W - 1 of a block. */
 #define GROUP_SETUP                                                                          \
     const int decay_u = flags & F_DECAY_U, adaptive = flags & F_ADAPTIVE;                    \
-    const int gain = flags & F_GAIN, shift = flags & F_SHIFT;                                \
+    const int gain = flags & F_GAIN, shift = flags & F_SHIFT, subtract = flags & F_SUBTRACT;  \
     const VEC kv = *(const VEC *)(c->kv + j0), vth = *(const VEC *)(c->vth + j0);            \
     const VEC bias = *(const VEC *)(c->bias + j0);                                           \
     VEC ku = {0}, kth = {0}, step = {0};                                                     \
@@ -196,7 +198,7 @@ INLINE VEC SFX(modulation)(const REAL *values, const int64_t *idx, const REAL *d
     }                                                                                        \
     const int gain_run = gain && SFX(consecutive)(c->gain_idx + j0, c->gain_ts);               \
     const int shift_run = shift && SFX(consecutive)(c->shift_idx + j0, c->shift_ts);          \
-    VEC u = {0}, v = {0}, th = vth;
+    VEC u = {0}, v = vth * c->v_init, th = vth;
 
 /* One step at t with input XV: updates u, v, th (before the jump); defines h, thr and s. */
 #define LIF_STEP(XV)                                                                         \
@@ -208,7 +210,8 @@ INLINE VEC SFX(modulation)(const REAL *values, const int64_t *idx, const REAL *d
     if (adaptive) { th = (th - vth) * kth + vth; thr = th; }                                 \
     if (shift) thr = thr + SFX(modulation)(c->shift, c->shift_idx, c->shift_data, c->shift_ts, t, j0, shift_run); \
     const VEC s = SFX(ones)(h > thr);                                                        \
-    v = h * (1 - s);
+    if (subtract) v = h - s * thr;                                                           \
+    else v = h * (1 - s);
 
 /* Forward over W columns (the first w valid) at column col = i0 + j0. Writes spikes (and membrane v,
  * and z = h - thr, when those pointers are set) with stride n. Counts, per lane, the inputs that are
@@ -232,16 +235,17 @@ INLINE void SFX(forward_group)(const REAL *x, REAL *spikes, REAL *membrane, REAL
 /* Returns the number of non-finite inputs in the columns [lo, hi), or -1 if memory ran out. */
 MULTIVERSION
 int64_t SFX(lif_forward)(const REAL *x, REAL *spikes, REAL *membrane, REAL *zout, int64_t T, int64_t n,
-                         int64_t lo, int64_t hi, const operand_t *ops, int flags) {
+                         int64_t lo, int64_t hi, const operand_t *ops, int flags, double v_init) {
     MASK bad = {0};
     SFX(block_consts) *c = SFX(new_consts)();
     if (!c) return -1;
+    c->v_init = (REAL)v_init;
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
         SFX(load_consts)(c, ops, i0, flags);
         for (int64_t j0 = 0; j0 < m; j0 += W) {
             const int64_t w = (m - j0) < W ? (m - j0) : W;
-            if ((flags & 15) == 0 && !membrane && !zout) /* the plain case, options inlined as constants */
+            if ((flags & (15 | F_SUBTRACT)) == 0 && !membrane && !zout) /* the plain case, options inlined */
                 SFX(forward_group)(x, spikes, 0, 0, T, n, i0 + j0, j0, w, c, 0, &bad);
             else
                 SFX(forward_group)(x, spikes, membrane, zout, T, n, i0 + j0, j0, w, c, flags, &bad);
@@ -295,12 +299,16 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
         else sg = SFX(surrogate)(h - thr, kind, alpha, atan_k);
         VEC g_spike = SFX(ld)(grad_spikes + o, w);
         if (!detach) {
-            g_spike = g_spike - gvt * h;                   /* through the reset v = h (1 - s) */
+            if (subtract) g_spike = g_spike - gvt * thr;  /* through the reset v = h - s thr */
+            else g_spike = g_spike - gvt * h;             /* through the reset v = h (1 - s) */
             if (adaptive) g_spike = g_spike + gth * step;  /* through the jump th += step s */
         }
         const VEC via_spike = g_spike * sg;
-        const VEC gh = via_spike + gvt * (1 - s);
-        const VEC gthr = -via_spike;
+        VEC gh = via_spike + gvt * (1 - s), gthr = -via_spike;
+        if (subtract) {
+            gh = via_spike + gvt;
+            gthr = gthr - gvt * s;  /* the subtracted threshold */
+        }
         if (shift) {
             if (c->shift_ts) {
                 if (pg[OP_SHIFT] && (flags & F_ACC_SHIFT))
@@ -327,12 +335,14 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
             a_vth += gthr;
         }
         if (params) {
-            VEC v_prev = {0};
+            VEC v_prev = vth * c->v_init;  /* the membrane before the first step */
             if (t > 0) {
                 const VEC hp = *(const VEC *)(h_loc + (t - 1) * W);
                 VEC thrp = vth;
                 if (thr_kept) thrp = *(const VEC *)(thr_loc + (t - 1) * W);
-                v_prev = hp * (1 - SFX(ones)(hp > thrp));
+                const VEC sp = SFX(ones)(hp > thrp);
+                if (subtract) v_prev = hp - sp * thrp;
+                else v_prev = hp * (1 - sp);
             }
             a_dv += -gh * v_prev;
             a_bias += gh;
@@ -374,9 +384,9 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
 MULTIVERSION
 int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const REAL *x, const REAL *table,
                       REAL *grad_x, REAL *const *pg, int64_t T, int64_t n, int64_t lo, int64_t hi,
-                      const operand_t *ops, int flags, int kind, double alpha_d) {
+                      const operand_t *ops, int flags, int kind, double alpha_d, double v_init) {
     const REAL alpha = (REAL)alpha_d, atan_k = (REAL)(3.14159265358979323846 / 2 * alpha_d);
-    const int fast = !(flags & (F_DECAY_U | F_ADAPTIVE | F_GAIN | F_SHIFT | F_PARAMS)) && !grad_membrane
+    const int fast = !(flags & (F_DECAY_U | F_ADAPTIVE | F_GAIN | F_SHIFT | F_PARAMS | F_SUBTRACT)) && !grad_membrane
                      && kind != SG_TABLE;
     SFX(block_consts) *c = SFX(new_consts)();
     REAL *buf = malloc(sizeof(REAL) * T * W * 4);
@@ -386,6 +396,7 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
         return -1;
     }
     REAL *h_loc = buf, *thr_loc = buf + T * W, *th_loc = buf + 2 * T * W, *u_loc = buf + 3 * T * W;
+    c->v_init = (REAL)v_init;
 #define GROUP_ARGS grad_x, pg, h_loc, thr_loc, th_loc, u_loc, T, n, i0 + j0, j0, w, c
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
