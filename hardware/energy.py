@@ -391,18 +391,14 @@ def energy_checkpoint(path, *, energy_model="45nm", samples: int = 360, twin_pat
     """``spiking-attn energy``: the first ``samples`` test samples of the checkpoint's task. With ``out``,
     writes ``energy_breakdown.png`` and, last, ``energy.json``."""
     from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint
-    from spiking_attn.data import TASKS, load_task
+    from spiking_attn.data import checkpoint_test_samples
     from spiking_attn.outputs import write_json
 
     energy = load_energy_model(energy_model)  # a bad model fails before any work
     check_int(samples, "samples", low=1)
     payload = read_checkpoint(path)
     config = config_from_checkpoint(payload)
-    settings = (payload.get("training") or {}).get("settings") or {}
-    task = settings.get("task")
-    if task not in TASKS:
-        raise SpikingAttnError(f"checkpoint {str(path)!r} does not name a known task ({task!r}), so there are no test "
-                               f"samples to measure on; use spiking_attn.hardware.energy.estimate(model, x) instead")
+    task, data, rows = checkpoint_test_samples(payload, path, samples, "spiking_attn.hardware.energy.estimate(model, x)")
     twin = None
     if twin_path is not None:
         twin_payload = read_checkpoint(twin_path)
@@ -416,13 +412,7 @@ def energy_checkpoint(path, *, energy_model="45nm", samples: int = 360, twin_pat
             raise SpikingAttnError(f"--twin {str(twin_path)!r} is not a twin of --checkpoint: they differ in "
                                    f"{', '.join(diff)}")
         twin = load_model(twin_path)
-    data = load_task(task)
-    if not settings.get("use_cue", True):
-        data = data.without_cue()
-    if samples > len(data.x_test):
-        raise SpikingAttnError(f"samples ({samples}) is more than the {len(data.x_test)} test samples of task {task!r}")
     model = load_model(path)
-    rows = slice(0, samples)
     report = estimate(model, data.x_test[rows], energy, cue=data.context("test", rows).get("cue"),
                       labels=data.y_test[rows], twin=twin, batch_size=batch_size)
     if out is not None:

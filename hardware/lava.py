@@ -39,12 +39,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from spiking_attn.errors import SpikingAttnError
-from spiking_attn.graph import NetworkGraph
 
 PRECISIONS = ("float", "fixed")
 CALIBRATION_SAMPLES = 256  # training samples whose currents size the fixed-point thresholds (deploy_checkpoint)
@@ -468,7 +467,7 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
     from pathlib import Path
 
     from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint
-    from spiking_attn.data import TASKS, load_task
+    from spiking_attn.data import checkpoint_test_samples
     from spiking_attn.errors import check_choice, check_int
     from spiking_attn.outputs import write_json
 
@@ -479,18 +478,9 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
     if config.model != "spiking":
         raise SpikingAttnError(f"checkpoint {str(path)!r} holds a dense model; deploy runs spiking models (train with "
                                f"--model spiking, or convert the dense twin first)")
-    settings = (payload.get("training") or {}).get("settings") or {}
-    task = settings.get("task")
-    if task not in TASKS:
-        raise SpikingAttnError(f"checkpoint {str(path)!r} does not name a known task ({task!r}), so there are no test "
-                               f"samples to deploy on; use spiking_attn.hardware.lava.deploy(model, inputs) instead")
-    data = load_task(task)
-    if not settings.get("use_cue", True):
-        data = data.without_cue()
-    if samples > len(data.x_test):
-        raise SpikingAttnError(f"samples ({samples}) is more than the {len(data.x_test)} test samples of task {task!r}")
+    task, data, rows = checkpoint_test_samples(payload, path, samples,
+                                               "spiking_attn.hardware.lava.deploy(model, inputs)")
     model = load_model(path)
-    rows = slice(0, samples)
     cal = slice(0, min(CALIBRATION_SAMPLES, len(data.x_train)))  # the same integer network for any samples
     result = deploy(model, data.x_test[rows], data.context("test", rows).get("cue"), precision=precision,
                     profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout, weight_bits=weight_bits,

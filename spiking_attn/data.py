@@ -166,6 +166,23 @@ def load_task(name: str) -> TokenDataset:
     return TASKS.get(name).load()
 
 
+def checkpoint_test_samples(payload: dict, path, samples: int, instead: str) -> tuple:
+    """The task a checkpoint was trained on, its data (without the cue if the run withheld it) and the rows
+    of its first ``samples`` test samples: ``(task, data, rows)``. ``instead`` names the API call that takes
+    inputs directly, for a checkpoint that names no known task."""
+    settings = (payload.get("training") or {}).get("settings") or {}
+    task = settings.get("task")
+    if task not in TASKS:
+        raise SpikingAttnError(f"checkpoint {str(path)!r} does not name a known task ({task!r}), so there are no test "
+                               f"samples to run on; use {instead} instead")
+    data = load_task(task)
+    if not settings.get("use_cue", True):
+        data = data.without_cue()
+    if samples > len(data.x_test):
+        raise SpikingAttnError(f"samples ({samples}) is more than the {len(data.x_test)} test samples of task {task!r}")
+    return task, data, slice(0, samples)
+
+
 def _patches(images: torch.Tensor) -> torch.Tensor:
     """``[B, 8, 8]`` images -> ``[B, 16, 4]`` tokens, one per 2x2 patch in row-major patch order."""
     return images.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4).contiguous()
