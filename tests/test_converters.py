@@ -3,6 +3,9 @@ integrate-and-fire population at T = L."""
 import pytest
 import torch
 
+from torch import nn
+
+from spiking_attn.converters.calibration import activation_scales, nearest_rank
 from spiking_attn.converters.qcfs import QCFS, floor_ste
 from spiking_attn.errors import SpikingAttnError
 from spiking_attn.neuron import LIFPopulation
@@ -56,3 +59,55 @@ def test_qcfs_bad_options():
         QCFS(clip=0.0)
     with pytest.raises(SpikingAttnError, match="clip must be a positive finite number"):
         QCFS(clip=float("nan"))
+
+
+# ------------------------------------------------------------------- calibration
+def test_activation_scales_max_and_nearest_rank_percentile_by_hand():
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+    x = torch.arange(1, 101, dtype=torch.float32).reshape(100, 1) - 10  # -9 .. 90
+    # ReLU(2x): 9 zeros (x <= 0 gives 0: ten values -9..0), then 2, 4, ..., 180
+    assert activation_scales(net, x, batch_size=7) == {"1": 180.0}
+    outputs = torch.relu(2 * x).reshape(-1)
+    assert activation_scales(net, x, mode="percentile", percentile=90)["1"] == 160.0  # rank 90 of 100
+    assert nearest_rank(outputs, 90) == 160.0 and nearest_rank(outputs, 100) == 180.0
+    assert nearest_rank(outputs, 0.5) == 0.0
+
+
+def test_activation_scales_cover_every_activation_of_a_dense_twin_with_a_cue():
+    from spiking_attn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(in_features=8, num_tokens=6, num_classes=3, dim=16, heads=2, depth=1,
+                                    num_cues=2, mechanism="pulvinar", model="dense"))
+    x, cue = torch.rand(10, 6, 8), torch.tensor([0, 1] * 5)
+    scales = activation_scales(model, x, cue, batch_size=4)
+    expected = {n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.GELU, QCFS))}
+    assert set(scales) == expected and "blocks.0.attn.area_act" in scales  # the areas' shared activation
+    assert all(v >= 0 for v in scales.values())
+    seen = []
+    hook = model.blocks[0].attn.area_act.register_forward_hook(lambda m, a, o: seen.append(o.detach()))
+    with torch.no_grad():
+        model.eval()(x, cue)
+    hook.remove()
+    assert scales["blocks.0.attn.area_act"] == max(float(o.max()) for o in seen)  # pooled over its calls
+
+
+def test_activation_scales_bad_input():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    x = torch.rand(4, 3)
+    with pytest.raises(SpikingAttnError, match="calibration set is empty"):
+        activation_scales(net, x[:0])
+    with pytest.raises(SpikingAttnError, match="no module named 'nope'"):
+        activation_scales(net, x, modules=["nope"])
+    with pytest.raises(SpikingAttnError, match="mode"):
+        activation_scales(net, x, mode="mean")
+    with pytest.raises(SpikingAttnError, match="percentile must be a number in \\(0, 100\\]"):
+        activation_scales(net, x, mode="percentile", percentile=0)
+    with pytest.raises(SpikingAttnError, match="no activation module"):
+        activation_scales(nn.Sequential(nn.Linear(3, 3)), x)
+    with pytest.raises(Exception, match="NaN"):
+        activation_scales(net, torch.full((2, 3), float("nan")))
+    with pytest.raises(Exception):  # wrong shape: the model itself refuses it
+        activation_scales(net, torch.rand(4, 5))
