@@ -197,19 +197,9 @@ def build_twin(model: nn.Module) -> nn.Module:
 
 
 def _is_spiking(model: nn.Module) -> bool:
-    from spiking_attn.neuron import LIFPopulation
+    from spiking_attn.neuron import populations
 
-    return any(isinstance(m, LIFPopulation) for m in model.modules())
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, x, cue, labels, batch_size: int) -> float:
-    correct = 0
-    for lo in range(0, x.shape[0], batch_size):
-        rows = slice(lo, lo + batch_size)
-        logits = model(x[rows], cue[rows]) if cue is not None else model(x[rows])
-        correct += int((logits.argmax(-1) == labels[rows]).sum())
-    return correct / x.shape[0]
+    return bool(populations(model))
 
 
 @dataclass
@@ -307,16 +297,19 @@ def estimate(model: nn.Module, x: torch.Tensor, energy_model="45nm", *, cue: Opt
         twin = None
     elif not isinstance(twin, nn.Module):
         raise SpikingAttnError(f"twin must be an nn.Module, None or False, got {type(twin).__name__}")
-    if twin is not None and _is_spiking(model) == _is_spiking(twin):
+    spiking = _is_spiking(model)
+    if twin is not None and spiking == _is_spiking(twin):
         raise SpikingAttnError("model and twin must be one spiking model and one dense model")
-    if twin is None and not _is_spiking(model):
+    if twin is None and not spiking:
         raise SpikingAttnError("model is dense and twin=False: there is no spiking model to estimate")
-    snn, ann = (model, twin) if _is_spiking(model) else (twin, model)
+    snn, ann = (model, twin) if spiking else (twin, model)
     models = {"snn": snn, "ann": ann}
     reports = {k: (None if m is None else count_ops(m, x, cue, batch_size=batch_size).per_sample())
                for k, m in models.items()}
-    # accuracy only of the models that were trained: a twin built here holds weights trained for the other kind
-    accuracy = {k: (None if m is None or m is built or labels is None else _accuracy(m, x, cue, labels, batch_size))
+    # accuracy (from the counting pass's outputs) only of the models that were trained: a twin built here
+    # holds weights trained for the other kind
+    accuracy = {k: (None if m is None or m is built or labels is None
+                    else float((reports[k].outputs.argmax(-1) == labels).double().mean()))
                 for k, m in models.items()}
     if built is None:
         note = "given" if twin is not None else "none"

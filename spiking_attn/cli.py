@@ -215,10 +215,10 @@ def _run_energy(checkpoint: str, twin: Optional[str], energy_model: str, samples
     from .hardware.energy import energy_checkpoint, format_table, load_energy_model
     from .outputs import RunFolder
 
-    load_energy_model(energy_model)  # an unknown or malformed model fails before the folder is touched
+    model = load_energy_model(energy_model)  # an unknown or malformed model fails before the folder is touched
     with RunFolder(out, overwrite=overwrite, markers=("energy.json",), files=ENERGY_FILES,
                    keep_if="energy.json") as folder:
-        report = energy_checkpoint(checkpoint, energy_model=energy_model, samples=samples, twin_path=twin, out=folder)
+        report = energy_checkpoint(checkpoint, energy_model=model, samples=samples, twin_path=twin, out=folder)
     table = format_table(report).splitlines()
     print("\n".join([*table[:2], *table[-3:]] if brief else table))  # brief: the header, totals and summary
     print(f"outputs: {out}/ ({', '.join(ENERGY_FILES)})")

@@ -51,7 +51,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .errors import DTypeError, SpikingAttnError
+from .errors import DTypeError, SpikingAttnError, check_int
 
 OPS = ("macs", "acs", "masks", "adds", "neuron_updates", "spikes", "weight_reads", "state_accesses",
        "activation_accesses")
@@ -128,9 +128,9 @@ class Call:
     output: object
     counter: "OpCounter"
 
-    def add(self, name: Optional[str] = None, **ops: float) -> None:
-        """Add ``ops`` to the entry of this module (or of the module called ``name``)."""
-        self.counter.add(name or self.name, type(self.module).__name__ if name is None else None, **ops)
+    def add(self, **ops: float) -> None:
+        """Add ``ops`` to the entry of this module."""
+        self.counter.add(self.name, type(self.module).__name__, **ops)
 
     def add_to(self, module: nn.Module, **ops: float) -> None:
         """Add ``ops`` to the entry of ``module`` (a child that does work its parent's forward runs, such as
@@ -141,9 +141,6 @@ class Call:
         """The last output of a child module in this forward pass."""
         return self.counter.output_of(module)
 
-    def name_of(self, module: nn.Module) -> str:
-        return self.counter.names[module]
-
 
 @dataclass
 class OpReport:
@@ -153,6 +150,7 @@ class OpReport:
     types: Dict[str, str] = field(default_factory=dict)
     samples: int = 0
     firing: Dict[str, List[float]] = field(default_factory=dict)  # population -> [spikes, neuron-steps] (SpikeRecorder)
+    outputs: Optional[torch.Tensor] = None  # what the model returned for every sample, in order
 
     def totals(self) -> Dict[str, float]:
         out = {op: 0.0 for op in OPS}
@@ -165,7 +163,7 @@ class OpReport:
         """The same report divided by the number of samples."""
         n = max(self.samples, 1)
         return OpReport(OrderedDict((k, {op: v / n for op, v in ops.items()}) for k, ops in self.per_layer.items()),
-                        dict(self.types), 1, {k: list(v) for k, v in self.firing.items()})
+                        dict(self.types), 1, {k: list(v) for k, v in self.firing.items()}, self.outputs)
 
     def firing_rates(self) -> Dict[str, float]:
         return {k: s / n for k, (s, n) in self.firing.items() if n}
@@ -190,9 +188,9 @@ class OpCounter:
                 f"would be skipped; register one in the file that defines it: "
                 f"@spiking_attn.opcount.count_rule({type(module).__name__})")
         if event_driven is None:  # a model with populations runs on events; a dense one on every value
-            from .neuron import LIFPopulation
+            from .neuron import populations
 
-            event_driven = any(isinstance(m, LIFPopulation) for m in self.names)
+            event_driven = bool(populations(model))
         self.event_driven = bool(event_driven)
         config = getattr(model, "config", None)
         self.timesteps = int(getattr(config, "timesteps", 1) or 1) if self.event_driven else 1
@@ -246,27 +244,29 @@ class OpCounter:
 def count_ops(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = None, *,
               batch_size: int = 64, event_driven: Optional[bool] = None) -> OpReport:
     """Run ``model(x[, cue])`` in eval mode, ``batch_size`` samples at a time, and count its operations.
-    Returns the totals over all samples (``report.per_sample()`` divides by their number).
+    Returns the totals over all samples (``report.per_sample()`` divides by their number), with the model's
+    outputs for every sample (``report.outputs``).
 
     ``event_driven`` (default: whether the model has LIF populations): binary inputs of weight layers
     cost accumulates per spike. A dense model runs on hardware that computes every value, so its weight
     layers count MACs whatever their input holds (a one-hot cue, a row of zeros after a ReLU)."""
-    from .errors import check_int
-
-    check_int(batch_size, "batch_size", low=1)
     from .recorder import SpikeRecorder
 
+    check_int(batch_size, "batch_size", low=1)
     was_training = model.training
     model.eval()
+    outputs = []
     try:
         with OpCounter(model, event_driven) as counter, SpikeRecorder(model, keep="counts") as recorder:
             for lo in range(0, x.shape[0], batch_size):
                 rows = slice(lo, lo + batch_size)
-                model(x[rows], cue[rows]) if cue is not None else model(x[rows])
+                outputs.append(model(x[rows], cue[rows]) if cue is not None else model(x[rows]))
                 counter.end_call(x[rows].shape[0])
     finally:
         model.train(was_training)
     counter.report.firing = {name: [float(s), float(n)] for name, (s, n) in recorder.counts.items() if n}
+    if all(isinstance(o, torch.Tensor) for o in outputs):
+        counter.report.outputs = torch.cat(outputs)
     return counter.report
 
 
