@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from spiking_attn.errors import SpikingAttnError, check_choice, check_int, check_tensor
+from spiking_attn.opcount import eval_batches
 
 from .qcfs import QCFS
 
@@ -63,16 +64,12 @@ def activation_scales(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Ten
     outputs: Dict[str, list] = {n: [] for n in names}
     hooks = [named[n].register_forward_hook(lambda m, a, out, n=n: outputs[n].append(out.detach().reshape(-1)))
              for n in names]
-    was_training = model.training
-    model.eval()
     try:
-        for lo in range(0, x.shape[0], batch_size):
-            rows = slice(lo, lo + batch_size)
-            model(x[rows], cue[rows]) if cue is not None else model(x[rows])
+        for _ in eval_batches(model, x, cue, batch_size):
+            pass
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     silent = [n for n, chunks in outputs.items() if not chunks]
     if silent:
         raise SpikingAttnError(f"module(s) {', '.join(map(repr, silent))} did not run on the calibration data")

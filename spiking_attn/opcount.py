@@ -240,6 +240,19 @@ class OpCounter:
         self._outputs = {}
 
 
+def eval_batches(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor], batch_size: int):
+    """Yield ``(rows, model(x[rows][, cue[rows]]))`` over ``x`` in ``batch_size`` pieces, in eval mode; the
+    model's training mode is restored afterwards (also on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for lo in range(0, x.shape[0], batch_size):
+            rows = slice(lo, lo + batch_size)
+            yield rows, (model(x[rows], cue[rows]) if cue is not None else model(x[rows]))
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def count_ops(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = None, *,
               batch_size: int = 64, event_driven: Optional[bool] = None) -> OpReport:
@@ -253,17 +266,11 @@ def count_ops(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = N
     from .recorder import SpikeRecorder
 
     check_int(batch_size, "batch_size", low=1)
-    was_training = model.training
-    model.eval()
     outputs = []
-    try:
-        with OpCounter(model, event_driven) as counter, SpikeRecorder(model, keep="counts") as recorder:
-            for lo in range(0, x.shape[0], batch_size):
-                rows = slice(lo, lo + batch_size)
-                outputs.append(model(x[rows], cue[rows]) if cue is not None else model(x[rows]))
-                counter.end_call(x[rows].shape[0])
-    finally:
-        model.train(was_training)
+    with OpCounter(model, event_driven) as counter, SpikeRecorder(model, keep="counts") as recorder:
+        for rows, out in eval_batches(model, x, cue, batch_size):
+            outputs.append(out)
+            counter.end_call(x[rows].shape[0])
     counter.report.firing = {name: [float(s), float(n)] for name, (s, n) in recorder.counts.items() if n}
     if all(isinstance(o, torch.Tensor) for o in outputs):
         counter.report.outputs = torch.cat(outputs)
