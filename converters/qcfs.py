@@ -55,3 +55,69 @@ class QCFS(nn.Module):
 
 
 count_rule(QCFS)(no_own_ops)  # like a ReLU: a compare and a lookup per value
+
+
+def qcfs_twin(model: nn.Module, levels: int, clips: dict) -> nn.Module:
+    """A copy of the dense twin ``model`` with every ReLU replaced by QCFS (``levels`` levels), its weights
+    copied and each clip started at ``clips[name]`` (the activation's calibrated scale)."""
+    import dataclasses
+
+    from spiking_attn.models import build_model
+
+    config = dataclasses.replace(model.config, dense_act="qcfs", qcfs_levels=levels)
+    twin = build_model(config)
+    state = twin.state_dict()
+    missing = sorted(set(state) - set(model.state_dict()) - {f"{n}.clip" for n in clips})
+    if missing:
+        raise SpikingAttnError(f"no calibrated clip for the QCFS activation(s) {', '.join(missing[:4])}")
+    twin.load_state_dict({**model.state_dict(), **{f"{n}.clip": torch.tensor(max(float(c), 1e-3))
+                                                   for n, c in clips.items()}})
+    return twin
+
+
+def finetune_qcfs(model: nn.Module, data, *, levels: int = 4, epochs: int = 10, lr: float = 1e-3,
+                  batch_size: int = 64, seed: int = 0, calibration: int = 512, percentile: float = 99.9,
+                  progress: bool = False) -> nn.Module:
+    """Fine-tune a ReLU dense twin into a QCFS one, ready for ``convert(method='qcfs')``.
+
+    The clips start at the ``percentile`` of each activation over the first ``calibration`` training
+    samples; the whole network then trains ``epochs`` epochs (AdamW, cosine schedule, no weight decay on
+    the clips) on ``data`` (a ``TokenDataset``, the task the twin was trained on).
+    """
+    from spiking_attn.data import TokenDataset
+    from spiking_attn.models import DenseClassifier
+    from spiking_attn.training import TrainSettings, _train_epoch, evaluate
+
+    from .calibration import activation_scales
+
+    if not isinstance(model, DenseClassifier):
+        raise SpikingAttnError(f"finetune_qcfs takes a dense twin of this library, got {type(model).__name__}")
+    if model.config.dense_act != "relu":
+        raise SpikingAttnError(f"finetune_qcfs starts from ReLU activations, this twin has {model.config.dense_act}")
+    if not isinstance(data, TokenDataset):
+        raise SpikingAttnError(f"data must be a TokenDataset (spiking_attn.data.load_task), got {type(data).__name__}")
+    check_int(levels, "levels", low=1, high=4096)
+    check_int(epochs, "epochs", low=1, high=10000)
+    check_int(calibration, "calibration", low=1)
+    settings = TrainSettings(task=data.name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    rows = slice(0, min(calibration, len(data.x_train)))
+    cue = data.context("train", rows).get("cue")
+    clips = activation_scales(model, data.x_train[rows], cue, mode="percentile", percentile=percentile)
+    torch.manual_seed(seed)
+    twin = qcfs_twin(model, levels, clips)
+    clip_params = [p for n, p in twin.named_parameters() if n.endswith(".clip")]
+    others = [p for n, p in twin.named_parameters() if not n.endswith(".clip")]
+    optimizer = torch.optim.AdamW([{"params": others}, {"params": clip_params, "weight_decay": 0.0}], lr=lr,
+                                  weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    from tqdm import tqdm
+
+    steps = -(-len(data.x_train) // batch_size)
+    with tqdm(total=epochs * steps, disable=not progress, unit="batch", desc=f"QCFS fine-tune (L={levels})",
+              dynamic_ncols=True) as bar:
+        for epoch in range(epochs):
+            _train_epoch(twin, optimizer, data, settings, epoch, bar)
+            scheduler.step()
+    twin.eval()
+    twin.finetune_accuracy = evaluate(twin, data.x_test, data.y_test, seed=seed, **data.context("test"))["accuracy"]
+    return twin

@@ -32,10 +32,15 @@ from .graph import ExportError, export_rule
 from .layers import LinearBN
 from .neuron import population
 from .opcount import count_rule, mask_events, nnz
+from .converters.qcfs import QCFS
+from .converters.rules import ConversionError, conversion_rule
+from .converters.td import td_rule
 
 SPIKING_KINDS = ("ssa", "sdsa")
 DENSE_KINDS = ("softmax", "ssa", "sdsa")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+# The dense twins' activations. 'qcfs' is the conversion-friendly one (converters/qcfs.py): its levels
+# come from ModelConfig.qcfs_levels, its clip is learned.
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "qcfs": QCFS}
 
 
 def _check_heads(dim: int, heads: int) -> None:
@@ -325,3 +330,57 @@ def _count_spiking_attention(attn: SpikingSelfAttention, call) -> None:
 @count_rule(DenseSelfAttention)
 def _count_dense_attention(attn: DenseSelfAttention, call) -> None:
     count_dense_route(attn, call)
+
+
+# --- conversion (``converters``) ---------------------------------------------------------------------
+
+
+def convert_route(attn: SpikingSelfAttention, dense: DenseSelfAttention, ctx, unit) -> float:
+    """Thresholds and weights of ``route`` taken from its dense twin; returns the value of one routed spike.
+
+    Q, K and V read the input spikes (``unit``) and rate-code the dense activations. SDSA's ``k AND v``
+    coincides where both fire, standing for ``lambda_k * lambda_v``, so the population after the token
+    sum reads currents in that unit; the routed ``q AND kv`` stands for ``lambda_q * lambda_kv``. SSA's
+    ``Q K^T V`` counts triple coincidences (``lambda_q * lambda_k * lambda_v`` each).
+
+    A product of two rate codes is exact only on average and only for uncorrelated trains: this is the
+    approximate part of a binary conversion (td is the exact route).
+    """
+    if dense.kind != attn.kind:
+        raise ConversionError(f"{ctx.name(attn)}: the dense twin's {dense.kind!r} attention has no spiking form "
+                              f"of kind {attn.kind!r}")
+    for layer in (attn.q, attn.k, attn.v):
+        ctx.scale_input(layer, unit)
+    lam_q = ctx.threshold(attn.q_lif, dense.q_act)
+    lam_k = ctx.threshold(attn.k_lif, dense.k_act)
+    lam_v = ctx.threshold(attn.v_lif, dense.v_act)
+    if attn.kind == "sdsa":
+        return lam_q * ctx.threshold(attn.attn_lif, dense.attn_act, lam_k * lam_v)
+    return ctx.threshold(attn.attn_lif, dense.attn_act, lam_q * lam_k * lam_v)
+
+
+@conversion_rule(SpikingSelfAttention)
+def _convert_attention(attn: SpikingSelfAttention, dense: DenseSelfAttention, ctx, unit) -> None:
+    ctx.scale_input(attn.out, convert_route(attn, dense, ctx, unit))
+
+
+@td_rule(DenseSelfAttention)
+def _td_attention(attn: DenseSelfAttention, run, x, context=None, *, cue=None):
+    """Q, K and V are units; SDSA's two products take the product rule, its token sum passes changes
+    through; SSA's ``Q K^T V`` and softmax attention are functions of the running Q, K and V."""
+    source = x if context is None else context
+    q = run.unit(attn.q_act, run.unit(attn.q, x))
+    k, v = run.unit(attn.k_act, run.unit(attn.k, source)), run.unit(attn.v_act, run.unit(attn.v, source))
+    if attn.kind == "sdsa":
+        kv = run.unit(attn.attn_act, token_sum(run.product(attn, k, v), attn.causal))
+        routed = run.product(attn, q, kv)
+    else:
+        def mix(q_sum, k_sum, v_sum):
+            qh, kh, vh = (_split_heads(t, attn.heads) for t in (q_sum, k_sum, v_sum))
+            if attn.kind == "ssa":
+                return _merge_heads(linear_attention_product(qh, kh, vh, attn.causal)) * attn.scale
+            mask = _causal_mask(qh.shape[-2], kh.shape[-2], qh.device) if attn.causal else None
+            return _merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale))
+
+        routed = run.unit(attn.attn_act, run.function(attn, mix, q, k, v))
+    return run.unit(attn.out, routed)

@@ -23,6 +23,8 @@ from .graph import export_rule
 from .layers import LinearBN
 from .neuron import population
 from .opcount import count_rule, no_own_ops
+from .converters.rules import conversion_rule
+from .converters.td import td_rule
 
 
 class SpikingMLP(nn.Module):
@@ -115,3 +117,29 @@ count_rule(SpikingMLP, DenseMLP)(no_own_ops)
 @count_rule(SpikingTransformerBlock, DenseTransformerBlock)
 def _count_block(block: nn.Module, call) -> None:
     call.add(adds=2 * call.output.numel())  # the two residual adds
+
+
+@conversion_rule(SpikingMLP)
+def _convert_mlp(mlp: SpikingMLP, dense: DenseMLP, ctx, unit) -> None:
+    ctx.scale_input(mlp.fc1, unit)
+    ctx.scale_input(mlp.fc2, ctx.threshold(mlp.fc1_lif, dense.fc1_act))
+
+
+@conversion_rule(SpikingTransformerBlock)
+def _convert_block(block: SpikingTransformerBlock, dense: DenseTransformerBlock, ctx, unit) -> None:
+    """The stream is a current (its values are the dense values); each branch's population rate-codes
+    the dense branch's activation."""
+    ctx.convert(block.attn, dense.attn, ctx.threshold(block.pre_attn_lif, dense.pre_attn_act))
+    ctx.convert(block.mlp, dense.mlp, ctx.threshold(block.pre_mlp_lif, dense.pre_mlp_act))
+
+
+@td_rule(DenseMLP)
+def _td_mlp(mlp: DenseMLP, run, x):
+    return run.unit(mlp.fc2, run.unit(mlp.fc1_act, run.unit(mlp.fc1, x)))
+
+
+@td_rule(DenseTransformerBlock)
+def _td_block(block: DenseTransformerBlock, run, x, context=None, *, cue=None):
+    """The residual additions pass changes through; a mechanism without a td rule of its own runs as one unit."""
+    x = x + run.call(block.attn, run.unit(block.pre_attn_act, x), context, cue=cue)
+    return x + run.call(block.mlp, run.unit(block.pre_mlp_act, x))

@@ -56,6 +56,14 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="attention mechanism (default none, the plain transformer); see --list-mechanisms")
     p.add_argument("--list-mechanisms", action="store_true", help="print the registered mechanisms and exit")
     p.add_argument("--model", choices=MODEL_KINDS, help="spiking (default) or dense twin")
+    from .attention import ACTIVATIONS, DENSE_KINDS
+
+    p.add_argument("--dense-attention", choices=DENSE_KINDS,
+                   help="the dense twin's attention (default softmax; sdsa or ssa are the ANN forms of the spiking "
+                        "kinds, which convert to spikes: spiking-attn convert)")
+    p.add_argument("--dense-act", choices=tuple(ACTIVATIONS),
+                   help="the dense twin's activation (default relu; qcfs: quantized, for near-lossless conversion)")
+    p.add_argument("--qcfs-levels", type=int, help="levels L of the qcfs activation (default 8)")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now, then stop (resumable)")
     p.add_argument("--encoder", choices=ENCODERS, help="input encoding (default direct)")
@@ -120,7 +128,7 @@ def _add_deploy_options(p: argparse.ArgumentParser) -> None:
 
 def _config_overrides(args: argparse.Namespace) -> dict:
     keys = ("engine", "encoder", "surrogate", "dim", "depth", "heads", "learn_threshold", "learn_bias",
-            "learn_decay", "per_channel")
+            "learn_decay", "per_channel", "dense_attention", "dense_act", "qcfs_levels")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import SpikingAttnError, check_choice, check_positive_int, check_tensor
+from .converters.rules import passive
 from .opcount import count_rule, no_own_ops
 
 ENCODERS = ("direct", "rate", "latency")
@@ -79,3 +80,5 @@ def make_encoder(name: str, timesteps: int) -> nn.Module:
 # Encoding happens at the sensor or on the host; the first weight layer's count reflects what it gives
 # (analog values: MACs; rate or latency spikes: accumulates).
 count_rule(DirectEncoder, RateEncoder, LatencyEncoder)(no_own_ops)
+
+passive(DirectEncoder)  # a converted model repeats its analog input at every step, as the dense twin sees it once

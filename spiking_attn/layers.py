@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .converters.rules import passive
 from .opcount import count_rule, no_own_ops
 
 
@@ -53,6 +54,7 @@ class DenseThresholdOffset(nn.Module):
 
 
 count_rule(LinearBN)(no_own_ops)  # its Linear counts; the BatchNorm folds into it
+passive(LinearBN)  # the rule of the module that holds it scales its weights
 
 
 # z + (bias - vth) follows a weight layer with a bias, and folds into it, as the spiking twin's poised

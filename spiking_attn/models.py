@@ -26,13 +26,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import ACTIVATIONS, DENSE_KINDS, SPIKING_KINDS
+from .converters.qcfs import QCFS
 from .encoders import ENCODERS, make_encoder
 from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
                      check_fraction, check_int, check_positive_int, check_tensor)
 from .graph import Readout, export_rule
 from .layers import LinearBN
-from .neuron import ENGINES, population
+from .neuron import ENGINES, RESETS, check_v_init, population
 from .opcount import count_rule
+from .converters.rules import conversion_rule
+from .converters.td import td_rule
 from .surrogate import SURROGATES
 
 MODEL_KINDS = ("spiking", "dense")
@@ -60,6 +63,10 @@ class ModelConfig:
     ('softmax', 'ssa' or 'sdsa'). ``mechanism`` names a registered mechanism ('none' is the plain
     transformer) and ``mechanism_options`` its own options (stored complete, with defaults filled in).
     ``num_cues`` is the width of the top-down cue (0: the model takes no cue).
+    ``reset`` ('zero' or 'subtract') and ``v_init`` (the starting membrane as a fraction of the threshold)
+    are the populations' reset; converted models (``spiking_attn.converters``) use reset by subtraction
+    from half the threshold. ``qcfs_levels`` is the number of levels of the dense twin's QCFS activation
+    (``dense_act='qcfs'``, the conversion-friendly activation).
     """
 
     in_features: int
@@ -84,6 +91,9 @@ class ModelConfig:
     learn_decay: bool = False
     per_channel: bool = False
     engine: str = "native"
+    reset: str = "zero"
+    v_init: float = 0.0
+    qcfs_levels: int = 8
     mechanism: str = "none"
     mechanism_options: dict = field(default_factory=dict, hash=False)
     num_cues: int = 0
@@ -109,6 +119,9 @@ class ModelConfig:
         check_choice(self.encoder, "encoder", ENCODERS)
         check_choice(self.surrogate, "surrogate", tuple(SURROGATES))
         check_choice(self.engine, "engine", ENGINES)
+        check_choice(self.reset, "reset", RESETS)
+        check_v_init(self.v_init)
+        check_int(self.qcfs_levels, "qcfs_levels", low=1, high=4096)
         for name in ("dv", "vth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -141,7 +154,8 @@ class ModelConfig:
         """Keyword arguments for every population of the model (``neuron.population``)."""
         return {"dv": self.dv, "vth": self.vth, "surrogate": self.surrogate, "engine": self.engine,
                 "learn_threshold": self.learn_threshold, "learn_bias": self.learn_bias,
-                "learn_decay": self.learn_decay, "per_channel": self.per_channel}
+                "learn_decay": self.learn_decay, "per_channel": self.per_channel,
+                "reset": self.reset, "v_init": self.v_init}
 
 
 def cue_vector(cue, batch: int, num_cues: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -267,6 +281,9 @@ class DenseClassifier(nn.Module):
         self.blocks = nn.ModuleList(spec.dense_block(c, options) for _ in range(c.depth))
         self.head_act = ACTIVATIONS[c.dense_act]()
         self.head = nn.Linear(c.dim, c.num_classes)
+        for module in self.modules():
+            if isinstance(module, QCFS):
+                module.levels = c.qcfs_levels
 
     def forward(self, x: torch.Tensor, cue: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -303,3 +320,29 @@ def _count_classifier(model: nn.Module, call) -> None:
     """The head's mean over tokens (and steps). The learned positions are a fixed offset of the embedding
     (its bias, per token), so they fold."""
     call.add(adds=call.output_of(model.head).numel())
+
+
+@conversion_rule(SpikingClassifier)
+def _convert_classifier(model: SpikingClassifier, dense: DenseClassifier, ctx, unit) -> None:
+    """The embedding, positions and cue token read analog input (direct encoding repeats it every step),
+    so they keep the dense weights; the head reads the head population's spikes."""
+    for block, dense_block in zip(model.blocks, dense.blocks):
+        ctx.convert(block, dense_block)
+    ctx.scale_input(model.head, ctx.threshold(model.head_lif, dense.head_act))
+
+
+@td_rule(DenseClassifier)
+def _td_classifier(model: DenseClassifier, run, x, *, cue=None):
+    """The embedding and the head are units; the positions enter once; the mean over tokens passes changes.
+    ``cue`` is the change of the cue vector ``[B, C]`` (``TimeDifferenceModel`` makes an index one-hot)."""
+    c = model.config
+    _check_tokens(x, c, 3)
+    check_tensor(x, "x")
+    x = x.to(model.embed.linear.weight.dtype)
+    h = run.unit(model.embed, x) + run.once(model.pos)
+    if model.cue_embed is not None:
+        source = cue if cue is not None else x.new_zeros(x.shape[0], c.num_cues)
+        h = torch.cat([h, run.unit(model.cue_embed, source).unsqueeze(1)], dim=1)
+    for block in model.blocks:
+        h = run.call(block, h, cue=cue)
+    return run.unit(model.head, run.unit(model.head_act, h)).mean(dim=1)
