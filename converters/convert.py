@@ -261,3 +261,86 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
     dense_accuracy, results = evaluate_conversion(dense, spiking, steps, evaluation["x"], y, evaluation.get("cue"),
                                                   batch_size=batch_size, progress=progress)
     return Conversion(spiking, method, dense_accuracy, results, ctx.thresholds, ctx.sources)
+
+
+CONVERSION_FILES = ("checkpoint.pt", "conversion.json", "accuracy_vs_T.png")
+
+
+def chosen_timesteps(dense_accuracy: Optional[float], results: List[dict], tolerance: float = 0.01) -> int:
+    """The T a converted checkpoint is saved with: the smallest within ``tolerance`` of the dense accuracy,
+    else the largest evaluated."""
+    if dense_accuracy is not None:
+        for row in results:
+            if row["accuracy"] is not None and row["accuracy"] >= dense_accuracy - tolerance:
+                return row["timesteps"]
+    return results[-1]["timesteps"]
+
+
+def convert_checkpoint(path, *, method: str = "rate", timesteps=DEFAULT_TIMESTEPS, calibration: int = 512,
+                       out, mode: str = "percentile", percentile: float = 99.9, finetune_epochs: Optional[int] = None,
+                       qcfs_levels: int = 4, progress: bool = True) -> dict:
+    """Convert the dense twin saved at ``path`` and write ``out/checkpoint.pt``, ``out/conversion.json`` and
+    ``out/accuracy_vs_T.png``; returns the conversion.json data.
+
+    The calibration set is the first ``calibration`` training samples of the checkpoint's task, the table
+    is measured on its whole test set. ``--method qcfs`` on a ReLU twin first fine-tunes it with QCFS
+    activations of ``qcfs_levels`` levels for ``finetune_epochs`` epochs (default: the task's epochs), and
+    saves that twin too (``out/dense_qcfs.pt``). For td, ``checkpoint.pt`` holds the dense weights: the td
+    form has none of its own (``TimeDifferenceModel(load_model(path), T)`` runs it).
+    """
+    from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint, save_checkpoint
+    from spiking_attn.data import checkpoint_test_samples
+    from spiking_attn.outputs import write_json
+
+    from .figures import plot_accuracy_vs_timesteps
+    from .qcfs import finetune_qcfs
+
+    check_choice(method, "method", METHODS)
+    steps = _check_timesteps(timesteps)
+    check_int(calibration, "calibration", low=1)
+    payload = read_checkpoint(path)
+    config = config_from_checkpoint(payload)
+    if config.model != "dense":
+        raise ConversionError(f"checkpoint {str(path)!r} holds a spiking model; the converter takes a dense twin "
+                              f"(train one with --model dense)")
+    task, data, _ = checkpoint_test_samples(payload, path, 1, "spiking_attn.converters.convert(model, x)")
+    if calibration > len(data.x_train):
+        raise SpikingAttnError(f"calibration ({calibration}) is more than the {len(data.x_train)} training samples "
+                               f"of task {task!r}")
+    model = load_model(path)
+    if method in BINARY_ACTIVATIONS:  # a softmax or GELU twin fails here, before any fine-tuning
+        spiking_config(config if method == "rate" or config.dense_act == "qcfs"
+                       else dataclasses.replace(config, dense_act="qcfs"), method, steps[-1])
+    settings = dict((payload.get("training") or {}).get("settings") or {})
+    extra = {}
+    if method == "qcfs" and config.dense_act != "qcfs":
+        epochs = finetune_epochs if finetune_epochs is not None else settings.get("epochs", 40)
+        model = finetune_qcfs(model, data, levels=qcfs_levels, epochs=epochs, seed=settings.get("seed", 0),
+                              calibration=calibration, progress=progress)
+        extra = {"finetuned": {"levels": qcfs_levels, "epochs": epochs, "source_accuracy": None,
+                               "accuracy": model.finetune_accuracy}}
+    rows = slice(0, calibration)
+    calib = {"x": data.x_train[rows], "cue": data.context("train", rows).get("cue")}
+    evaluation = {"x": data.x_test, "y": data.y_test, "cue": data.context("test").get("cue")}
+    if extra:
+        source = load_model(path)
+        extra["finetuned"]["source_accuracy"] = float(
+            (torch.cat([o for _, o in eval_batches(source, data.x_test, evaluation["cue"], 256)]).argmax(-1)
+             == data.y_test).double().mean())
+    result = convert(model, calib, method, steps, evaluation=evaluation, mode=mode, percentile=percentile,
+                     progress=progress)
+    info = {**result.to_dict(), "task": task, "source": str(path), "calibration_samples": calibration,
+            "calibration": {"mode": mode, "percentile": percentile} if method == "rate" else None, **extra}
+    info["saved_timesteps"] = chosen_timesteps(result.dense_accuracy, result.results)
+    saved = result.model if method == "td" else with_timesteps(result.model, info["saved_timesteps"])
+    training = {"settings": settings, "conversion": {k: v for k, v in info.items() if k != "results"}}
+    if method == "td":
+        save_checkpoint(out / "checkpoint.pt", model, training)
+    else:
+        save_checkpoint(out / "checkpoint.pt", saved, training)
+    if extra:
+        save_checkpoint(out / "dense_qcfs.pt", model, {"settings": settings})
+    write_json(out / "conversion.json", info)
+    plot_accuracy_vs_timesteps(info, out / "accuracy_vs_T.png",
+                               f"{method} conversion of the {config.mechanism} dense twin on {task}")
+    return info

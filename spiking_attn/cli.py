@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(sub.add_parser("demo", help="the whole pipeline on the embedded digits data"), demo=True)
     _add_deploy_options(sub.add_parser("deploy", help="run a trained spiking model on Lava's CPU simulation of Loihi"))
     _add_energy_options(sub.add_parser("energy", help="estimate the energy of a trained model beside its dense twin"))
+    _add_convert_options(sub.add_parser("convert", help="convert a trained dense twin into a spiking model"))
     return parser
 
 
@@ -111,6 +112,23 @@ def _add_energy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=360, help="test samples to measure on (default 360)")
     p.add_argument("--out", required=True, help="output folder (energy.json and energy_breakdown.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an estimate already in the output folder")
+
+
+def _add_convert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a dense twin's checkpoint (DIR/checkpoint.pt)")
+    p.add_argument("--method", choices=("rate", "qcfs", "td"), default="rate",
+                   help="rate (binary, calibrated thresholds; default), qcfs (binary, near-lossless at low T; "
+                        "fine-tunes a ReLU twin first) or td (exact time differences, not binary)")
+    p.add_argument("--timesteps", "-T", default="4,8,16,32,64", help="comma-separated T to evaluate (default 4,8,16,32,64)")
+    p.add_argument("--calibration", type=int, default=512, help="training samples to calibrate on (default 512)")
+    p.add_argument("--calibration-mode", choices=("percentile", "max"), default="percentile",
+                   help="rate: an activation's scale is its 99.9th percentile (default) or its maximum")
+    p.add_argument("--percentile", type=float, default=99.9, help="rate: the percentile (default 99.9)")
+    p.add_argument("--qcfs-levels", type=int, default=4, help="qcfs fine-tuning: levels L (default 4)")
+    p.add_argument("--finetune-epochs", type=int, help="qcfs fine-tuning epochs (default: the task's)")
+    p.add_argument("--out", required=True, help="output folder (checkpoint.pt, conversion.json, accuracy_vs_T.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace a conversion already in the output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def _add_deploy_options(p: argparse.ArgumentParser) -> None:
@@ -263,7 +281,65 @@ def _run_deploy(checkpoint: str, precision: str, samples: int, profile: str, tim
     print(f"outputs: {out}/ ({', '.join(DEPLOY_FILES)})")
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy, "energy": cmd_energy}
+def _timesteps_list(text: str) -> list:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--timesteps must be comma-separated integers such as 4,8,16, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise UsageError(f"--timesteps must be positive, got {text!r}")
+    return values
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
+    if args.calibration < 1:
+        raise UsageError(f"--calibration must be at least 1 (the calibration set cannot be empty), got {args.calibration}")
+    if args.finetune_epochs is not None and args.finetune_epochs < 1:
+        raise UsageError(f"--finetune-epochs must be at least 1, got {args.finetune_epochs}")
+    _run_convert(args.checkpoint, args.method, _timesteps_list(args.timesteps), args.calibration, args.out,
+                 args.overwrite, mode=args.calibration_mode, percentile=args.percentile, levels=args.qcfs_levels,
+                 finetune_epochs=args.finetune_epochs, progress=not args.no_progress)
+    return 0
+
+
+def _run_convert(checkpoint: str, method: str, timesteps: list, calibration: int, out: str, overwrite: bool, *,
+                 mode: str = "percentile", percentile: float = 99.9, levels: int = 4,
+                 finetune_epochs: Optional[int] = None, progress: bool = True) -> dict:
+    from .converters.convert import CONVERSION_FILES, convert_checkpoint
+    from .outputs import RunFolder
+
+    with RunFolder(out, overwrite=overwrite, markers=("conversion.json",), files=(*CONVERSION_FILES, "dense_qcfs.pt"),
+                   keep_if="conversion.json") as folder:
+        info = convert_checkpoint(checkpoint, method=method, timesteps=timesteps, calibration=calibration, out=folder,
+                                  mode=mode, percentile=percentile, finetune_epochs=finetune_epochs,
+                                  qcfs_levels=levels, progress=progress)
+    print(format_conversion(info))
+    print(f"outputs: {out}/ ({', '.join(CONVERSION_FILES)}{', dense_qcfs.pt' if info.get('finetuned') else ''}); "
+          f"checkpoint.pt runs T={info['saved_timesteps']}")
+    return info
+
+
+def format_conversion(info: dict) -> str:
+    """The accuracy-vs-T table of a conversion, as text."""
+    def pct(v):
+        return "   -  " if v is None else f"{v:.4f}"
+
+    lines = []
+    if info.get("finetuned"):
+        f = info["finetuned"]
+        lines.append(f"QCFS fine-tuning (L={f['levels']}, {f['epochs']} epochs): dense accuracy {pct(f['source_accuracy'])}"
+                     f" -> {pct(f['accuracy'])}")
+    lines.append(f"{info['method']} conversion on {info['task']}: dense twin accuracy {pct(info['dense_accuracy'])}")
+    lines.append(f"{'T':>5}  {'accuracy':>8}  {'mean |out err|':>14}  {'firing rate':>11}")
+    for r in info["results"]:
+        rate = "-" if r["firing_rate"] is None else f"{r['firing_rate']:.4f}"
+        lines.append(f"{r['timesteps']:>5}  {pct(r['accuracy']):>8}  {r['mean_abs_output_error']:>14.3g}  {rate:>11}")
+    return "\n".join(lines)
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy, "energy": cmd_energy, "convert": cmd_convert}
 
 
 def _interrupted_message(args: Optional[argparse.Namespace]) -> str:

@@ -111,3 +111,244 @@ def test_activation_scales_bad_input():
         activation_scales(net, torch.full((2, 3), float("nan")))
     with pytest.raises(Exception):  # wrong shape: the model itself refuses it
         activation_scales(net, torch.rand(4, 5))
+
+
+# --- the converter ---------------------------------------------------------------------------------
+
+import dataclasses
+import json
+
+from spiking_attn import MECHANISMS, ModelConfig, SpikeRecorder, build_model, load_model, save_checkpoint
+from spiking_attn import spike_driven_report
+from spiking_attn.converters import (ConversionError, TimeDifferenceModel, convert, finetune_qcfs, spiking_config,
+                                     with_timesteps)
+from spiking_attn.errors import ShapeError
+
+TINY = dict(in_features=6, num_tokens=5, num_classes=3, dim=16, depth=1, heads=2, num_cues=4, model="dense")
+
+
+def _dense(mechanism="none", **kw):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**TINY, "mechanism": mechanism, **kw}))
+    with torch.no_grad():  # trained-looking BatchNorm statistics, so activations are not all centred at zero
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.uniform_(0.0, 0.5)
+    return model.eval()
+
+
+def _data(n=24, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, TINY["num_tokens"], TINY["in_features"], generator=gen), \
+        torch.randint(0, TINY["num_cues"], (n,), generator=gen)
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS.names())
+@pytest.mark.parametrize("attention", ["softmax", "sdsa", "ssa"])
+def test_td_summed_outputs_equal_the_dense_outputs_for_every_mechanism(mechanism, attention):
+    dense = _dense(mechanism, dense_attention=attention)
+    x, cue = _data()
+    with torch.no_grad():
+        reference = dense(x, cue)
+        for steps in (1, 4, 7):
+            td = TimeDifferenceModel(dense, steps)
+            changes = td.steps(x, cue)
+            assert changes.shape == (steps, *reference.shape)
+            assert torch.allclose(changes.sum(0), reference, atol=1e-4, rtol=0)
+    result = convert(dense, {"x": x, "cue": cue}, "td", [2, 8])
+    assert all(r["mean_abs_output_error"] < 1e-4 for r in result.results)
+
+
+def test_td_changes_are_not_all_at_the_first_step():
+    dense = _dense(dense_attention="sdsa")
+    x, cue = _data()
+    with torch.no_grad():
+        changes = TimeDifferenceModel(dense, 4).steps(x, cue)
+    assert all(float(changes[t].abs().sum()) > 0 for t in range(4))
+
+
+@pytest.mark.parametrize("attention", ["sdsa", "ssa"])
+def test_rate_conversion_error_falls_with_t_and_the_spikes_are_binary(attention):
+    dense = _dense(dense_attention=attention)
+    x, cue = _data(48)
+    result = convert(dense, {"x": x, "cue": cue}, "rate", [2, 8, 64])
+    errors = [r["mean_abs_output_error"] for r in result.results]
+    assert errors[2] < errors[1] < errors[0]
+    model = result.model
+    assert model.config.timesteps == 64 and model.config.reset == "subtract" and model.config.v_init == 0.5
+    assert model.config.dv == 0.0 and model.config.attention == attention
+    report = spike_driven_report(model, x, cue=cue)
+    assert report.non_binary == ["embed.linear"]  # only the encoding layer reads analog input
+    with SpikeRecorder(model) as rec:
+        model(x, cue)
+    assert all(bool(((s == 0) | (s == 1)).all()) for s in rec.spikes.values())
+
+
+def test_rate_thresholds_are_the_calibrated_scales_and_weights_carry_them():
+    dense = _dense(dense_attention="sdsa")
+    x, cue = _data(48)
+    scales = activation_scales(dense, x, cue, mode="max")
+    result = convert(dense, {"x": x, "cue": cue}, "rate", 4, mode="max")
+    model = result.model
+    lam = scales["blocks.0.mlp.fc1_act"]
+    assert float(model.blocks[0].mlp.fc1_lif.vth) == pytest.approx(lam)
+    assert result.sources["blocks.0.mlp.fc1_lif"] == "blocks.0.mlp.fc1_act"
+    assert torch.allclose(model.blocks[0].mlp.fc2.linear.weight, dense.blocks[0].mlp.fc2.linear.weight * lam)
+    # SDSA's population after the token sum reads coincidences worth lambda_k * lambda_v each
+    unit = scales["blocks.0.attn.k_act"] * scales["blocks.0.attn.v_act"]
+    assert float(model.blocks[0].attn.attn_lif.vth) == pytest.approx(scales["blocks.0.attn.attn_act"] / unit)
+
+
+def test_qcfs_conversion_takes_the_learned_clips_as_thresholds():
+    dense = _dense(dense_attention="sdsa", dense_act="qcfs", qcfs_levels=4)
+    with torch.no_grad():
+        for i, m in enumerate(m for m in dense.modules() if isinstance(m, QCFS)):
+            m.clip.fill_(0.5 + 0.1 * i)
+    x, cue = _data()
+    result = convert(dense, {"x": x, "cue": cue}, "qcfs", [4, 16])
+    assert float(result.model.head_lif.vth) == pytest.approx(float(dense.head_act.clip.detach()))
+    assert float(result.model.blocks[0].pre_mlp_lif.vth) == pytest.approx(float(dense.blocks[0].pre_mlp_act.clip.detach()))
+
+
+def test_converted_checkpoint_round_trips_and_t_is_a_run_time_setting(tmp_path):
+    dense = _dense(dense_attention="sdsa")
+    x, cue = _data()
+    model = convert(dense, {"x": x, "cue": cue}, "rate", [4, 8]).model
+    save_checkpoint(tmp_path / "c.pt", model)
+    loaded = load_model(tmp_path / "c.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(x, cue), model(x, cue))
+        shorter = with_timesteps(loaded, 4)
+        assert shorter.config.timesteps == 4 and not torch.equal(shorter(x, cue), loaded(x, cue))
+    assert load_model(tmp_path / "c.pt", timesteps=4).config.timesteps == 4
+
+
+@pytest.mark.parametrize("mechanism", [n for n in MECHANISMS.names() if n != "none"])
+def test_mechanisms_without_a_binary_rule_are_named_in_the_error(mechanism):
+    dense = _dense(mechanism, dense_attention="sdsa")
+    x, cue = _data()
+    with pytest.raises(ConversionError, match="no rate conversion rule for: .*blocks.0") as info:
+        convert(dense, {"x": x, "cue": cue}, "rate", 4)
+    assert "--method td" in str(info.value)
+
+
+def test_converter_bad_input():
+    dense = _dense(dense_attention="sdsa")
+    x, cue = _data()
+    with pytest.raises(ShapeError, match="calibration_data"):
+        convert(dense, x[:, :, :3], "rate", 4)
+    with pytest.raises(ShapeError, match="tokens"):
+        convert(dense, x[:, :2], "rate", 4)
+    with pytest.raises(SpikingAttnError, match="calibration set is empty"):
+        convert(dense, x[:0], "rate", 4)
+    with pytest.raises(SpikingAttnError, match="calibration_data must be a tensor"):
+        convert(dense, [1, 2], "rate", 4)
+    with pytest.raises(SpikingAttnError, match="method"):
+        convert(dense, x, "ratecode", 4)
+    with pytest.raises(SpikingAttnError, match="timesteps"):
+        convert(dense, x, "rate", [4, 0])
+    with pytest.raises(SpikingAttnError, match="timesteps"):
+        convert(dense, x, "rate", [])
+    spiking = build_model(dataclasses.replace(dense.config, model="spiking"))
+    with pytest.raises(ConversionError, match="already spiking"):
+        convert(spiking, x, "rate", 4)
+    with pytest.raises(ConversionError, match="DenseClassifier"):
+        convert(nn.Sequential(nn.Linear(6, 3)), x, "rate", 4)
+    with pytest.raises(ConversionError, match="softmax attention.*--method td"):
+        convert(_dense(), x, "rate", 4)
+    with pytest.raises(ConversionError, match="gelu"):
+        convert(_dense(dense_attention="sdsa", dense_act="gelu"), x, "rate", 4)
+    with pytest.raises(ConversionError, match="no learned clip"):
+        convert(dense, x, "qcfs", 4)
+    with pytest.raises(ConversionError, match="spiking model"):
+        spiking_config(spiking.config, "rate", 4)
+
+
+def test_finetune_qcfs_makes_a_twin_that_converts():
+    from spiking_attn.data import load_digits_tokens
+
+    data = load_digits_tokens()
+    torch.manual_seed(0)
+    config = ModelConfig(in_features=data.in_features, num_tokens=data.num_tokens, num_classes=10, model="dense",
+                         dim=16, depth=1, heads=2, dense_attention="sdsa")
+    dense = build_model(config).eval()
+    twin = finetune_qcfs(dense, data, levels=2, epochs=1, calibration=64)
+    assert twin.config.dense_act == "qcfs" and twin.config.qcfs_levels == 2
+    assert all(m.levels == 2 for m in twin.modules() if isinstance(m, QCFS))
+    assert 0.0 <= twin.finetune_accuracy <= 1.0
+    result = convert(twin, data.x_train[:32], "qcfs", [2, 4], evaluation={"x": data.x_test[:40], "y": data.y_test[:40]})
+    assert [r["timesteps"] for r in result.results] == [2, 4] and result.dense_accuracy is not None
+    with pytest.raises(SpikingAttnError, match="ReLU"):
+        finetune_qcfs(twin, data)
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+from spiking_attn.cli import main  # noqa: E402
+
+SMALL_DIGITS = ["--dim", "16", "--depth", "1", "--heads", "2", "--epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def dense_runs(tmp_path_factory):
+    """Two tiny digits runs: a conversion-friendly dense twin and a spiking model."""
+    root = tmp_path_factory.mktemp("convert")
+    assert main(["train", "--model", "dense", "--dense-attention", "sdsa", *SMALL_DIGITS, "--out", str(root / "dense")]) == 0
+    assert main(["train", *SMALL_DIGITS, "--timesteps", "2", "--out", str(root / "spiking")]) == 0
+    return root
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("method", ["rate", "td"])
+def test_convert_cli_writes_the_checkpoint_the_json_and_the_figure(dense_runs, tmp_path, capsys, method):
+    out = tmp_path / method
+    argv = ["convert", "--checkpoint", str(dense_runs / "dense" / "checkpoint.pt"), "--method", method,
+            "--timesteps", "2,8", "--calibration", "64", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{method} conversion on digits" in printed
+    info = json.loads((out / "conversion.json").read_text())
+    assert info["method"] == method and 0 <= info["dense_accuracy"] <= 1
+    assert [r["timesteps"] for r in info["results"]] == [2, 8]
+    assert set(info["results"][0]) == {"timesteps", "accuracy", "mean_abs_output_error", "firing_rate"}
+    assert (out / "accuracy_vs_T.png").stat().st_size > 1000
+    model = load_model(out / "checkpoint.pt")
+    if method == "td":
+        assert model.config.model == "dense" and all(r["mean_abs_output_error"] < 1e-4 for r in info["results"])
+    else:
+        assert model.config.model == "spiking" and model.config.reset == "subtract"
+        assert model.config.timesteps == info["saved_timesteps"]
+        # the converted checkpoint is an ordinary spiking checkpoint: the energy command reads it
+        assert main(["energy", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "8",
+                     "--out", str(tmp_path / "energy")]) == 0
+    assert main(argv) == 1  # the folder now holds a conversion
+    assert "--overwrite" in _one_line(capsys)
+
+
+def test_convert_cli_bad_input(dense_runs, tmp_path, capsys):
+    dense = str(dense_runs / "dense" / "checkpoint.pt")
+    cases = [
+        (["--checkpoint", str(dense_runs / "spiking" / "checkpoint.pt")], 1, "holds a spiking model"),
+        (["--checkpoint", dense, "--calibration", "0"], 2, "calibration set cannot be empty"),
+        (["--checkpoint", dense, "--calibration", "999999"], 1, "more than the"),
+        (["--checkpoint", dense, "--timesteps", "4,x"], 2, "comma-separated integers"),
+        (["--checkpoint", dense, "--timesteps", "0"], 2, "positive"),
+        (["--checkpoint", dense, "--method", "magic"], 2, "invalid choice"),
+        (["--checkpoint", str(tmp_path / "missing.pt")], 2, "is not a file"),
+    ]
+    for extra, code, text in cases:
+        out = tmp_path / "o"
+        assert main(["convert", *extra, "--out", str(out), "--no-progress"]) == code, extra
+        assert text in _one_line(capsys)
+        assert not out.exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00not a checkpoint")
+    assert main(["convert", "--checkpoint", str(junk), "--out", str(tmp_path / "o")]) == 1
+    assert "not a checkpoint" in _one_line(capsys) and not (tmp_path / "o").exists()
