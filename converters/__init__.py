@@ -8,12 +8,24 @@
 * ``qcfs.QCFS``: the quantization-clip-floor-shift activation; ``calibration.activation_scales``: the
   maximum or percentile of every activation over a calibration set.
 """
-from .calibration import activation_scales, nearest_rank
-from .convert import (METHODS, Conversion, convert, convert_checkpoint, evaluate_conversion, spiking_config,
-                      with_timesteps)
+import importlib
+
+# The library's modules import ``qcfs``, ``rules`` and ``td`` while they load (their conversion rules live
+# beside them), so this package must not import the library back at load time: the converter itself
+# (``convert``), which needs the models, is loaded on first use.
 from .qcfs import QCFS, finetune_qcfs, floor_ste
 from .rules import ConversionError, conversion_rule, missing_rules
 from .td import TimeDifferenceModel, td_rule
+
+_LAZY = {"activation_scales": "calibration", "nearest_rank": "calibration", "METHODS": "conversion",
+         "Conversion": "conversion", "convert": "conversion", "convert_checkpoint": "conversion",
+         "evaluate_conversion": "conversion", "spiking_config": "conversion", "with_timesteps": "conversion"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["METHODS", "QCFS", "Conversion", "ConversionError", "TimeDifferenceModel", "activation_scales",
            "conversion_rule", "convert", "convert_checkpoint", "evaluate_conversion", "finetune_qcfs", "floor_ste",

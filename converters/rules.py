@@ -57,16 +57,30 @@ def passive(*types: type) -> None:
     PASSIVE_TYPES = tuple(dict.fromkeys((*PASSIVE_TYPES, *types)))
 
 
+REFUSALS: Dict[type, str] = {}
+
+HARD_SIGMOID_SLOPE = 0.25  # sigmoid(y) ~ clip(y / 4 + 1/2, 0, 1): the rate of an IF neuron of threshold 1
+
+
+def refuse(module_type: type, reason: str) -> None:
+    """Declare that ``module_type`` has no binary conversion, and why (named in the converter's error)."""
+    REFUSALS[module_type] = reason
+
+
 def missing_rules(model: nn.Module) -> List[str]:
-    """``'name (Type)'`` for every module of ``model`` that neither has a rule nor is passive."""
+    """``'name (Type)'`` for every module of ``model`` that neither has a rule nor is passive; a type
+    refused on purpose (``refuse``) comes with its reason."""
     from spiking_attn.neuron import LIFPopulation
 
     out = []
     for name, module in model.named_modules():
         t = type(module)
-        if t in CONVERSION_RULES or isinstance(module, (LIFPopulation, *PASSIVE_TYPES)):
+        if t in REFUSALS:
+            out.append(f"{name or '<root>'} ({t.__name__}: {REFUSALS[t]})")
+        elif t in CONVERSION_RULES or isinstance(module, (LIFPopulation, *PASSIVE_TYPES)):
             continue
-        out.append(f"{name or '<root>'} ({t.__name__})")
+        else:
+            out.append(f"{name or '<root>'} ({t.__name__})")
     return out
 
 
@@ -77,8 +91,11 @@ class ConversionContext:
     ``sources`` record, per population, the threshold given and the dense activation it replaces.
     """
 
-    def __init__(self, spiking: nn.Module, dense: nn.Module, scales: Dict[str, float]) -> None:
+    def __init__(self, spiking: nn.Module, dense: nn.Module, scales: Dict[str, float], *, calibration=None,
+                 mode: str = "percentile", percentile: float = 99.9, batch_size: int = 64) -> None:
         self.spiking, self.dense, self.scales = spiking, dense, scales
+        self.calibration = calibration  # (x, cue) the dense model is observed on (``observe``)
+        self.mode, self.percentile, self.batch_size = mode, percentile, batch_size
         self._spiking_names = {id(m): n for n, m in spiking.named_modules()}
         self._dense_names = {id(m): n for n, m in dense.named_modules()}
         self.thresholds: Dict[str, float] = {}
@@ -107,15 +124,61 @@ class ConversionContext:
         return lam
 
     @torch.no_grad()
-    def scale_input(self, layer: nn.Module, unit: Optional[float]) -> None:
+    def set_threshold(self, population: nn.Module, vth: float, source: str) -> None:
+        """Give ``population`` the threshold ``vth`` directly (``source`` says what it stands for)."""
+        population.vth.fill_(vth)
+        name = self.name(population)
+        self.thresholds[name] = float(vth)
+        self.sources[name] = source
+
+    @torch.no_grad()
+    def scale_input(self, layer: nn.Module, unit) -> None:
         """Multiply the weights of ``layer`` (an ``nn.Linear`` or a ``LinearBN``) by ``unit``, the value of
-        one of the spikes it reads."""
+        one of the spikes it reads: a number, or one value per input feature."""
         if unit is None:
             return
         linear = getattr(layer, "linear", layer)
         if not isinstance(linear, nn.Linear):
             raise ConversionError(f"{self.name(layer)}: cannot scale the input of a {type(layer).__name__}")
-        linear.weight.mul_(unit)
+        linear.weight.mul_(torch.as_tensor(unit, dtype=linear.weight.dtype))
+
+    @torch.no_grad()
+    def scale_output(self, layer: nn.Module, factor: float, offset=0.0) -> None:
+        """Make ``layer`` (``nn.Linear`` with a bias, or ``LinearBN``) compute ``factor * y + offset``."""
+        if isinstance(getattr(layer, "bn", None), nn.BatchNorm1d):
+            layer.bn.weight.mul_(factor)
+            layer.bn.bias.mul_(factor).add_(torch.as_tensor(offset, dtype=layer.bn.bias.dtype))
+        elif isinstance(layer, nn.Linear) and layer.bias is not None:
+            layer.weight.mul_(factor)
+            layer.bias.mul_(factor).add_(torch.as_tensor(offset, dtype=layer.bias.dtype))
+        else:
+            raise ConversionError(f"{self.name(layer)}: cannot scale the output of a {type(layer).__name__}")
+
+    @torch.no_grad()
+    def observe(self, module: nn.Module, value: Callable) -> torch.Tensor:
+        """Run the dense model over the calibration set and return ``value(inputs, output)`` of every call
+        of its ``module``, flattened and joined: statistics a rule needs beyond the activation scales."""
+        from spiking_attn.opcount import eval_batches
+
+        if self.calibration is None:
+            raise ConversionError("this conversion has no calibration set to observe the dense model on")
+        seen = []
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(value(args, out).detach().reshape(-1)))
+        try:
+            for _ in eval_batches(self.dense, *self.calibration, self.batch_size):
+                pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise ConversionError(f"{self.name(module)} did not run on the calibration data")
+        return torch.cat(seen)
+
+    def value_scale(self, values: torch.Tensor) -> float:
+        """The scale of observed values, read as the activation scales are (maximum or percentile)."""
+        from .calibration import nearest_rank
+
+        scale = float(values.max()) if self.mode == "max" else nearest_rank(values, self.percentile)
+        return max(scale, VALUE_FLOOR)
 
     def convert(self, spiking: nn.Module, dense: nn.Module, unit: Optional[float] = None):
         """Apply the rule of ``type(spiking)``; returns what the rule returns."""

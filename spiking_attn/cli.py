@@ -210,6 +210,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("estimating the energy (45 nm) on the test set, beside the dense twin's operation counts...", flush=True)
     _run_energy(os.path.join(args.out, "checkpoint.pt"), None, "45nm", 360, os.path.join(args.out, "energy"),
                 args.overwrite, brief=True)
+    print(f"training the conversion-friendly dense twin (SDSA, QCFS with {DEMO_QCFS_LEVELS} levels, "
+          f"{DEMO_DENSE_EPOCHS if args.epochs is None else min(args.epochs, DEMO_DENSE_EPOCHS)} epochs) and converting it to spikes (qcfs)...", flush=True)
+    dense_dir = os.path.join(args.out, "dense_qcfs")
+    epochs = DEMO_DENSE_EPOCHS if args.epochs is None else min(args.epochs, DEMO_DENSE_EPOCHS)
+    train(task="digits", model="dense", epochs=epochs, seed=args.seed, out=dense_dir,
+          overwrite=args.overwrite, progress=not args.no_progress, figures=False, dense_attention="sdsa",
+          dense_act="qcfs", qcfs_levels=DEMO_QCFS_LEVELS)
+    _run_convert(os.path.join(dense_dir, "checkpoint.pt"), "qcfs", list(DEMO_CONVERT_TIMESTEPS), 512,
+                 os.path.join(args.out, "converted"), args.overwrite, progress=not args.no_progress)
     if metrics["attention"] != "sdsa":
         print("deploy step skipped: SSA's product does not map to Lava (the demo deploys SDSA models)")
         return 0
@@ -221,6 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 DEMO_DEPLOY_SAMPLES = 4
+DEMO_DENSE_EPOCHS, DEMO_QCFS_LEVELS, DEMO_CONVERT_TIMESTEPS = 20, 4, (2, 4, 8, 16)
 DEPLOY_FILES = ("deploy.json", "deploy_raster.png", "deploy_cores.png")
 ENERGY_FILES = ("energy.json", "energy_breakdown.png")
 
@@ -307,7 +317,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _run_convert(checkpoint: str, method: str, timesteps: list, calibration: int, out: str, overwrite: bool, *,
                  mode: str = "percentile", percentile: float = 99.9, levels: int = 4,
                  finetune_epochs: Optional[int] = None, progress: bool = True) -> dict:
-    from .converters.convert import CONVERSION_FILES, convert_checkpoint
+    from .converters.conversion import CONVERSION_FILES, convert_checkpoint
     from .outputs import RunFolder
 
     with RunFolder(out, overwrite=overwrite, markers=("conversion.json",), files=(*CONVERSION_FILES, "dense_qcfs.pt"),

@@ -225,11 +225,42 @@ def test_converted_checkpoint_round_trips_and_t_is_a_run_time_setting(tmp_path):
     assert load_model(tmp_path / "c.pt", timesteps=4).config.timesteps == 4
 
 
-@pytest.mark.parametrize("mechanism", [n for n in MECHANISMS.names() if n != "none"])
-def test_mechanisms_without_a_binary_rule_are_named_in_the_error(mechanism):
+BINARY_MECHANISMS = ["none", "thalamic", "pulvinar", "predictive"]
+REFUSED = ["basal_forebrain", "integrated"]
+
+
+@pytest.mark.parametrize("mechanism", BINARY_MECHANISMS)
+@pytest.mark.parametrize("method", ["rate", "qcfs"])
+def test_every_convertible_mechanism_error_falls_with_t_and_spikes_stay_binary(mechanism, method):
+    dense = _dense(mechanism, dense_attention="sdsa", dense_act="relu" if method == "rate" else "qcfs")
+    x, cue = _data(48)
+    result = convert(dense, {"x": x, "cue": cue}, method, [4, 32, 256])
+    errors = [r["mean_abs_output_error"] for r in result.results]
+    if method == "rate":
+        assert errors[2] < errors[1] < errors[0], errors
+    else:  # against the quantized twin the error stops falling near T = L (8 here): QCFS's own rounding remains
+        assert errors[1] < errors[0] and errors[2] < errors[0], errors
+    assert spike_driven_report(result.model, x, cue=cue).non_binary == ["embed.linear"]
+
+
+def test_mechanism_rules_fold_the_gate_and_route_nonlinearities():
+    dense = _dense("thalamic", dense_attention="sdsa")
+    x, cue = _data(48)
+    model = convert(dense, {"x": x, "cue": cue}, "rate", 4).model
+    gate, dense_gate = model.blocks[0].attn.gate, dense.blocks[0].attn.gate
+    assert torch.allclose(gate.bias, (dense_gate.bias - dense_gate.vth) / 4 + 0.5) and torch.all(gate.vth == 1.0)
+    dense = _dense("pulvinar", dense_attention="sdsa")
+    model = convert(dense, {"x": x, "cue": cue}, "rate", 4).model
+    sync = model.blocks[0].attn
+    # the route drive is centred over source areas: each row of A routes sums to zero before the 1/A bias
+    assert torch.allclose(sync.pulvinar.weight.reshape(4, 4, -1).sum(1), torch.zeros(4, 16), atol=1e-6)
+
+
+@pytest.mark.parametrize("mechanism", REFUSED)
+def test_mechanisms_without_a_binary_form_are_named_with_the_reason(mechanism):
     dense = _dense(mechanism, dense_attention="sdsa")
     x, cue = _data()
-    with pytest.raises(ConversionError, match="no rate conversion rule for: .*blocks.0") as info:
+    with pytest.raises(ConversionError, match="no rate conversion rule for: .*SpikingBasalForebrain: its modulation") as info:
         convert(dense, {"x": x, "cue": cue}, "rate", 4)
     assert "--method td" in str(info.value)
 

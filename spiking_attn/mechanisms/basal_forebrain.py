@@ -37,6 +37,7 @@ from .. import auxiliary
 from ..attention import DenseSelfAttention, SpikingSelfAttention, count_dense_route, count_spiking_route
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
+from ..converters.rules import refuse
 from ..layers import DenseThresholdOffset
 from ..neuron import poised_population, population
 from ..opcount import count_rule, nnz
@@ -169,3 +170,9 @@ def _count_dense_basal_forebrain(module: DenseBasalForebrain, call) -> None:
     s = module.state_gain.shape[0]
     table = 2 * b * s * d
     call.add(macs=2 * b * s + table + b * d, weight_reads=table, adds=x.numel() + b * s + b * d)
+
+
+refuse(SpikingBasalForebrain,
+       "its modulation has no rate-coded form yet: the dense gain 1 + tanh(p @ G) / 2 of a state mixture is not "
+       "the mean of the per-step gains of the states that fire, and a threshold shift divides an integrate-and-fire "
+       "neuron's rate where the dense twin subtracts the shift from its input")

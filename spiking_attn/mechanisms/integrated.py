@@ -28,6 +28,7 @@ from torch import nn
 
 from ..attention import ACTIVATIONS
 from ..block import DenseMLP, SpikingMLP
+from ..converters.rules import conversion_rule
 from ..errors import check_int
 from ..neuron import population
 from ..opcount import count_rule
@@ -143,3 +144,13 @@ def _count_integrated(block: nn.Module, call) -> None:
     output layer), and the two residual adds."""
     out = call.output[0] if isinstance(call.output, tuple) else call.output
     call.add(adds=(len(COMPONENTS) - 1) * out.numel() + 2 * out.numel())
+
+
+@conversion_rule(SpikingIntegratedBlock)
+def _convert_integrated(block: SpikingIntegratedBlock, dense: DenseIntegratedBlock, ctx, unit) -> None:
+    """Each component takes its own rule on the shared input spikes; their mixture (learned constants) and
+    the residual stream are linear."""
+    spikes = ctx.threshold(block.pre_attn_lif, dense.pre_attn_act)
+    for name in COMPONENTS:
+        ctx.convert(getattr(block, name), getattr(dense, name), spikes)
+    ctx.convert(block.mlp, dense.mlp, ctx.threshold(block.pre_mlp_lif, dense.pre_mlp_act))

@@ -41,6 +41,7 @@ from .. import auxiliary
 from ..attention import ACTIVATIONS
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
+from ..converters.rules import conversion_rule
 from ..layers import LinearBN
 from ..neuron import LIFPopulation, population
 from ..opcount import count_rule
@@ -210,3 +211,26 @@ def _count_dense_predictive(module: DensePredictiveCoding, call) -> None:
 
 
 count_rule(DensePrior)(lambda module, call: None)  # the activation of a learned constant
+
+
+@conversion_rule(SpikingPredictiveCoding)
+def _convert_predictive(coding: SpikingPredictiveCoding, dense: DensePredictiveCoding, ctx, unit) -> None:
+    """The representation, prior and beliefs rate-code their ReLUs (the representation is the ReLU of the
+    token mean here and the mean of the ReLU in the dense twin: equal where every token's encoding is
+    positive, approximate elsewhere). The prior fires from its bias alone. Predictions are rescaled into
+    the representation's units, so that ``r - prediction`` is the dense error over lambda_r; the error
+    populations code ``relu(+-precision * error)`` with the scale those values reach on the calibration
+    set; the update layer reads representation and error spikes, each with its own value."""
+    d = dense.encode.linear.out_features
+    ctx.scale_input(coding.encode, unit)
+    lam_r = ctx.threshold(coding.current_lif, dense.act)
+    belief = ctx.threshold(coding.prior, dense.prior.act)
+    for level in range(coding.levels):
+        ctx.scale_input(coding.predict[level], belief)
+        ctx.scale_output(coding.predict[level], 1.0 / lam_r)
+        lam_e = ctx.value_scale(ctx.observe(dense.update[level], lambda args, out: args[0][..., d:]))
+        for pop in (coding.error_pos[level], coding.error_neg[level]):
+            ctx.set_threshold(pop, lam_e / lam_r, f"relu(+-precision * error) of level {level}")
+        ctx.scale_input(coding.update[level], torch.cat([torch.full((d,), lam_r), torch.full((2 * d,), lam_e)]))
+        belief = ctx.threshold(coding.belief_lif[level], dense.act)
+    ctx.scale_input(coding.out, belief)

@@ -35,6 +35,7 @@ from ..attention import ACTIVATIONS
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import SpikingAttnError, check_int
 from ..graph import export_rule
+from ..converters.rules import HARD_SIGMOID_SLOPE, conversion_rule
 from ..layers import DenseThresholdOffset, LinearBN
 from ..neuron import poised_population, population
 from ..opcount import count_rule, nnz
@@ -217,3 +218,35 @@ def _count_dense_pulvinar(pulvinar: DensePulvinarSync, call) -> None:
     routes = b * pulvinar.areas * pulvinar.areas
     mixing = routes * n * (d // pulvinar.areas)
     call.add(macs=2 * routes + mixing + 3 * x.numel(), adds=x.numel() + routes + 2 * x.numel())
+
+
+@conversion_rule(SpikingPulvinarSync)
+def _convert_pulvinar(sync: SpikingPulvinarSync, dense: DensePulvinarSync, ctx, unit) -> None:
+    """Areas rate-code their ReLU. The routing softmax over source areas is linearised at uniform routing,
+    ``R_ij ~ 1/A + (l_ij - mean_j l_ij) / A`` (exact when the logits of a row are equal; the first-order
+    term of the softmax), which is linear in the pulvinar's output, so the centring folds into its weights
+    and a route neuron of threshold 1 fires at that rate. Area i's synchronising population counts the
+    coincidences of routes and area spikes (each worth lambda_area) and fires spikes worth as much as an
+    input spike, so ``p AND sync + (NOT p) AND x`` carries one unit; the phase gate is a hard sigmoid."""
+    a = sync.areas
+    for proj in sync.area_proj:
+        ctx.scale_input(proj, unit)
+    lam_area = [ctx.threshold(lif, dense.area_act) for lif in sync.area_lif][0]
+    ctx.scale_input(sync.pulvinar, unit)
+    with torch.no_grad():
+        w, b = sync.pulvinar.weight, sync.pulvinar.bias
+        offset = (dense.route.bias - dense.route.vth).to(b.dtype)
+
+        def centred(t):  # subtract each row's mean over its source areas, then divide by A
+            rows = t.reshape(a, a, *t.shape[1:])
+            return ((rows - rows.mean(dim=1, keepdim=True)) / a).reshape(t.shape)
+
+        w.copy_(centred(w))
+        b.copy_(centred(b + offset))
+        sync.route.bias.fill_(1.0 / a)
+    ctx.set_threshold(sync.route, 1.0, "softmax over source areas, linearised at uniform routing")
+    ctx.set_threshold(sync.sync_lif, unit / lam_area, "the routed mixture, in units of an input spike")
+    ctx.scale_input(sync.phase, unit)
+    ctx.scale_output(sync.phase, HARD_SIGMOID_SLOPE, 0.5)
+    ctx.set_threshold(sync.phase_lif, 1.0, "hard sigmoid of the dense phase gate")
+    ctx.scale_input(sync.out, unit)

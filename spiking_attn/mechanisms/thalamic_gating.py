@@ -30,8 +30,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..attention import (DenseSelfAttention, SpikingSelfAttention, count_dense_route, count_spiking_route, export_route,
-                         routed_spikes)
+from ..attention import (DenseSelfAttention, SpikingSelfAttention, convert_route, count_dense_route,
+                         count_spiking_route, export_route, routed_spikes)
+from ..converters.rules import HARD_SIGMOID_SLOPE, conversion_rule
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_int
 from ..graph import Current, export_rule
@@ -197,3 +198,21 @@ def _count_dense_thalamic(gating: DenseThalamicGating, call) -> None:
     q = call.output_of(gating.attn.q)  # [B, N, D]: the routed values have its shape
     gates = q.shape[0] * gating.heads
     call.add(macs=2 * gates + q.numel(), adds=gates)
+
+
+@conversion_rule(SpikingThalamicGating)
+def _convert_thalamic(gating: SpikingThalamicGating, dense: DenseThalamicGating, ctx, unit) -> None:
+    """The controller rate-codes its ReLU. The gate ``sigmoid(z + bias - vth)`` becomes the rate of an
+    integrate-and-fire neuron of threshold 1 fed ``(z + bias - vth) / 4 + 1/2`` (a hard sigmoid, exact at
+    the centre and in the tails within 0.12). The dense twin's renormalisation ``H / sum_h g`` has no
+    spiking counterpart (a spike passes or not): its mean over the calibration set folds into the output
+    weights. The gate's AND with the routed spikes is a product of rates on average (approximate)."""
+    routed = convert_route(gating.attn, dense.attn, ctx, unit)
+    with torch.no_grad():
+        if gating.controller_in is not None:
+            ctx.scale_output(gating.controller_out, HARD_SIGMOID_SLOPE)
+            ctx.scale_input(gating.controller_out, ctx.threshold(gating.controller_lif, dense.controller_act))
+        gating.gate.bias.copy_((dense.gate.bias - dense.gate.vth) * HARD_SIGMOID_SLOPE + 0.5)
+    ctx.set_threshold(gating.gate, 1.0, "hard sigmoid of the dense gate")
+    renorm = ctx.observe(dense.gate, lambda args, out: dense.heads / (torch.sigmoid(out).sum(-1) + 1e-6))
+    ctx.scale_input(gating.attn.out, routed * float(renorm.mean()))

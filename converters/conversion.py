@@ -252,10 +252,15 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
         if progress:
             print(f"calibrating on {x.shape[0]} samples ({mode}{f' {percentile:g}' if mode == 'percentile' else ''})")
         scales = activation_scales(dense, x, cue, mode=mode, percentile=percentile, batch_size=batch_size)
-    else:
+    else:  # the learned clips; an activation the QCFS twin keeps as a ReLU (a controller's, say) is calibrated
         scales = activation_clips(dense)
+        relus = [n for n, m in dense.named_modules() if isinstance(m, nn.ReLU)]
+        if relus:
+            scales.update(activation_scales(dense, x, cue, modules=relus, mode=mode, percentile=percentile,
+                                            batch_size=batch_size))
     transfer_weights(dense, spiking)
-    ctx = ConversionContext(spiking, dense, scales)
+    ctx = ConversionContext(spiking, dense, scales, calibration=(x, cue), mode=mode, percentile=percentile,
+                            batch_size=batch_size)
     ctx.convert(spiking, dense)
     spiking.eval()
     dense_accuracy, results = evaluate_conversion(dense, spiking, steps, evaluation["x"], y, evaluation.get("cue"),
