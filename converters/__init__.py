@@ -4,6 +4,10 @@
   a spiking model: ``rate`` (calibrated thresholds), ``qcfs`` (thresholds from learned QCFS clips;
   ``finetune_qcfs`` makes such a twin from a ReLU one) or ``td`` (exact time differences,
   ``TimeDifferenceModel``). ``convert_checkpoint`` is the ``spiking-attn convert`` command.
+* ``torch_models.convert_torch_model``: the same three methods for plain torch models (Sequentials of
+  Linear, Conv2d, BatchNorm, ReLU, AvgPool, Flatten; td also GELU, LayerNorm, MultiheadAttention and
+  custom modules); ``convert`` hands such models to it. ``functional.functional_calls`` finds the
+  nonlinear functions a module calls inside its own forward (``F.relu``, ``softmax``, ``x @ y``).
 * ``rules``: how each spiking module type takes over its dense twin's weights (``@conversion_rule``).
 * ``qcfs.QCFS``: the quantization-clip-floor-shift activation; ``calibration.activation_scales``: the
   maximum or percentile of every activation over a calibration set.
@@ -19,7 +23,9 @@ from .td import TimeDifferenceModel, td_rule
 
 _LAZY = {"activation_scales": "calibration", "nearest_rank": "calibration", "METHODS": "conversion",
          "Conversion": "conversion", "convert": "conversion", "convert_checkpoint": "conversion",
-         "evaluate_conversion": "conversion", "spiking_config": "conversion", "with_timesteps": "conversion"}
+         "evaluate_conversion": "conversion", "spiking_config": "conversion", "with_timesteps": "conversion",
+         "convert_torch_model": "torch_models", "SpikingSequential": "torch_models", "TorchTDModel": "torch_models",
+         "functional_calls": "functional"}
 
 
 def __getattr__(name):

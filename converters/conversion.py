@@ -77,6 +77,8 @@ def with_timesteps(model: nn.Module, timesteps: int) -> nn.Module:
 
     if isinstance(model, TimeDifferenceModel):
         return TimeDifferenceModel(model.dense, timesteps)
+    if hasattr(model, "with_timesteps") and not isinstance(getattr(model, "config", None), ModelConfig):
+        return model.with_timesteps(timesteps)  # the plain torch models' converted forms
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
         raise DTypeError(f"with_timesteps takes a model of this library, got {type(model).__name__}")
@@ -91,9 +93,6 @@ def _check_dense(model) -> ModelConfig:
     if isinstance(model, SpikingClassifier):
         raise ConversionError("the model is already spiking; the converter takes a dense twin "
                               "(a checkpoint trained with --model dense)")
-    if not isinstance(model, DenseClassifier):
-        raise ConversionError(f"convert takes a dense twin of this library (DenseClassifier), got "
-                              f"{type(model).__name__}")
     return model.config
 
 
@@ -209,7 +208,8 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
     """Convert a trained dense twin into a spiking model of this library.
 
     Args:
-        model: a ``DenseClassifier`` (the plain transformer or any registered mechanism).
+        model: a ``DenseClassifier`` (the plain transformer or any registered mechanism), or a plain torch
+            model (``torch_models.convert_torch_model``; it takes no cue).
         calibration_data: inputs ``[B, N, F]`` (or ``{'x': ..., 'cue': ...}``): the samples the activation
             scales (rate) are measured on.
         method: 'rate', 'qcfs' or 'td' (see the module docstring).
@@ -221,6 +221,18 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
         batch_size: samples per forward pass.
         progress: show progress bars.
     """
+    if isinstance(model, nn.Module) and not isinstance(model, (DenseClassifier, SpikingClassifier)):
+        from .torch_models import convert_torch_model  # a plain torch model
+
+        if cue is not None or (isinstance(calibration_data, dict) and calibration_data.get("cue") is not None):
+            raise SpikingAttnError("a plain torch model takes no cue")
+        if isinstance(calibration_data, dict):
+            calibration_data = calibration_data.get("x")
+        return convert_torch_model(model, calibration_data, method, timesteps, evaluation=evaluation, mode=mode,
+                                   percentile=percentile, batch_size=batch_size, progress=progress)
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"convert takes a dense twin of this library (DenseClassifier) or a plain torch model, "
+                              f"got {type(model).__name__}")
     config = _check_dense(model)
     check_choice(method, "method", METHODS)
     steps = _check_timesteps(timesteps)

@@ -286,7 +286,9 @@ def test_converter_bad_input():
     with pytest.raises(ConversionError, match="already spiking"):
         convert(spiking, x, "rate", 4)
     with pytest.raises(ConversionError, match="DenseClassifier"):
-        convert(nn.Sequential(nn.Linear(6, 3)), x, "rate", 4)
+        convert("not a model", x, "rate", 4)
+    with pytest.raises(SpikingAttnError, match="no cue"):
+        convert(nn.Sequential(nn.Linear(6, 3)), x, "rate", 4, cue=cue)
     with pytest.raises(ConversionError, match="softmax attention.*--method td"):
         convert(_dense(), x, "rate", 4)
     with pytest.raises(ConversionError, match="gelu"):
