@@ -380,17 +380,22 @@ def format_table(report: EnergyReport) -> str:
 
 
 def energy_checkpoint(path, *, energy_model="45nm", samples: int = 360, twin_path=None, out=None,
-                      batch_size: int = 64) -> EnergyReport:
+                      batch_size: int = 64, timesteps: Optional[int] = None) -> EnergyReport:
     """``spiking-attn energy``: the first ``samples`` test samples of the checkpoint's task. With ``out``,
-    writes ``energy_breakdown.png`` and, last, ``energy.json``."""
+    writes ``energy_breakdown.png`` and, last, ``energy.json``. ``timesteps`` runs a spiking checkpoint
+    for another T than it was saved with (a converted model's T is a run-time setting)."""
     from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint
     from spiking_attn.data import checkpoint_test_samples
     from spiking_attn.outputs import write_json
 
     energy = load_energy_model(energy_model)  # a bad model fails before any work
     check_int(samples, "samples", low=1)
+    if timesteps is not None:
+        check_int(timesteps, "timesteps", low=1, high=100000)
     payload = read_checkpoint(path)
     config = config_from_checkpoint(payload)
+    if timesteps is not None and config.model != "spiking":
+        raise SpikingAttnError("--timesteps applies to a spiking checkpoint; this one holds a dense model")
     task, data, rows = checkpoint_test_samples(payload, path, samples, "spiking_attn.hardware.energy.estimate(model, x)")
     twin = None
     if twin_path is not None:
@@ -405,7 +410,7 @@ def energy_checkpoint(path, *, energy_model="45nm", samples: int = 360, twin_pat
             raise SpikingAttnError(f"--twin {str(twin_path)!r} is not a twin of --checkpoint: they differ in "
                                    f"{', '.join(diff)}")
         twin = load_model(twin_path)
-    model = load_model(path)
+    model = load_model(path) if timesteps is None else load_model(path, timesteps=timesteps)
     report = estimate(model, data.x_test[rows], energy, cue=data.context("test", rows).get("cue"),
                       labels=data.y_test[rows], twin=twin, batch_size=batch_size)
     if out is not None:

@@ -110,6 +110,8 @@ def _add_energy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-model", default="45nm",
                    help="45nm (default), 45nm-fp16, 45nm-int8, 45nm-memory, loihi, or a JSON/TOML file")
     p.add_argument("--samples", type=int, default=360, help="test samples to measure on (default 360)")
+    p.add_argument("--timesteps", "-T", type=int,
+                   help="run the spiking model for this many steps instead of its saved T (converted models)")
     p.add_argument("--out", required=True, help="output folder (energy.json and energy_breakdown.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an estimate already in the output folder")
 
@@ -242,19 +244,21 @@ def cmd_energy(args: argparse.Namespace) -> int:
     for flag, path in (("--checkpoint", args.checkpoint), ("--twin", args.twin)):
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"{flag} {path!r} is not a file")
-    _run_energy(args.checkpoint, args.twin, args.energy_model, args.samples, args.out, args.overwrite)
+    _run_energy(args.checkpoint, args.twin, args.energy_model, args.samples, args.out, args.overwrite,
+                timesteps=args.timesteps)
     return 0
 
 
 def _run_energy(checkpoint: str, twin: Optional[str], energy_model: str, samples: int, out: str,
-                overwrite: bool, brief: bool = False) -> None:
+                overwrite: bool, brief: bool = False, timesteps: Optional[int] = None) -> None:
     from .hardware.energy import energy_checkpoint, format_table, load_energy_model
     from .outputs import RunFolder
 
     model = load_energy_model(energy_model)  # an unknown or malformed model fails before the folder is touched
     with RunFolder(out, overwrite=overwrite, markers=("energy.json",), files=ENERGY_FILES,
                    keep_if="energy.json") as folder:
-        report = energy_checkpoint(checkpoint, energy_model=model, samples=samples, twin_path=twin, out=folder)
+        report = energy_checkpoint(checkpoint, energy_model=model, samples=samples, twin_path=twin, out=folder,
+                                   timesteps=timesteps)
     table = format_table(report).splitlines()
     print("\n".join([*table[:2], *table[-3:]] if brief else table))  # brief: the header, totals and summary
     print(f"outputs: {out}/ ({', '.join(ENERGY_FILES)})")

@@ -361,6 +361,14 @@ def test_convert_cli_writes_the_checkpoint_the_json_and_the_figure(dense_runs, t
         # the converted checkpoint is an ordinary spiking checkpoint: the energy command reads it
         assert main(["energy", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "8",
                      "--out", str(tmp_path / "energy")]) == 0
+        # T is a run-time setting: the same checkpoint costed at another T
+        assert main(["energy", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "8", "--timesteps", "3",
+                     "--out", str(tmp_path / "energy3")]) == 0
+        assert json.loads((tmp_path / "energy3" / "energy.json").read_text())["timesteps"] == 3
+        capsys.readouterr()
+        assert main(["energy", "--checkpoint", str(dense_runs / "dense" / "checkpoint.pt"), "--samples", "8",
+                     "--timesteps", "3", "--out", str(tmp_path / "energy4")]) == 1
+        assert "applies to a spiking checkpoint" in _one_line(capsys)
     assert main(argv) == 1  # the folder now holds a conversion
     assert "--overwrite" in _one_line(capsys)
 
