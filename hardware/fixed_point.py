@@ -12,16 +12,20 @@ has them with their sources); every line below that looks odd is one of them:
   ``-2^23`` add ``2^24``).
 * voltage: ``v = clip(sign(y) (|y| >> 12) + u + (bias_mant << bias_exp), -(2^23 - 1), 2^23 - 1)`` with
   ``y = v (4096 - dv)``; the bias is not shifted by 6.
-* spike where ``v > vth << 6`` (strict), then ``v = 0``; u is not reset.
+* spike where ``v > vth << 6`` (strict), then ``v = 0``; u is not reset. A population with reset by
+  subtraction (``SubtractiveLIF``, lava_processes/subtractive_lif.py) instead takes the same integer
+  threshold off: ``v = v - (vth << 6)``.
+* every sample starts from ``u = 0`` and ``v = v_start`` (0 for Lava's LIF).
 
 Quantisation of a population (``quantize``): the threshold becomes ``vth_int`` (17 bits), as large as
 the calibration samples allow: their largest synaptic input must stay within a signed 16-bit
 activation (2^15 units, which also keeps u far inside 24 bits) and the bias within its 13-bit
 mantissa and 3-bit exponent; at most 16384. A float unit of membrane is ``64 vth_int / vth`` integer units (per neuron: a
 per-neuron threshold is folded into that neuron's weights and bias, so the process has one
-threshold). Decays: ``du_int = 4096 du - 1`` (a current decay of 1, "current = input", is
-``du_int = 4095``), ``dv_int = 4096 dv`` (4095 at most). Host currents are rounded to integers in the
-synaptic-input unit.
+threshold). The starting membrane ``v_init * vth`` is ``v_start = round(v_init * (vth_int << 6))``,
+the same for every neuron of a population. Decays: ``du_int = 4096 du - 1`` (a current decay of 1,
+"current = input", is ``du_int = 4095``), ``dv_int = 4096 dv`` (4095 at most). Host currents are
+rounded to integers in the synaptic-input unit.
 
 Weights: with ``weight_bits=8`` a connection is one 8-bit synapse group. With ``weight_bits=16``
 (the default) a second group with its own exponent carries the rounding error of the first; both
@@ -72,6 +76,8 @@ class FixedNode:
     edges: List[FixedEdge] = field(default_factory=list)
     host: Optional[np.ndarray] = None  # int64 [T, B, size]
     spikes: Optional[np.ndarray] = None
+    reset: str = "zero"  # or 'subtract': v - (vth << 6) after a spike
+    v_start: int = 0  # the membrane every sample starts from
 
     @property
     def size(self) -> int:
@@ -185,8 +191,9 @@ def quantize(graph: NetworkGraph, peaks: Optional[Dict[str, np.ndarray]] = None,
         bias_mant = np.clip(np.round(bias_v / 2 ** bias_exp), -4096, BIAS_MANT_MAX).astype(np.int64)
         host = None if node.host is None else np.round(node.host * scale).astype(np.int64)
         du, dv = node.decays()
+        v_start = int(np.floor(node.v_init * (vth_int << 6) + 0.5))
         nodes[name] = FixedNode(name, node.shape, node.role, node.group, decay_int(du, 1), decay_int(dv, 0), vth_int,
-                                bias_mant, bias_exp, scale, edges, host)
+                                bias_mant, bias_exp, scale, edges, host, reset=node.reset, v_start=v_start)
     return FixedGraph(graph.timesteps, graph.batch, nodes, graph.readout, graph)
 
 
@@ -273,7 +280,8 @@ def _decay(x: np.ndarray, keep: int) -> np.ndarray:
 
 
 def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray):
-    """One bit-accurate step of Loihi's LIF (int64 arrays ``[B, size]``): returns ``(spikes, u, v)``."""
+    """One bit-accurate step of Loihi's LIF (int64 arrays ``[B, size]``): returns ``(spikes, u, v)``.
+    A sample starts from ``u = 0``, ``v = node.v_start``."""
     if node.du == 4095:  # the current is the input of the step: (4096 - 4096) * u = 0
         u = a << 6
     else:
@@ -288,7 +296,10 @@ def lif_fixed_step(node: FixedNode, u: np.ndarray, v: np.ndarray, a: np.ndarray)
     if v.size and (v.max() > U_LIMIT - 1 or v.min() < -(U_LIMIT - 1)):
         np.clip(v, -(U_LIMIT - 1), U_LIMIT - 1, out=v)
     s = v > (node.vth << 6)
-    v[s] = 0
+    if node.reset == "subtract":
+        v[s] -= node.vth << 6
+    else:
+        v[s] = 0
     return s, u, v
 
 
@@ -300,9 +311,10 @@ def _run_population(node: FixedNode, a: np.ndarray) -> np.ndarray:
     keep_v = (4096 - node.dv) / 4096.0
     bias = (node.bias_mant << node.bias_exp).astype(np.float64)
     vth = float(node.vth << 6)
+    subtract = node.reset == "subtract"
     spikes = np.zeros(a.shape, dtype=bool)
     u = np.zeros(a.shape[1:])
-    v = np.zeros(a.shape[1:])
+    v = np.full(a.shape[1:], float(node.v_start))
     for t in range(a.shape[0]):
         step = a[t].astype(np.float64) * 64.0
         if keep_u == 0.0:
@@ -321,7 +333,10 @@ def _run_population(node: FixedNode, a: np.ndarray) -> np.ndarray:
             np.clip(v, -(U_LIMIT - 1), U_LIMIT - 1, out=v)
         s = spikes[t]
         np.greater(v, vth, out=s)
-        v[s] = 0.0
+        if subtract:
+            v[s] -= vth
+        else:
+            v[s] = 0.0
     return spikes
 
 

@@ -9,8 +9,13 @@ What becomes what:
 
 * a LIF population -> a Lava ``LIFReset`` process (Loihi's CUBA LIF whose u and v are zeroed every
   ``T`` steps: one sample per window; see below). One threshold per process: a per-neuron threshold is
-  folded into that neuron's incoming weights and bias (threshold 1), which with reset to 0 and
-  linear sub-threshold dynamics is the same neuron.
+  folded into that neuron's incoming weights and bias (threshold 1), which with linear sub-threshold
+  dynamics is the same neuron (the initial membrane ``v_init * vth`` becomes ``v_init``, and a
+  subtracted threshold 1).
+* a population with reset by subtraction or a starting membrane ``v_init * vth`` (converted models)
+  -> ``SubtractiveLIF`` (``lava_processes/subtractive_lif.py``): Lava's ``LIFReset`` models with the
+  reset and the window's starting membrane overridden, in both precisions; every window (sample)
+  starts from ``u = 0``, ``v = v_init * vth`` as the torch model does.
 * a coincidence (AND, AND-NOT) population -> ``LIFReset`` with ``du = dv = 1`` and its threshold
   between one and two inputs; standard LIF + Dense only, for attention masks, thalamic gates and
   pulvinar routes alike.
@@ -127,6 +132,7 @@ def build_network(graph, precision: str, samples: int, record_dir: str, sched: O
     lava_compat.import_lava()
     from lava.proc.dense.process import Dense
     from .lava_processes.memmap_sink import MemmapSink
+    from .lava_processes.subtractive_lif import SubtractiveLIF
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
     from lava.proc.sparse.process import Sparse
@@ -147,9 +153,12 @@ def build_network(graph, precision: str, samples: int, record_dir: str, sched: O
         data[:, depth:depth + samples * t_steps] = flat.T
         return data
 
-    def lif(name: str, size: int, depth: int, **params):
-        return LIFReset(shape=(size,), reset_interval=t_steps, reset_offset=(depth + 1) % t_steps, name=name,
-                        **params)
+    def lif(name: str, size: int, depth: int, reset: str = "zero", v_start=0, **params):
+        """Lava's LIFReset, or SubtractiveLIF where the reset or the starting membrane differ from it."""
+        window = dict(shape=(size,), reset_interval=t_steps, reset_offset=(depth + 1) % t_steps, name=name)
+        if reset == "zero" and not np.any(v_start):
+            return LIFReset(**window, **params)
+        return SubtractiveLIF(**window, reset=reset, v_start=v_start, **params)
 
     def connect(source_proc, target_proc, weights, **kw):
         density = weights.nnz / max(1, weights.shape[0] * weights.shape[1])
@@ -165,13 +174,14 @@ def build_network(graph, precision: str, samples: int, record_dir: str, sched: O
             continue
         if fixed:
             factor = 1
-            procs[name] = lif(name, node.size, d, du=node.du, dv=node.dv, vth=node.vth,
-                              bias_mant=node.bias_mant.astype(np.int32),
+            procs[name] = lif(name, node.size, d, node.reset, np.full(node.size, node.v_start, dtype=np.int32),
+                              du=node.du, dv=node.dv, vth=node.vth, bias_mant=node.bias_mant.astype(np.int32),
                               bias_exp=np.full(node.size, node.bias_exp, dtype=np.int32))
         else:
             vth, factor = _fold_threshold(node.vth)
             du, dv = node.decays()
-            procs[name] = lif(name, node.size, d, du=du, dv=dv, vth=vth, bias_mant=node.bias * factor)
+            procs[name] = lif(name, node.size, d, node.reset, np.full(node.size, node.v_init * vth),
+                              du=du, dv=dv, vth=vth, bias_mant=node.bias * factor)
         if node.host is not None:
             src = Source(data=window_data(node.host * factor, d))
             src.s_out.connect(procs[name].a_in)

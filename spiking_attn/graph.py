@@ -35,6 +35,7 @@ from .errors import SpikingAttnError
 EXPORT_RULES: Dict[type, Callable] = {}
 
 ROLES = ("neuron", "logic", "relay", "input")
+EXPORTABLE_RESETS = ("zero", "subtract")  # the resets of neuron.lif_step the backends implement
 
 
 class ExportError(SpikingAttnError):
@@ -78,6 +79,8 @@ class Node:
     host, e.g. the encoded cue). Parameters are float64 arrays of ``size`` values. ``host`` holds the
     currents computed on the host, ``[T, B, size]``; ``spikes`` the spikes of an input node.
     ``group`` is the core group the population belongs to (a mechanism gets its own).
+    ``reset`` ('zero' or 'subtract') and ``v_init`` (every sample starts from ``v = v_init * vth``,
+    ``u = 0``) are the population's, as in ``neuron.lif_step``.
     """
 
     name: str
@@ -91,6 +94,8 @@ class Node:
     edges: List[Edge] = field(default_factory=list)
     host: Optional[np.ndarray] = None
     spikes: Optional[np.ndarray] = None
+    reset: str = "zero"
+    v_init: float = 0.0
 
     @property
     def size(self) -> int:
@@ -181,6 +186,13 @@ def _is_selection(current: "Current") -> bool:
             return False
         rows += np.asarray((w != 0).sum(axis=1)).reshape(-1)
     return bool(np.all(rows <= 1))
+
+
+def _check_reset(name: str, reset, v_init) -> None:
+    if reset not in EXPORTABLE_RESETS:
+        raise ExportError(f"{name}: reset={reset!r} has no export rule (exportable: {', '.join(EXPORTABLE_RESETS)})")
+    if isinstance(v_init, bool) or not isinstance(v_init, (int, float)) or not 0.0 <= v_init < 1.0:
+        raise ExportError(f"{name}: v_init={v_init!r} has no export rule (a fraction of the threshold in [0, 1))")
 
 
 def _as_params(value: torch.Tensor, shape: Tuple[int, ...]) -> np.ndarray:
@@ -305,24 +317,24 @@ class NetworkGraph:
             raise ExportError(f"{name} ({type(lif).__name__}) is not a LIFPopulation")
         if lif.adaptive:
             raise ExportError(f"{name}: an adaptive threshold has no export rule yet (Lava's ATRLIF is not mapped)")
-        if lif.reset != "zero" or lif.v_init:
-            raise ExportError(f"{name}: reset={lif.reset!r}, v_init={lif.v_init:g} has no export rule yet (Lava's LIF "
-                              f"starts at v = 0 and resets to zero)")
+        _check_reset(name, lif.reset, lif.v_init)
         shape = current.shape
         try:
             params = {k: _as_params(getattr(lif, k), shape) for k in ("du", "dv", "vth", "bias")}
         except RuntimeError:
             raise ExportError(f"{name}: parameters of shape {tuple(lif.vth.shape)} do not broadcast to the "
                               f"population's shape {shape}") from None
-        return self._node(name, "neuron", current, **params)
+        return self._node(name, "neuron", current, reset=lif.reset, v_init=float(lif.v_init), **params)
 
-    def neurons(self, name: str, current: Current, *, du=1.0, dv=0.5, vth=1.0, bias=0.0) -> Spikes:
+    def neurons(self, name: str, current: Current, *, du=1.0, dv=0.5, vth=1.0, bias=0.0, reset: str = "zero",
+                v_init: float = 0.0) -> Spikes:
         """A population given by its parameters (numbers or per-neuron arrays), for graphs built by
         hand rather than exported from a model."""
+        _check_reset(name, reset, v_init)
         n = current.size
         params = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy()
                   for k, v in (("du", du), ("dv", dv), ("vth", vth), ("bias", bias))}
-        return self._node(name, "neuron", current, **params)
+        return self._node(name, "neuron", current, reset=reset, v_init=float(v_init), **params)
 
     def logic(self, name: str, current: Current, vth: float) -> Spikes:
         """A coincidence population without memory (``du = dv = 1``): fires where ``current > vth``.
@@ -335,25 +347,27 @@ class NetworkGraph:
     def _current_group(self) -> str:
         return self._group[-1] if self._group else "cortex"
 
-    def _node(self, name, role, current: Current, *, du, dv, vth, bias) -> Spikes:
+    def _node(self, name, role, current: Current, *, du, dv, vth, bias, reset="zero", v_init=0.0) -> Spikes:
         for source in current.terms:
             if source not in self.nodes:
                 raise ExportError(f"{name}: its input {source!r} is not a population of the graph")
         edges = [Edge(src, w.tocsr()) for src, w in current.terms.items() if w.nnz]
         node = Node(name, current.shape, role, self._current_group(), du, dv, vth, bias + current.bias,
-                    edges, current.host)
+                    edges, current.host, reset=reset, v_init=v_init)
         return self._add(node)
 
 
 def simulate(graph: NetworkGraph, record_membrane: bool = False) -> Dict[str, np.ndarray]:
     """Run the graph in torch time, float64: ``{population: spikes [T, B, size] bool}``.
 
-    The same equations as ``neuron.lif_step``: ``u = u (1 - du) + a``, ``v = v (1 - dv) + u + bias``,
-    spike where ``v > vth``, then ``v = 0`` there.
+    The same equations as ``neuron.lif_step``: from ``u = 0``, ``v = v_init * vth``,
+    ``u = u (1 - du) + a``, ``v = v (1 - dv) + u + bias``, spike where ``v > vth``, then ``v = 0`` there
+    (reset 'zero') or ``v = v - vth`` (reset 'subtract').
     """
     t_steps, batch = graph.timesteps, graph.batch
     out = {name: np.zeros((t_steps, batch, node.size), dtype=bool) for name, node in graph.nodes.items()}
-    state = {name: (np.zeros((batch, node.size)), np.zeros((batch, node.size))) for name, node in graph.nodes.items()}
+    state = {name: (np.zeros((batch, node.size)), np.zeros((batch, node.size)) + node.v_init * node.vth)
+             for name, node in graph.nodes.items()}
     for t in range(t_steps):
         for name, node in graph.nodes.items():
             if node.role == "input":
@@ -366,7 +380,7 @@ def simulate(graph: NetworkGraph, record_membrane: bool = False) -> Dict[str, np
             u = u * (1 - node.du) + a
             v = v * (1 - node.dv) + u + node.bias
             s = v > node.vth
-            v = np.where(s, 0.0, v)
+            v = np.where(s, v - node.vth if node.reset == "subtract" else 0.0, v)
             state[name] = (u, v)
             out[name][t] = s
     return out

@@ -237,10 +237,10 @@ def test_unmappable_parts_are_named():
     dense = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=8, heads=2, model="dense"))
     with pytest.raises(ExportError, match="spiking classifier"):
         export_graph(dense, torch.rand(2, 4, 8))
-    soft = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=8, heads=2, depth=1))
-    soft.head_lif.reset, soft.head_lif.v_init = "subtract", 0.5  # as a converted model's populations will be
-    with pytest.raises(ExportError, match=r"head_lif: reset='subtract', v_init=0.5 has no export rule"):
-        export_graph(soft, torch.rand(2, 4, 8))
+    odd = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=8, heads=2, depth=1))
+    odd.head_lif.reset = "hard"  # not a reset the neuron knows (subtract and zero both export)
+    with pytest.raises(ExportError, match=r"head_lif: reset='hard' has no export rule"):
+        export_graph(odd, torch.rand(2, 4, 8))
 
 
 # ---------------------------------------------------------------- fixed point
