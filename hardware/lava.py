@@ -470,10 +470,11 @@ class Deployment:
 
 
 def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profile="loihi2", timeout: float = 900.0,
-                      out=None, weight_bits: int = 16) -> dict:
+                      out=None, weight_bits: int = 16, timesteps: Optional[int] = None) -> dict:
     """``spiking-attn deploy``: the first ``samples`` test samples of the checkpoint's task through Lava.
     With ``out``, writes ``deploy_raster.png``, ``deploy_cores.png`` and, last, ``deploy.json``.
-    Returns the ``deploy.json`` record."""
+    ``timesteps`` runs the model for another T than it was saved with (a converted model's T is a run-time
+    setting). Returns the ``deploy.json`` record."""
     from pathlib import Path
 
     from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint
@@ -483,6 +484,8 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
 
     check_choice(precision, "precision", PRECISIONS)
     check_int(samples, "samples", low=1)
+    if timesteps is not None:
+        check_int(timesteps, "timesteps", low=1, high=100000)
     payload = read_checkpoint(path)
     config = config_from_checkpoint(payload)
     if config.model != "spiking":
@@ -490,7 +493,7 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
                                f"--model spiking, or convert the dense twin first)")
     task, data, rows = checkpoint_test_samples(payload, path, samples,
                                                "spiking_attn.hardware.lava.deploy(model, inputs)")
-    model = load_model(path)
+    model = load_model(path) if timesteps is None else load_model(path, timesteps=timesteps)
     cal = slice(0, min(CALIBRATION_SAMPLES, len(data.x_train)))  # the same integer network for any samples
     result = deploy(model, data.x_test[rows], data.context("test", rows).get("cue"), precision=precision,
                     profile=profile, labels=data.y_test[rows].numpy(), timeout=timeout, weight_bits=weight_bits,

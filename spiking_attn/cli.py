@@ -142,6 +142,8 @@ def _add_deploy_options(p: argparse.ArgumentParser) -> None:
                    help="fixed point: one 8-bit synapse group per connection, or two (16, default)")
     p.add_argument("--profile", default="loihi2", help="core profile: loihi2 (default), loihi1, or a JSON file")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds the Lava run may take (default 900)")
+    p.add_argument("--timesteps", "-T", type=int,
+                   help="run the model for this many steps instead of its saved T (converted models)")
     p.add_argument("--out", required=True, help="output folder (deploy.json and figures)")
     p.add_argument("--overwrite", action="store_true", help="replace a deployment already in the output folder")
 
@@ -271,19 +273,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
     _run_deploy(args.checkpoint, args.precision, args.samples, args.profile, args.timeout, args.out, args.overwrite,
-                args.weight_bits)
+                args.weight_bits, timesteps=args.timesteps)
     return 0
 
 
 def _run_deploy(checkpoint: str, precision: str, samples: int, profile: str, timeout: float, out: str,
-                overwrite: bool, weight_bits: int = 16) -> None:
+                overwrite: bool, weight_bits: int = 16, timesteps: Optional[int] = None) -> None:
     from .hardware.lava import deploy_checkpoint
     from .outputs import RunFolder
 
     with RunFolder(out, overwrite=overwrite, markers=("deploy.json",), files=DEPLOY_FILES,
                    keep_if="deploy.json") as folder:
         report = deploy_checkpoint(checkpoint, precision=precision, samples=samples, profile=profile,
-                                   timeout=timeout, out=folder, weight_bits=weight_bits)
+                                   timeout=timeout, out=folder, weight_bits=weight_bits, timesteps=timesteps)
     print(f"Lava {report['precision']} on {report['samples']} samples: spike agreement "
           f"{report['spike_agreement']:.4f} (against the {report['reference']}), prediction agreement "
           f"{report['prediction_agreement']:.4f} (against the float torch model)")

@@ -369,6 +369,11 @@ def test_convert_cli_writes_the_checkpoint_the_json_and_the_figure(dense_runs, t
         assert main(["energy", "--checkpoint", str(dense_runs / "dense" / "checkpoint.pt"), "--samples", "8",
                      "--timesteps", "3", "--out", str(tmp_path / "energy4")]) == 1
         assert "applies to a spiking checkpoint" in _one_line(capsys)
+        # ...and the Lava backend runs it spike for spike (reset by subtraction, membranes from half threshold)
+        assert main(["deploy", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "2", "--timesteps", "4",
+                     "--out", str(tmp_path / "deploy")]) == 0
+        deployed = json.loads((tmp_path / "deploy" / "deploy.json").read_text())
+        assert deployed["spike_agreement"] == 1.0
     assert main(argv) == 1  # the folder now holds a conversion
     assert "--overwrite" in _one_line(capsys)
 
