@@ -333,6 +333,7 @@ def convert_checkpoint(path, *, method: str = "rate", timesteps=DEFAULT_TIMESTEP
     if method == "qcfs" and config.dense_act != "qcfs":
         epochs = finetune_epochs if finetune_epochs is not None else settings.get("epochs", 40)
         model = finetune_qcfs(model, data, levels=qcfs_levels, epochs=epochs, seed=settings.get("seed", 0),
+                              lr=settings.get("lr", 6e-3), batch_size=settings.get("batch_size", 64),
                               calibration=calibration, progress=progress)
         extra = {"finetuned": {"levels": qcfs_levels, "epochs": epochs, "source_accuracy": None,
                                "accuracy": model.finetune_accuracy}}

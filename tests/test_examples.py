@@ -30,3 +30,10 @@ def test_mechanism_examples_write_their_figure(tmp_path, script, figure, text):
     stdout = _run(script, tmp_path, "--epochs", "1")
     assert text in stdout
     assert (tmp_path / figure).stat().st_size > 0
+
+
+def test_conversion_example_compares_the_three_methods(tmp_path):
+    stdout = _run("conversion_methods.py", tmp_path, "--epochs", "1", "--finetune-epochs", "1")
+    for method in ("rate:", "qcfs:", "td:"):
+        assert method in stdout
+    assert (tmp_path / "conversion_methods.png").stat().st_size > 0
