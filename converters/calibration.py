@@ -38,8 +38,12 @@ def nearest_rank(values: torch.Tensor, percentile: float) -> float:
 @torch.no_grad()
 def activation_scales(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] = None, *,
                       modules: Optional[Iterable[str]] = None, mode: str = "max", percentile: float = 99.9,
-                      batch_size: int = 64) -> Dict[str, float]:
-    """The scale of every activation of ``model`` over the calibration inputs ``x`` (and ``cue``)."""
+                      batch_size: int = 64, skip_idle: bool = False) -> Dict[str, float]:
+    """The scale of every activation of ``model`` over the calibration inputs ``x`` (and ``cue``).
+
+    A module that never runs on the calibration data is an error, unless ``skip_idle``: then it is left
+    out of the result (the converter asks for the scales of every activation a model holds, and a part
+    the model does not use, such as a cue controller without a cue, has none)."""
     if not isinstance(model, nn.Module):
         raise SpikingAttnError(f"model must be an nn.Module, got {type(model).__name__}")
     check_choice(mode, "mode", MODES)
@@ -71,7 +75,9 @@ def activation_scales(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Ten
         for h in hooks:
             h.remove()
     silent = [n for n, chunks in outputs.items() if not chunks]
-    if silent:
+    if skip_idle:
+        outputs = {n: chunks for n, chunks in outputs.items() if chunks}
+    elif silent:
         raise SpikingAttnError(f"module(s) {', '.join(map(repr, silent))} did not run on the calibration data")
     scales = {}
     for name, chunks in outputs.items():

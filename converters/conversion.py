@@ -263,13 +263,14 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
     if method == "rate":
         if progress:
             print(f"calibrating on {x.shape[0]} samples ({mode}{f' {percentile:g}' if mode == 'percentile' else ''})")
-        scales = activation_scales(dense, x, cue, mode=mode, percentile=percentile, batch_size=batch_size)
+        scales = activation_scales(dense, x, cue, mode=mode, percentile=percentile, batch_size=batch_size,
+                                   skip_idle=True)
     else:  # the learned clips; an activation the QCFS twin keeps as a ReLU (a controller's, say) is calibrated
         scales = activation_clips(dense)
         relus = [n for n, m in dense.named_modules() if isinstance(m, nn.ReLU)]
         if relus:
             scales.update(activation_scales(dense, x, cue, modules=relus, mode=mode, percentile=percentile,
-                                            batch_size=batch_size))
+                                            batch_size=batch_size, skip_idle=True))
     transfer_weights(dense, spiking)
     ctx = ConversionContext(spiking, dense, scales, calibration=(x, cue), mode=mode, percentile=percentile,
                             batch_size=batch_size)

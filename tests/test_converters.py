@@ -243,6 +243,16 @@ def test_every_convertible_mechanism_error_falls_with_t_and_spikes_stay_binary(m
     assert spike_driven_report(result.model, x, cue=cue).non_binary == ["embed.linear"]
 
 
+def test_a_mechanism_part_idle_without_a_cue_needs_no_scale():
+    dense = _dense("thalamic", dense_attention="sdsa", num_cues=0)  # no cue: the controller never runs
+    x, _ = _data(24)
+    with pytest.raises(SpikingAttnError, match="did not run"):
+        activation_scales(dense, x)
+    assert "blocks.0.attn.controller_act" not in activation_scales(dense, x, skip_idle=True)
+    result = convert(dense, x, "rate", [4, 32])
+    assert result.results[1]["mean_abs_output_error"] < result.results[0]["mean_abs_output_error"]
+
+
 def test_mechanism_rules_fold_the_gate_and_route_nonlinearities():
     dense = _dense("thalamic", dense_attention="sdsa")
     x, cue = _data(48)
