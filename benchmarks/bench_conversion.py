@@ -116,7 +116,7 @@ def mechanisms(reuse: bool) -> dict:
         row = {}
         for method, source, steps in (("rate", relu, [8, 32, 64]), ("qcfs", qcfs, [4, 8, 16]), ("td", relu, [4])):
             try:
-                info = _convert(source, method, ROOT / f"mech_{name}_{method}", steps)
+                info = _convert(source, method, ROOT / f"mechconv_{name}_{method}", steps)
                 row[method] = {"dense": info["dense_accuracy"], "results": info["results"]}
                 print(f"{name:>16} {method:>5}: {_row(info)}", flush=True)
             except ConversionError as exc:

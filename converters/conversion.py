@@ -361,5 +361,6 @@ def convert_checkpoint(path, *, method: str = "rate", timesteps=DEFAULT_TIMESTEP
         save_checkpoint(out / "dense_qcfs.pt", model, {"settings": settings})
     write_json(out / "conversion.json", info)
     plot_accuracy_vs_timesteps(info, out / "accuracy_vs_T.png",
-                               f"{method} conversion of the {config.mechanism} dense twin on {task}")
+                               f"{method} conversion of the "
+                               f"{'plain' if config.mechanism == 'none' else config.mechanism} dense twin on {task}")
     return info

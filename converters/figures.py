@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,6 +29,8 @@ def plot_accuracy_vs_timesteps(conversion: dict, path: str | os.PathLike, title:
     ax_err.plot(steps, errors, marker="o", color="C3")
     ax_err.set(xscale="log", yscale="log", xlabel="time steps T", ylabel="mean |spiking - dense| output")
     ax_err.set_xticks(steps, [str(t) for t in steps])
+    for ax in (ax_acc, ax_err):
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the evaluated T are labelled
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
