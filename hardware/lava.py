@@ -227,16 +227,31 @@ def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0
     def on_alarm(signum, frame):
         raise LavaTimeout(f"the Lava run took longer than its timeout of {timeout:g} s and was stopped")
 
+    interrupted = []
+
+    def on_interrupt(signum, frame):  # remembered, in case Lava's own code catches the KeyboardInterrupt
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def check_interrupt() -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGALRM, on_alarm) if use_alarm else None
+    previous_int = signal.getsignal(signal.SIGINT) if use_alarm else None
+    if use_alarm and previous_int is signal.default_int_handler:  # not where SIGINT is ignored on purpose
+        signal.signal(signal.SIGINT, on_interrupt)
     if use_alarm:
         signal.setitimer(signal.ITIMER_REAL, timeout)
     started = time.perf_counter()
     try:
         anchor.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag=tag))
+        check_interrupt()
         first = time.perf_counter() - started
         started = time.perf_counter()
         if total > 1:
             anchor.run(condition=RunSteps(num_steps=total - 1), run_cfg=Loihi2SimCfg(select_tag=tag))
+            check_interrupt()
         seconds = time.perf_counter() - started
     finally:
         if use_alarm:
@@ -246,6 +261,8 @@ def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0
         finally:
             if use_alarm:
                 signal.signal(signal.SIGALRM, previous)
+                if previous_int is signal.default_int_handler:
+                    signal.signal(signal.SIGINT, previous_int)
     data = {name: np.array(values).T for name, (sink, values) in sinks.items()}  # [size, total]
     return data, seconds, first
 
