@@ -114,8 +114,11 @@ def spiking_config(config: ModelConfig, method: str, timesteps: int) -> ModelCon
             raise ConversionError(f"--method {method} needs a dense twin with "
                                   f"{' or '.join(BINARY_ACTIVATIONS[method])} activations, this one has "
                                   f"{config.dense_act}: {hint}")
+    from spiking_attn.mechanisms import get_mechanism
+
+    options = {**config.mechanism_options, **get_mechanism(config.mechanism).conversion_options}
     return dataclasses.replace(
-        config, model="spiking", attention=config.dense_attention if config.dense_attention in SPIKING_KINDS
+        config, model="spiking", mechanism_options=options, attention=config.dense_attention if config.dense_attention in SPIKING_KINDS
         else config.attention, encoder="direct", dv=0.0, vth=1.0, reset="subtract", v_init=0.5, timesteps=timesteps,
         learn_threshold=False, learn_bias=False, learn_decay=False, per_channel=False, engine="native")
 

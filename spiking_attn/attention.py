@@ -125,19 +125,27 @@ class SpikingSelfAttention(nn.Module):
         return self.out(self.route(x, context))
 
     def route(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, gain: Optional[torch.Tensor] = None,
-              threshold_shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+              threshold_shift: Optional[torch.Tensor] = None,
+              input_shift: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The routed spikes ``[T, B, N, D]`` before the output projection (heads are contiguous
         channel groups of ``D / H``), for mechanisms that gate heads. ``gain`` and ``threshold_shift``
-        (broadcastable to ``[T, B, N, D]``) modulate the Q, K and V populations."""
+        (broadcastable to ``[T, B, N, D]``) modulate the Q, K and V populations; ``input_shift`` is
+        subtracted from their input current after the gain (``gain * z - input_shift``, the dense twin's
+        modulation; a threshold shift instead divides an integrate-and-fire neuron's rate)."""
         check_tensor(x, "x", ndim=4, last_dim=self.dim)
         if context is not None:
             check_tensor(context, "context", ndim=4)
             _check_context(x, context, self.causal, time_first=True)
         source = x if context is None else context
-        mod = {"gain": gain, "threshold_shift": threshold_shift}
-        q = self.q_lif(self.q(x), **mod)  # [T, B, N, D]
-        k = self.k_lif(self.k(source), **mod)  # [T, B, M, D]
-        v = self.v_lif(self.v(source), **mod)  # [T, B, M, D]
+        def fire(pop, current):
+            if input_shift is None:
+                return pop(current, gain=gain, threshold_shift=threshold_shift)
+            current = current if gain is None else current * gain
+            return pop(current - input_shift, threshold_shift=threshold_shift)
+
+        q = fire(self.q_lif, self.q(x))  # [T, B, N, D]
+        k = fire(self.k_lif, self.k(source))  # [T, B, M, D]
+        v = fire(self.v_lif, self.v(source))  # [T, B, M, D]
         if self.kind == "ssa":
             qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
             mixed = _merge_heads(linear_attention_product(qh, kh, vh, self.causal))  # [T, B, N, D]

@@ -225,8 +225,7 @@ def test_converted_checkpoint_round_trips_and_t_is_a_run_time_setting(tmp_path):
     assert load_model(tmp_path / "c.pt", timesteps=4).config.timesteps == 4
 
 
-BINARY_MECHANISMS = ["none", "thalamic", "pulvinar", "predictive"]
-REFUSED = ["basal_forebrain", "integrated"]
+BINARY_MECHANISMS = MECHANISMS.names()
 
 
 @pytest.mark.parametrize("mechanism", BINARY_MECHANISMS)
@@ -266,13 +265,31 @@ def test_mechanism_rules_fold_the_gate_and_route_nonlinearities():
     assert torch.allclose(sync.pulvinar.weight.reshape(4, 4, -1).sum(1), torch.zeros(4, 16), atol=1e-6)
 
 
-@pytest.mark.parametrize("mechanism", REFUSED)
-def test_mechanisms_without_a_binary_form_are_named_with_the_reason(mechanism):
-    dense = _dense(mechanism, dense_attention="sdsa")
+def test_a_refused_module_type_is_named_with_its_reason():
+    from spiking_attn.converters.rules import REFUSALS, refuse
+    from spiking_attn.mechanisms.pulvinar import SpikingPulvinarSync
+
+    dense = _dense("pulvinar", dense_attention="sdsa")
     x, cue = _data()
-    with pytest.raises(ConversionError, match="no rate conversion rule for: .*SpikingBasalForebrain: its modulation") as info:
-        convert(dense, {"x": x, "cue": cue}, "rate", 4)
-    assert "--method td" in str(info.value)
+    refuse(SpikingPulvinarSync, "a reason given by the test")
+    try:
+        with pytest.raises(ConversionError, match=r"no rate conversion rule for: blocks\.0\.attn \(SpikingPulvinarSync: "
+                                                  r"a reason given by the test\)") as info:
+            convert(dense, {"x": x, "cue": cue}, "rate", 4)
+        assert "--method td" in str(info.value)
+    finally:
+        del REFUSALS[SpikingPulvinarSync]
+
+
+def test_a_converted_basal_forebrain_subtracts_its_shift_from_the_input_current():
+    dense = _dense("basal_forebrain", dense_attention="sdsa")
+    x, cue = _data(48)
+    model = convert(dense, {"x": x, "cue": cue}, "rate", 4).model
+    assert model.config.mechanism_options["shift"] == "current" and model.blocks[0].attn.shift == "current"
+    # the trained form keeps its threshold shift, and a threshold-shift model is refused by the rule
+    assert build_model(dataclasses.replace(dense.config, model="spiking")).blocks[0].attn.shift == "threshold"
+    integrated = convert(_dense("integrated", dense_attention="sdsa"), {"x": x, "cue": cue}, "rate", 4).model
+    assert integrated.blocks[0].basal_forebrain.shift == "current"
 
 
 def test_converter_bad_input():
@@ -408,3 +425,19 @@ def test_convert_cli_bad_input(dense_runs, tmp_path, capsys):
     junk.write_bytes(b"\x00not a checkpoint")
     assert main(["convert", "--checkpoint", str(junk), "--out", str(tmp_path / "o")]) == 1
     assert "not a checkpoint" in _one_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_route_input_shift_is_subtracted_after_the_gain():
+    from spiking_attn.attention import SpikingSelfAttention
+
+    torch.manual_seed(0)
+    attn = SpikingSelfAttention(8, 2, "sdsa").eval()
+    x = (torch.rand(3, 2, 4, 8) > 0.5).float()
+    gain, shift = 1 + torch.rand(3, 2, 1, 8), torch.rand(3, 2, 1, 8)
+    with SpikeRecorder(attn, names=["q_lif"]) as rec:
+        attn.route(x, gain=gain, input_shift=shift)
+    expected = attn.q_lif(attn.q(x) * gain - shift)
+    assert torch.equal(rec.spikes["q_lif"], expected)
+    with SpikeRecorder(attn, names=["q_lif"]) as rec:
+        attn.route(x, gain=gain, threshold_shift=shift)
+    assert not torch.equal(rec.spikes["q_lif"], expected)  # a threshold shift is another thing

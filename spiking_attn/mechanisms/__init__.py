@@ -53,6 +53,8 @@ class MechanismSpec:
             the cue themselves, such as the plain transformer).
         readouts: name fragments of parameters that compute exposed signals only (returned with the
             mechanism's components, not used in its output); they learn only if a loss uses them.
+        conversion_options: the mechanism options a spiking model converted from the dense twin takes
+            (``spiking_attn.converters``), when its trained form differs from its converted one.
     """
 
     name: str
@@ -62,6 +64,7 @@ class MechanismSpec:
     options: type = NoOptions
     cue_token: bool = False
     readouts: tuple = ()
+    conversion_options: Mapping = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     def parse_options(self, data: Optional[Mapping] = None):
         """The options object for ``data`` (a dict of option values; missing ones take their defaults)."""

@@ -34,24 +34,33 @@ import torch
 from torch import nn
 
 from .. import auxiliary
-from ..attention import DenseSelfAttention, SpikingSelfAttention, count_dense_route, count_spiking_route
+from ..attention import (DenseSelfAttention, SpikingSelfAttention, convert_route, count_dense_route,
+                         count_spiking_route)
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
-from ..errors import check_int
-from ..converters.rules import refuse
+from ..errors import check_choice, check_int
+from ..converters.rules import conversion_rule
 from ..layers import DenseThresholdOffset
 from ..neuron import poised_population, population
 from ..opcount import count_rule, nnz
 from . import MechanismSpec, register_mechanism
 
 
+SHIFTS = ("threshold", "current")
+
+
 @dataclass(frozen=True)
 class BasalForebrainOptions:
-    """``states``: how many arousal states (3 by default: e.g. drowsy, alert, aroused)."""
+    """``states``: how many arousal states (3 by default: e.g. drowsy, alert, aroused).
+    ``shift``: how the spiking version applies a state's shift to Q, K and V: 'threshold' raises their
+    thresholds (the default, as trained so far), 'current' subtracts it from their input current, as the
+    dense twin does (the form a converted model takes)."""
 
     states: int = 3
+    shift: str = "threshold"
 
     def __post_init__(self) -> None:
         check_int(self.states, "states", low=1, high=64)
+        check_choice(self.shift, "shift", SHIFTS)
 
 
 class _StateTables(nn.Module):
@@ -99,8 +108,9 @@ class SpikingBasalForebrain(_StateTables):
     [T, B, S], "gain": [T, B, D], "shift": [T, B, D], "plasticity": [B, 1] (rate)}``."""
 
     def __init__(self, dim: int, heads: int, kind: str = "sdsa", causal: bool = False, states: int = 3,
-                 lif: Optional[dict] = None) -> None:
+                 lif: Optional[dict] = None, shift: str = "threshold") -> None:
         super().__init__(dim, states)
+        self.shift = check_choice(shift, "shift", SHIFTS)
         self.attn = SpikingSelfAttention(dim, heads, kind, causal, lif=lif)
         self.arousal = nn.Linear(dim, states)
         self.arousal_state = poised_population(states, lif)
@@ -116,7 +126,8 @@ class SpikingBasalForebrain(_StateTables):
         total = rates.sum(-1, keepdim=True)
         p = torch.where(total > 0, rates / total.clamp_min(1e-12), torch.full_like(rates, 1 / rates.shape[-1]))
         auxiliary.report("arousal", p)
-        out = self.attn.out(self.attn.route(x, context, gain=gain.unsqueeze(-2), threshold_shift=shift.unsqueeze(-2)))
+        where = "input_shift" if self.shift == "current" else "threshold_shift"
+        out = self.attn.out(self.attn.route(x, context, gain=gain.unsqueeze(-2), **{where: shift.unsqueeze(-2)}))
         if not return_components:
             return out
         plasticity = self.plasticity_lif(self.plasticity(x).mean(dim=-2)).mean(0)  # [B, 1]
@@ -126,7 +137,7 @@ class SpikingBasalForebrain(_StateTables):
 def spiking_block(config, options: BasalForebrainOptions) -> SpikingTransformerBlock:
     c = config
     lif = c.lif_kwargs()
-    attn = SpikingBasalForebrain(c.dim, c.heads, c.attention, c.causal, options.states, lif)
+    attn = SpikingBasalForebrain(c.dim, c.heads, c.attention, c.causal, options.states, lif, options.shift)
     return SpikingTransformerBlock(c.dim, c.heads, c.attention, c.causal, c.mlp_ratio, lif, attn=attn)
 
 
@@ -143,6 +154,7 @@ register_mechanism(MechanismSpec(
     dense_block=dense_block,
     options=BasalForebrainOptions,
     readouts=("attn.plasticity",),
+    conversion_options={"shift": "current"},
 ))
 
 
@@ -172,7 +184,28 @@ def _count_dense_basal_forebrain(module: DenseBasalForebrain, call) -> None:
     call.add(macs=2 * b * s + table + b * d, weight_reads=table, adds=x.numel() + b * s + b * d)
 
 
-refuse(SpikingBasalForebrain,
-       "its modulation has no rate-coded form yet: the dense gain 1 + tanh(p @ G) / 2 of a state mixture is not "
-       "the mean of the per-step gains of the states that fire, and a threshold shift divides an integrate-and-fire "
-       "neuron's rate where the dense twin subtracts the shift from its input")
+@conversion_rule(SpikingBasalForebrain)
+def _convert_basal_forebrain(module: SpikingBasalForebrain, dense: DenseBasalForebrain, ctx, unit) -> None:
+    """Q, K and V rate-code the dense modulated activations: their input is ``gain * z - shift`` at every
+    step (``shift='current'``, which the converter sets), and the shift, linear in the state spikes,
+    equals the dense ``p @ state_threshold`` on average. The arousal softmax over S states is linearised
+    at uniform arousal, ``p_s ~ 1/S + (l_s - mean l)/S``: the spiking twin already centres the drive,
+    so the arousal weights are divided by S, the dense offset folds into their bias, and a state neuron
+    of threshold 1 and bias 1/S fires at that rate. The gain ``1 + tanh(.)/2`` is taken per step of the
+    states that fired, which equals the dense gain of the mean only where tanh is near linear
+    (approximate). The plasticity readout is a hard sigmoid."""
+    from ..converters.rules import HARD_SIGMOID_SLOPE, ConversionError
+
+    if module.shift != "current":
+        raise ConversionError(f"{ctx.name(module)}: a converted basal forebrain subtracts its shift from the input "
+                              f"current (mechanism option shift='current'); this one shifts thresholds")
+    ctx.scale_input(module.attn.out, convert_route(module.attn, dense.attn, ctx, unit))
+    states = module.state_gain.shape[0]
+    ctx.scale_input(module.arousal, unit)
+    ctx.scale_output(module.arousal, 1.0 / states, (dense.arousal_state.bias - dense.arousal_state.vth).detach() / states)
+    with torch.no_grad():
+        module.arousal_state.bias.fill_(1.0 / states)
+    ctx.set_threshold(module.arousal_state, 1.0, "softmax over arousal states, linearised at uniform arousal")
+    ctx.scale_input(module.plasticity, unit)
+    ctx.scale_output(module.plasticity, HARD_SIGMOID_SLOPE, 0.5)
+    ctx.set_threshold(module.plasticity_lif, 1.0, "hard sigmoid of the dense plasticity readout")

@@ -29,11 +29,11 @@ from torch import nn
 from ..attention import ACTIVATIONS
 from ..block import DenseMLP, SpikingMLP
 from ..converters.rules import conversion_rule
-from ..errors import check_int
+from ..errors import check_choice, check_int
 from ..neuron import population
 from ..opcount import count_rule
 from . import MechanismSpec, register_mechanism
-from .basal_forebrain import DenseBasalForebrain, SpikingBasalForebrain
+from .basal_forebrain import SHIFTS, DenseBasalForebrain, SpikingBasalForebrain
 from .predictive import DensePredictiveCoding, SpikingPredictiveCoding
 from .pulvinar import DensePulvinarSync, SpikingPulvinarSync
 from .thalamic_gating import DenseThalamicGating, SpikingThalamicGating
@@ -43,14 +43,16 @@ COMPONENTS = ("thalamic", "pulvinar", "basal_forebrain", "predictive")
 
 @dataclass(frozen=True)
 class IntegratedOptions:
-    """The options of the four mechanisms it combines."""
+    """The options of the four mechanisms it combines (``shift`` is the basal forebrain's)."""
 
     controller_hidden: int = 32
     areas: int = 4
     states: int = 3
     levels: int = 2
+    shift: str = "threshold"
 
     def __post_init__(self) -> None:
+        check_choice(self.shift, "shift", SHIFTS)
         check_int(self.controller_hidden, "controller_hidden", low=1, high=4096)
         check_int(self.areas, "areas", low=1, high=64)
         check_int(self.states, "states", low=1, high=64)
@@ -114,7 +116,8 @@ class SpikingIntegratedBlock(_Integration):
         self.thalamic = SpikingThalamicGating(c.dim, c.heads, c.attention, c.causal, c.num_cues,
                                               options.controller_hidden, lif)
         self.pulvinar = SpikingPulvinarSync(c.dim, options.areas, lif)
-        self.basal_forebrain = SpikingBasalForebrain(c.dim, c.heads, c.attention, c.causal, options.states, lif)
+        self.basal_forebrain = SpikingBasalForebrain(c.dim, c.heads, c.attention, c.causal, options.states, lif,
+                                                     options.shift)
         self.predictive = SpikingPredictiveCoding(c.dim, options.levels, lif)
         self.pre_mlp_lif = population(c.dim, lif)
         self.mlp = SpikingMLP(c.dim, int(c.dim * c.mlp_ratio), lif)
@@ -135,6 +138,7 @@ register_mechanism(MechanismSpec(
     options=IntegratedOptions,
     cue_token=True,  # the cue also enters as a token, so that the three other mechanisms see the task
     readouts=("basal_forebrain.plasticity", "predictive.reconstruct"),
+    conversion_options={"shift": "current"},  # its basal-forebrain part, as the mechanism's own
 ))
 
 
