@@ -34,7 +34,7 @@ from ..neuron import population
 from ..opcount import count_rule
 from . import MechanismSpec, register_mechanism
 from .basal_forebrain import SHIFTS, DenseBasalForebrain, SpikingBasalForebrain
-from .predictive import DensePredictiveCoding, SpikingPredictiveCoding
+from .predictive import ORDERS, DensePredictiveCoding, SpikingPredictiveCoding
 from .pulvinar import DensePulvinarSync, SpikingPulvinarSync
 from .thalamic_gating import DenseThalamicGating, SpikingThalamicGating
 
@@ -43,16 +43,19 @@ COMPONENTS = ("thalamic", "pulvinar", "basal_forebrain", "predictive")
 
 @dataclass(frozen=True)
 class IntegratedOptions:
-    """The options of the four mechanisms it combines (``shift`` is the basal forebrain's)."""
+    """The options of the four mechanisms it combines (``shift`` is the basal forebrain's, ``order`` the
+    predictive module's)."""
 
     controller_hidden: int = 32
     areas: int = 4
     states: int = 3
     levels: int = 2
     shift: str = "threshold"
+    order: str = "mean_first"
 
     def __post_init__(self) -> None:
         check_choice(self.shift, "shift", SHIFTS)
+        check_choice(self.order, "order", ORDERS)
         check_int(self.controller_hidden, "controller_hidden", low=1, high=4096)
         check_int(self.areas, "areas", low=1, high=64)
         check_int(self.states, "states", low=1, high=64)
@@ -118,7 +121,7 @@ class SpikingIntegratedBlock(_Integration):
         self.pulvinar = SpikingPulvinarSync(c.dim, options.areas, lif)
         self.basal_forebrain = SpikingBasalForebrain(c.dim, c.heads, c.attention, c.causal, options.states, lif,
                                                      options.shift)
-        self.predictive = SpikingPredictiveCoding(c.dim, options.levels, lif)
+        self.predictive = SpikingPredictiveCoding(c.dim, options.levels, lif, options.order)
         self.pre_mlp_lif = population(c.dim, lif)
         self.mlp = SpikingMLP(c.dim, int(c.dim * c.mlp_ratio), lif)
 
@@ -138,7 +141,7 @@ register_mechanism(MechanismSpec(
     options=IntegratedOptions,
     cue_token=True,  # the cue also enters as a token, so that the three other mechanisms see the task
     readouts=("basal_forebrain.plasticity", "predictive.reconstruct"),
-    conversion_options={"shift": "current"},  # its basal-forebrain part, as the mechanism's own
+    conversion_options={"shift": "current", "order": "fire_first"},  # its parts', as the mechanisms' own
 ))
 
 

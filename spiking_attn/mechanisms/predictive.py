@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from .. import auxiliary
 from ..attention import ACTIVATIONS
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
-from ..errors import check_int
+from ..errors import check_choice, check_int
 from ..converters.rules import conversion_rule
 from ..layers import LinearBN
 from ..neuron import LIFPopulation, population
@@ -48,14 +48,23 @@ from ..opcount import count_rule
 from . import MechanismSpec, register_mechanism
 
 
+ORDERS = ("mean_first", "fire_first")
+
+
 @dataclass(frozen=True)
 class PredictiveOptions:
-    """``levels``: depth of the predictive hierarchy."""
+    """``levels``: depth of the predictive hierarchy. ``order``: how the spiking version forms its
+    representation: 'mean_first' fires one population on the token mean of the encoding (the default, as
+    trained so far); 'fire_first' fires a population per token and averages the spikes, which is the
+    dense twin's ``mean_n act(encode(x))`` (the form a converted model takes; its update layer then reads
+    each token's spikes and averages its output, so its input stays binary)."""
 
     levels: int = 2
+    order: str = "mean_first"
 
     def __post_init__(self) -> None:
         check_int(self.levels, "levels", low=1, high=16)
+        check_choice(self.order, "order", ORDERS)
 
 
 def free_energy_loss(components: dict) -> torch.Tensor:
@@ -130,8 +139,9 @@ class SpikingPredictiveCoding(_Hierarchy):
     ``(e+, e-)`` ``[T, B, D]``), their count (``"prediction_error"``) and the rate-based components
     ``free_energy_loss`` reads."""
 
-    def __init__(self, dim: int, levels: int = 2, lif: Optional[dict] = None) -> None:
+    def __init__(self, dim: int, levels: int = 2, lif: Optional[dict] = None, order: str = "mean_first") -> None:
         super().__init__(dim, levels)
+        self.order = check_choice(order, "order", ORDERS)
         base = {k: v for k, v in (lif or {}).items() if k not in ("per_channel", "learn_bias", "bias")}
         vth, dv = float(base.get("vth", 1.0)), float(base.get("dv", 0.5))
         self.current_lif = population(dim, lif)
@@ -148,12 +158,23 @@ class SpikingPredictiveCoding(_Hierarchy):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
                 return_components: bool = False):
-        r = self.current_lif(self.encode(x).mean(dim=-2))  # [T, B, D] spikes
+        if self.order == "fire_first":
+            per_token = self.current_lif(self.encode(x))  # [T, B, N, D] spikes
+            r = per_token.mean(dim=-2)  # [T, B, D]: the share of tokens firing
+        else:
+            per_token = None
+            r = self.current_lif(self.encode(x).mean(dim=-2))  # [T, B, D] spikes
         belief = self.prior(torch.zeros_like(r))  # [T, B, D] spikes of the prior
         error_spikes, errors, total = [], [], r.new_zeros(())
         for level in range(self.levels):
             pos, neg = self.errors(level, r, self.predict[level](belief))
-            belief = self.belief_lif[level](self.update[level](torch.cat([r, pos, neg], dim=-1)))
+            if per_token is None:
+                drive = self.update[level](torch.cat([r, pos, neg], dim=-1))
+            else:  # the update reads every token's spikes (binary) and averages: linear, so the same mean
+                n = per_token.shape[-2]
+                errors_each = torch.cat([pos, neg], dim=-1).unsqueeze(-2).expand(*pos.shape[:-1], n, 2 * pos.shape[-1])
+                drive = self.update[level](torch.cat([per_token, errors_each], dim=-1)).mean(dim=-2)
+            belief = self.belief_lif[level](drive)
             error_spikes.append((pos, neg))
             errors.append((pos - neg).mean(0))  # [B, D] signed error rate
             total = total + (pos + neg).sum(dim=(0, 2)).mean()  # error spikes per sample
@@ -169,7 +190,7 @@ def spiking_block(config, options: PredictiveOptions) -> SpikingTransformerBlock
     c = config
     lif = c.lif_kwargs()
     return SpikingTransformerBlock(c.dim, c.heads, c.attention, c.causal, c.mlp_ratio, lif,
-                                   attn=SpikingPredictiveCoding(c.dim, options.levels, lif))
+                                   attn=SpikingPredictiveCoding(c.dim, options.levels, lif, options.order))
 
 
 def dense_block(config, options: PredictiveOptions) -> DenseTransformerBlock:
@@ -185,6 +206,7 @@ register_mechanism(MechanismSpec(
     dense_block=dense_block,
     options=PredictiveOptions,
     readouts=("attn.reconstruct",),
+    conversion_options={"order": "fire_first"},
 ))
 
 
@@ -215,12 +237,17 @@ count_rule(DensePrior)(lambda module, call: None)  # the activation of a learned
 
 @conversion_rule(SpikingPredictiveCoding)
 def _convert_predictive(coding: SpikingPredictiveCoding, dense: DensePredictiveCoding, ctx, unit) -> None:
-    """The representation, prior and beliefs rate-code their ReLUs (the representation is the ReLU of the
-    token mean here and the mean of the ReLU in the dense twin: equal where every token's encoding is
-    positive, approximate elsewhere). The prior fires from its bias alone. Predictions are rescaled into
+    """The representation, prior and beliefs rate-code their ReLUs; the representation is fired per token
+    and averaged (``order='fire_first'``, which the converter sets), as the dense twin averages the ReLU
+    over tokens. The prior fires from its bias alone. Predictions are rescaled into
     the representation's units, so that ``r - prediction`` is the dense error over lambda_r; the error
     populations code ``relu(+-precision * error)`` with the scale those values reach on the calibration
     set; the update layer reads representation and error spikes, each with its own value."""
+    from ..converters.rules import ConversionError
+
+    if coding.order != "fire_first":
+        raise ConversionError(f"{ctx.name(coding)}: a converted predictive module fires its representation per "
+                              f"token (mechanism option order='fire_first'); this one fires on the token mean")
     d = dense.encode.linear.out_features
     ctx.scale_input(coding.encode, unit)
     lam_r = ctx.threshold(coding.current_lif, dense.act)
