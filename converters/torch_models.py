@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -656,3 +657,85 @@ def convert_torch_model(model: nn.Module, calibration_data: torch.Tensor, method
                                                       percentile, batch_size)
     dense_accuracy, results = _evaluate(dense, spiking, steps, ex, y, batch_size, progress)
     return Conversion(spiking, method, dense_accuracy, results, thresholds, sources)
+
+
+# --- export to the network graph (``spiking_attn.graph``), and so to Lava ------------------------------
+
+def _affine_tail(stages: Sequence[nn.Module], shape: Sequence[int]):
+    """``(A, c)`` with ``tail(s) = A s + c`` for the stages after the last population (weight layers and
+    reshapes: affine), on flattened inputs of per-sample ``shape``."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        def run(t):
+            for stage in stages:
+                t = stage(t)
+            return t.reshape(t.shape[0], -1)
+
+        zero = run(torch.zeros(1, *shape, dtype=torch.float64))  # [1, out]
+        basis = run(torch.eye(n, dtype=torch.float64).reshape(n, *shape)) - zero  # [n, out]
+    return basis.T.numpy(), zero[0].numpy()
+
+
+def _export_sequential(model: "SpikingSequential", graph, x, cue=None):
+    """The stages before the first population read the analog input: they run on the host. Every
+    population after them is a graph population; weight layers between populations are static
+    synapses (a convolution or any reshape through ``linear_map``, its bias added as the current's
+    bias); the stages after the last population are the host's affine readout."""
+    from spiking_attn.graph import ExportError, Readout
+
+    if cue is not None:
+        raise ExportError("a converted torch model takes no cue")
+    stages = list(model.stages)
+    start = model._first_population
+    last = max((i for i, s in enumerate(stages) if isinstance(s, LIFPopulation)), default=None)
+    if last is None:
+        raise ExportError("the converted model has no population: nothing to run on neuromorphic hardware")
+    h = x.to(torch.float64)  # the graph is built in float64
+    for stage in stages[:start]:
+        h = stage(h)
+    t = graph.timesteps
+    handle = graph.host_current(h.unsqueeze(0).expand(t, *h.shape))  # [T, B, *shape], the same each step
+    for stage in stages[start:last + 1]:
+        if isinstance(stage, LIFPopulation):
+            handle = graph.population(stage, handle)
+        elif isinstance(stage, nn.Linear) and len(handle.shape) == 1:
+            handle = graph.dense(stage, handle)
+        else:
+            bias = getattr(stage, "bias", None)
+            current = graph.linear_map(handle, lambda b, s=stage: _without_bias(s, b))
+            if bias is not None:
+                out = _without_bias(stage, torch.zeros(1, *handle.shape, dtype=torch.float64))
+                per_channel = bias.detach().to(torch.float64).reshape(-1, *([1] * (out.dim() - 2)))
+                current.bias = current.bias + (torch.zeros_like(out[0]) + per_channel).reshape(-1).numpy()
+            handle = current
+    weight, offset = _affine_tail(stages[last + 1:], handle.shape)
+    graph.readout = Readout(handle.name, weight * model.output_unit, offset * model.output_unit)
+    return handle
+
+
+def _without_bias(stage: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``stage`` applied to ``t`` (``[K, *shape]``) without its bias: the linear part of an affine stage."""
+    import torch.nn.functional as F
+
+    if isinstance(stage, nn.Conv2d):
+        return F.conv2d(t, stage.weight.to(t.dtype), None, stage.stride, stage.padding, stage.dilation, stage.groups)
+    if isinstance(stage, nn.Linear):
+        return t @ stage.weight.to(t.dtype).T
+    return stage(t)  # reshapes, pooling, crops: linear already
+
+
+def _count_sequential(model: "SpikingSequential", call) -> None:
+    """The mean over the steps of the last stage's output (its stages count themselves)."""
+    call.add(adds=call.output.numel() * model.timesteps)
+
+
+def _register_rules() -> None:
+    from spiking_attn.graph import export_rule
+    from spiking_attn.opcount import count_rule, no_own_ops
+
+    export_rule(SpikingSequential)(_export_sequential)
+    count_rule(SpikingSequential)(_count_sequential)
+    count_rule(FitSize2d)(no_own_ops)  # a crop or zero padding: no arithmetic
+
+
+_register_rules()

@@ -314,12 +314,25 @@ def _check_inputs(model, inputs, cue):
     from spiking_attn.errors import DTypeError, check_tensor
     from spiking_attn.models import SpikingClassifier
 
+    from spiking_attn.converters.torch_models import SpikingSequential
+
+    if isinstance(model, SpikingSequential):  # a converted torch model: samples of its input shape, no cue
+        check_tensor(inputs, "inputs", ndim=len(model.input_shape) + 1)
+        if tuple(inputs.shape[1:]) != model.input_shape:
+            raise SpikingAttnError(f"inputs must be [S, {', '.join(map(str, model.input_shape))}], got "
+                                   f"{tuple(inputs.shape)}")
+        if cue is not None:
+            raise SpikingAttnError("a converted torch model takes no cue")
+        if inputs.shape[0] < 1:
+            raise SpikingAttnError("inputs must hold at least one sample")
+        return
     if not isinstance(model, SpikingClassifier):
         kind = getattr(getattr(model, "config", None), "model", None)
         if kind == "dense":
             raise SpikingAttnError("deploy takes a spiking model; this is a dense twin (convert it first, or train "
                                    "with --model spiking)")
-        raise DTypeError(f"deploy takes a spiking classifier of this library, got {type(model).__name__}")
+        raise DTypeError(f"deploy takes a spiking classifier of this library or a converted torch model, got "
+                         f"{type(model).__name__}")
     check_tensor(inputs, "inputs", ndim=3)
     if inputs.shape[0] < 1:
         raise SpikingAttnError("inputs must hold at least one sample")

@@ -397,13 +397,15 @@ def export_graph(model: nn.Module, x: torch.Tensor, cue: Optional[torch.Tensor] 
 
     from .models import SpikingClassifier
 
-    if not isinstance(model, SpikingClassifier):
-        raise ExportError(f"export takes a spiking classifier of this library, got {type(model).__name__} "
-                          f"(a dense model is converted first: spiking_attn.converters)")
+    if isinstance(model, SpikingClassifier):
+        timesteps, batch = model.config.timesteps, (x.shape[-3] if x.dim() in (3, 4) else 0)
+    elif rule_for(model) is not None and isinstance(getattr(model, "timesteps", None), int):
+        timesteps, batch = model.timesteps, x.shape[0]  # a converted torch model (SpikingSequential)
+    else:
+        raise ExportError(f"export takes a spiking classifier of this library or a converted torch model, got "
+                          f"{type(model).__name__} (a dense model is converted first: spiking_attn.converters)")
     model = copy.deepcopy(model).to(torch.float64).eval()
-    c = model.config
-    batch = x.shape[-3] if x.dim() in (3, 4) else 0
-    graph = NetworkGraph(model, c.timesteps, batch)
+    graph = NetworkGraph(model, timesteps, batch)
     with torch.no_grad():
         graph.call(model, x, cue=cue)
     return graph
@@ -426,7 +428,8 @@ def torch_population_spikes(model: nn.Module, x: torch.Tensor, cue: Optional[tor
             hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            logits = model(x.to(torch.float64), cue=cue).numpy()
+            x = x.to(torch.float64)
+            logits = (model(x) if cue is None else model(x, cue=cue)).numpy()
     finally:
         for h in hooks:
             h.remove()

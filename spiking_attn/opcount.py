@@ -305,10 +305,39 @@ def repeats_over_time(x: torch.Tensor, timesteps: int) -> int:
     return timesteps if bool((steps == steps[:1]).all()) else 1
 
 
+@count_rule(nn.Conv2d)
+def count_conv2d(layer: nn.Conv2d, call: Call) -> None:
+    """As ``count_linear``, per connection the convolution makes: binary input, an add of a weight per spike
+    and output it reaches (counted exactly, padding and stride included); analog input, a MAC per output
+    value and kernel entry."""
+    import torch.nn.functional as F
+
+    x = call.args[0]
+    per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+    if call.counter.event_driven and is_binary(x):
+        ones = x.new_ones(layer.groups, layer.in_channels // layer.groups, *layer.kernel_size)
+        reached = F.conv2d(x, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        acs = float(reached.sum()) * (layer.out_channels // layer.groups)
+        call.add(acs=acs, weight_reads=acs)
+    else:
+        outputs = call.output.numel() / repeats_over_time(x, call.counter.timesteps)
+        macs = outputs * per_output
+        call.add(macs=macs, weight_reads=macs,
+                 activation_accesses=x.numel() / repeats_over_time(x, call.counter.timesteps) + outputs)
+
+
+@count_rule(nn.AvgPool2d)
+def count_avg_pool(pool: nn.AvgPool2d, call: Call) -> None:
+    """Each output sums its window (the division by the window size folds into the next weights)."""
+    k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0] * pool.kernel_size[1]
+    window = k * k if isinstance(pool.kernel_size, int) else k
+    call.add(adds=call.output.numel() * (window - 1))
+
+
 # BatchNorm folds into the preceding weights in eval mode; ReLU/GELU compare or look up; containers,
-# Identity and Dropout (eval) do nothing.
+# Identity, Dropout (eval) and Flatten do nothing.
 count_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.GELU, nn.Identity, nn.Dropout, nn.ModuleList,
-           nn.Sequential)(no_own_ops)
+           nn.Sequential, nn.Flatten)(no_own_ops)
 
 
 def varies_per_step_or_sample(mod: Optional[torch.Tensor], x: torch.Tensor) -> bool:

@@ -328,3 +328,71 @@ def test_bad_input():
     spiking = convert_torch_model(model, x, "rate", 4).model
     with pytest.raises(ShapeError, match=r"x must be \[B, 6\]"):
         spiking(torch.randn(4, 5))
+
+
+# ------------------------------------------------------------------- deployment and energy of converted models
+@pytest.fixture(scope="module")
+def converted_cnn(digits):
+    x, y, xt, yt = digits
+    images, test_images = x.reshape(-1, 1, 8, 8), xt.reshape(-1, 1, 8, 8)
+    dense = _train(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2),
+                                 nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 10)),
+                   images, y, steps=60)
+    return dense, convert_torch_model(dense, images[:256], "rate", 8).model, test_images, yt
+
+
+@pytest.mark.parametrize("precision", ["float", "fixed"])
+def test_a_converted_cnn_runs_on_lava_spike_for_spike(converted_cnn, digits, precision):
+    from spiking_attn.hardware.lava import deploy
+
+    dense, spiking, test_images, yt = converted_cnn
+    calibration = (digits[0].reshape(-1, 1, 8, 8)[:64], None) if precision == "fixed" else None
+    run = deploy(spiking, test_images[:2], precision=precision, calibration=calibration, labels=yt[:2])
+    assert run.spike_agreement() == 1.0
+    assert run.report()["prediction_agreement"] == 1.0
+    with pytest.raises(SpikingAttnError, match="no cue"):
+        deploy(spiking, test_images[:2], cue=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(SpikingAttnError, match=r"inputs must be \[S, 1, 8, 8\]"):
+        deploy(spiking, test_images[:2, :, :4])
+
+
+def test_the_graph_of_a_converted_cnn_reproduces_its_spikes_and_logits(converted_cnn):
+    import numpy as np
+
+    from spiking_attn.graph import export_graph, simulate, torch_population_spikes
+
+    _, spiking, test_images, _ = converted_cnn
+    graph = export_graph(spiking, test_images[:5])
+    simulated = simulate(graph)
+    reference, logits = torch_population_spikes(spiking, test_images[:5])
+    assert set(reference) == {"stages.1", "stages.3"}
+    for name, spikes in reference.items():
+        assert np.array_equal(simulated[name], spikes), name
+    readout = graph.readout
+    assert np.allclose(readout.logits(simulated[readout.source]), logits, atol=1e-9)
+
+
+def test_convolution_operations_are_counted_exactly():
+    from spiking_attn.opcount import count_ops
+
+    conv = nn.Conv2d(2, 3, 3, padding=1, stride=2)
+    x = torch.zeros(1, 2, 5, 5)
+    x[0, 0, 0, 0] = x[0, 1, 2, 2] = x[0, 1, 4, 3] = 1.0  # three spikes
+    model = nn.Sequential(conv)
+    report = count_ops(model, x, event_driven=True)
+    # outputs at rows/cols 0, 2, 4 with a 3x3 window (padding 1): count the windows holding each spike
+    windows = 0
+    for (i, j) in ((0, 0), (2, 2), (4, 3)):
+        windows += sum(1 for oi in (0, 2, 4) for oj in (0, 2, 4) if abs(oi - i) <= 1 and abs(oj - j) <= 1)
+    assert report.totals()["acs"] == windows * 3  # every output channel reads the spike
+    dense_report = count_ops(model, torch.rand(1, 2, 5, 5), event_driven=False)
+    assert dense_report.totals()["macs"] == 3 * 3 * 3 * (2 * 3 * 3)  # outputs x kernel entries
+
+
+def test_a_converted_cnn_is_costed_beside_its_dense_twin(converted_cnn):
+    from spiking_attn.hardware.energy import estimate
+
+    dense, spiking, test_images, yt = converted_cnn
+    report = estimate(spiking, test_images[:32], "45nm", labels=yt[:32], twin=dense)
+    assert report.to_dict()["snn"]["synaptic_ops"] > 0 and report.to_dict()["ann"]["macs"] > 0
+    assert report.accuracy["snn"] is not None and report.accuracy["ann"] is not None
