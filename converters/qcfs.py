@@ -16,6 +16,7 @@ The floor passes its gradient straight through; ``lambda`` learns through the cl
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -77,14 +78,16 @@ def qcfs_twin(model: nn.Module, levels: int, clips: dict) -> nn.Module:
 
 def finetune_qcfs(model: nn.Module, data, *, levels: int = 4, epochs: int = 40, lr: float = 6e-3,
                   batch_size: int = 64, seed: int = 0, calibration: int = 512, percentile: float = 99.9,
-                  progress: bool = False) -> nn.Module:
+                  clip_init: Optional[float] = 4.0, progress: bool = False) -> nn.Module:
     """Fine-tune a ReLU dense twin into a QCFS one, ready for ``convert(method='qcfs')``.
 
-    The clips start at the ``percentile`` of each activation over the first ``calibration`` training
-    samples; the whole network then trains ``epochs`` epochs (AdamW, cosine schedule, no weight decay on
-    the clips) on ``data`` (a ``TokenDataset``, the task the twin was trained on). The defaults are the
-    training defaults: on this project's tasks a gentle fine-tune (lr 1e-3, a few epochs) kept the dense
-    accuracy but left a twin that converted worse at low T.
+    Every clip starts at ``clip_init`` (4.0, the QCFS module's own default), or, with ``clip_init=None``,
+    at the ``percentile`` of its activation over the first ``calibration`` training samples. The whole
+    network then trains ``epochs`` epochs (AdamW, cosine schedule, no weight decay on the clips) on
+    ``data`` (a ``TokenDataset``, the task the twin was trained on). The defaults are the training
+    defaults. On this project's tasks, a gentle fine-tune (lr 1e-3, a few epochs) kept the dense accuracy
+    but left a twin that converted worse at low T, and so did clips started at the calibrated
+    percentiles (``benchmarks/bench_conversion.py`` measures the default route).
     """
     from spiking_attn.data import TokenDataset
     from spiking_attn.models import DenseClassifier
@@ -104,7 +107,10 @@ def finetune_qcfs(model: nn.Module, data, *, levels: int = 4, epochs: int = 40, 
     settings = TrainSettings(task=data.name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     rows = slice(0, min(calibration, len(data.x_train)))
     cue = data.context("train", rows).get("cue")
-    clips = activation_scales(model, data.x_train[rows], cue, mode="percentile", percentile=percentile)
+    clips = activation_scales(model, data.x_train[rows], cue, mode="percentile", percentile=percentile,
+                              skip_idle=True)
+    if clip_init is not None:  # one starting clip for every activation instead of the calibrated ones
+        clips = {name: float(clip_init) for name in clips}
     torch.manual_seed(seed)
     twin = qcfs_twin(model, levels, clips)
     clip_params = [p for n, p in twin.named_parameters() if n.endswith(".clip")]
