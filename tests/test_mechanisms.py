@@ -306,3 +306,32 @@ def test_integrated_block_exposes_every_component(kind):
     assert all(c.shape == x.shape for c in parts["components"].values())
     torch.testing.assert_close(sum(parts["weights"].values()), torch.tensor(1.0))
     assert float(parts["prediction_error"]) >= 0 and parts["arousal"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("basal_forebrain", {"shift": "current"}),
+    ("predictive", {"order": "fire_first"}),
+    ("integrated", {"shift": "current", "order": "fire_first"}),
+])
+def test_the_conversion_forms_train_and_stay_spike_driven(name, options):
+    """The forms a converted model takes (MechanismSpec.conversion_options) are trainable spiking models too."""
+    spiking = build_model(ModelConfig(**SMALL, mechanism=name, mechanism_options=options))
+    assert MECHANISMS.get(name).conversion_options.items() <= spiking.config.mechanism_options.items()
+    x, cue = _inputs(8)
+    assert spike_driven_report(spiking, x, cue=cue).non_binary == ["embed.linear"]
+    spiking(x, cue=cue).pow(2).sum().backward()
+    readouts = MECHANISMS.get(name).readouts
+    params = [(n, p) for n, p in spiking.named_parameters() if not any(r in n for r in readouts)]
+    assert [n for n, p in params if p.grad is None] == []
+    default = build_model(ModelConfig(**SMALL, mechanism=name))
+    default.load_state_dict(spiking.state_dict())  # the same parameters: only the computation differs
+    for key, value in options.items():
+        found = [m for m in spiking.modules() if hasattr(m, key) and isinstance(getattr(m, key), str)]
+        assert found and all(getattr(m, key) == value for m in found)
+    if "order" in options:  # the representation fires per token, then is averaged: a share, not a spike
+        with SpikeRecorder(spiking) as rec:
+            spiking.eval()(x, cue=cue)
+        per_token = [s for n, s in rec.spikes.items() if n.endswith("current_lif")][0]
+        assert per_token.dim() == 4  # [T, B, N, D]
+    with pytest.raises(SpikingAttnError, match=f"unknown {list(options)[0]} 'sideways'"):
+        ModelConfig(**SMALL, mechanism=name, mechanism_options={**options, list(options)[0]: "sideways"})
