@@ -58,21 +58,21 @@ class QCFS(nn.Module):
 count_rule(QCFS)(no_own_ops)  # like a ReLU: a compare and a lookup per value
 
 
-def qcfs_twin(model: nn.Module, levels: int, clips: dict) -> nn.Module:
-    """A copy of the dense twin ``model`` with every ReLU replaced by QCFS (``levels`` levels), its weights
-    copied and each clip started at ``clips[name]`` (the activation's calibrated scale)."""
+def qcfs_twin(model: nn.Module, levels: int, clips: Optional[dict] = None, clip_init: float = 4.0) -> nn.Module:
+    """A copy of the dense twin ``model`` with its activations replaced by QCFS (``levels`` levels), its
+    weights copied. Each QCFS clip starts at ``clips[name]`` where given (a calibrated scale), else at
+    ``clip_init``; activations the twin keeps as ReLUs (a thalamic controller's, say) get no clip."""
     import dataclasses
 
     from spiking_attn.models import build_model
 
-    config = dataclasses.replace(model.config, dense_act="qcfs", qcfs_levels=levels)
-    twin = build_model(config)
-    state = twin.state_dict()
-    missing = sorted(set(state) - set(model.state_dict()) - {f"{n}.clip" for n in clips})
-    if missing:
-        raise SpikingAttnError(f"no calibrated clip for the QCFS activation(s) {', '.join(missing[:4])}")
-    twin.load_state_dict({**model.state_dict(), **{f"{n}.clip": torch.tensor(max(float(c), 1e-3))
-                                                   for n, c in clips.items()}})
+    twin = build_model(dataclasses.replace(model.config, dense_act="qcfs", qcfs_levels=levels))
+    state = model.state_dict()
+    for name, module in twin.named_modules():
+        if isinstance(module, QCFS):
+            start = float((clips or {}).get(name, clip_init))
+            state[f"{name}.clip"] = torch.tensor(max(start, 1e-3))
+    twin.load_state_dict(state)
     return twin
 
 
@@ -107,12 +107,10 @@ def finetune_qcfs(model: nn.Module, data, *, levels: int = 4, epochs: int = 40, 
     settings = TrainSettings(task=data.name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     rows = slice(0, min(calibration, len(data.x_train)))
     cue = data.context("train", rows).get("cue")
-    clips = activation_scales(model, data.x_train[rows], cue, mode="percentile", percentile=percentile,
-                              skip_idle=True)
-    if clip_init is not None:  # one starting clip for every activation instead of the calibrated ones
-        clips = {name: float(clip_init) for name in clips}
+    clips = None if clip_init is not None else activation_scales(
+        model, data.x_train[rows], cue, mode="percentile", percentile=percentile, skip_idle=True)
     torch.manual_seed(seed)
-    twin = qcfs_twin(model, levels, clips)
+    twin = qcfs_twin(model, levels, clips, 4.0 if clip_init is None else clip_init)
     clip_params = [p for n, p in twin.named_parameters() if n.endswith(".clip")]
     others = [p for n, p in twin.named_parameters() if not n.endswith(".clip")]
     optimizer = torch.optim.AdamW([{"params": others}, {"params": clip_params, "weight_decay": 0.0}], lr=lr,

@@ -344,6 +344,22 @@ def test_finetune_qcfs_makes_a_twin_that_converts():
         finetune_qcfs(twin, data)
 
 
+@pytest.mark.parametrize("clip_init", [4.0, None])
+def test_finetune_qcfs_leaves_the_relus_the_twin_keeps(clip_init):
+    """A thalamic controller's ReLU is not one of the twin's activations: it stays a ReLU, without a clip,
+    whether the clips start at one value or at the calibrated scales."""
+    from spiking_attn.data import load_task
+
+    data = load_task("cue")
+    torch.manual_seed(0)
+    dense = build_model(ModelConfig(in_features=data.in_features, num_tokens=data.num_tokens,
+                                    num_classes=data.num_classes, num_cues=data.num_cues, model="dense", dim=16,
+                                    depth=1, heads=2, mechanism="thalamic", dense_attention="sdsa")).eval()
+    twin = finetune_qcfs(dense, data, levels=2, epochs=1, calibration=32, clip_init=clip_init)
+    assert isinstance(twin.blocks[0].attn.controller_act, nn.ReLU)
+    assert isinstance(twin.blocks[0].attn.attn.q_act, QCFS)
+
+
 # --- the command line --------------------------------------------------------------------------------
 
 from spiking_attn.cli import main  # noqa: E402
