@@ -335,31 +335,27 @@ def convert_checkpoint(path, *, method: str = "rate", timesteps=DEFAULT_TIMESTEP
     settings = dict((payload.get("training") or {}).get("settings") or {})
     extra = {}
     if method == "qcfs" and config.dense_act != "qcfs":
+        from spiking_attn.training import evaluate
+
         epochs = finetune_epochs if finetune_epochs is not None else settings.get("epochs", 40)
+        source_accuracy = evaluate(model, data.x_test, data.y_test, **data.context("test"))["accuracy"]
         model = finetune_qcfs(model, data, levels=qcfs_levels, epochs=epochs, seed=settings.get("seed", 0),
                               lr=settings.get("lr", 6e-3), batch_size=settings.get("batch_size", 64),
                               calibration=calibration, progress=progress)
-        extra = {"finetuned": {"levels": qcfs_levels, "epochs": epochs, "source_accuracy": None,
+        extra = {"finetuned": {"levels": qcfs_levels, "epochs": epochs, "source_accuracy": source_accuracy,
                                "accuracy": model.finetune_accuracy}}
     rows = slice(0, calibration)
     calib = {"x": data.x_train[rows], "cue": data.context("train", rows).get("cue")}
     evaluation = {"x": data.x_test, "y": data.y_test, "cue": data.context("test").get("cue")}
-    if extra:
-        source = load_model(path)
-        extra["finetuned"]["source_accuracy"] = float(
-            (torch.cat([o for _, o in eval_batches(source, data.x_test, evaluation["cue"], 256)]).argmax(-1)
-             == data.y_test).double().mean())
     result = convert(model, calib, method, steps, evaluation=evaluation, mode=mode, percentile=percentile,
                      progress=progress)
     info = {**result.to_dict(), "task": task, "source": str(path), "calibration_samples": calibration,
             "calibration": {"mode": mode, "percentile": percentile} if method == "rate" else None, **extra}
     info["saved_timesteps"] = chosen_timesteps(result.dense_accuracy, result.results)
-    saved = result.model if method == "td" else with_timesteps(result.model, info["saved_timesteps"])
+    # td keeps the dense weights, which is all its time-difference form needs
+    saved = model if method == "td" else with_timesteps(result.model, info["saved_timesteps"])
     training = {"settings": settings, "conversion": {k: v for k, v in info.items() if k != "results"}}
-    if method == "td":
-        save_checkpoint(out / "checkpoint.pt", model, training)
-    else:
-        save_checkpoint(out / "checkpoint.pt", saved, training)
+    save_checkpoint(out / "checkpoint.pt", saved, training)
     if extra:
         save_checkpoint(out / "dense_qcfs.pt", model, {"settings": settings})
     write_json(out / "conversion.json", info)

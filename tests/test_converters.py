@@ -457,3 +457,21 @@ def test_route_input_shift_is_subtracted_after_the_gain():
     with SpikeRecorder(attn, names=["q_lif"]) as rec:
         attn.route(x, gain=gain, threshold_shift=shift)
     assert not torch.equal(rec.spikes["q_lif"], expected)  # a threshold shift is another thing
+
+
+def test_convert_cli_fine_tunes_a_relu_twin_for_qcfs(dense_runs, tmp_path, capsys):
+    from spiking_attn.training import evaluate
+    from spiking_attn.data import load_task
+
+    source = dense_runs / "dense" / "checkpoint.pt"
+    out = tmp_path / "qcfs"
+    assert main(["convert", "--checkpoint", str(source), "--method", "qcfs", "--finetune-epochs", "1",
+                 "--qcfs-levels", "2", "--timesteps", "2,4", "--calibration", "64", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "QCFS fine-tuning (L=2, 1 epochs)" in capsys.readouterr().out
+    info = json.loads((out / "conversion.json").read_text())
+    data = load_task("digits")
+    assert info["finetuned"]["source_accuracy"] == evaluate(load_model(source), data.x_test, data.y_test)["accuracy"]
+    twin = load_model(out / "dense_qcfs.pt")
+    assert twin.config.dense_act == "qcfs" and twin.config.qcfs_levels == 2
+    assert info["dense_accuracy"] == info["finetuned"]["accuracy"]
