@@ -48,12 +48,12 @@ def _train(out: Path, task: str, seed: int, reuse: bool, **extra) -> Path:
 
 
 def _convert(source: Path, method: str, out: Path, steps) -> dict:
-    from spiking_attn.converters import convert_checkpoint
+    from spiking_attn.converters.conversion import CONVERSION_OUTPUTS, convert_checkpoint
     from spiking_attn.outputs import RunFolder
 
     t0 = time.perf_counter()
-    with RunFolder(out, overwrite=True, markers=("conversion.json",), files=("checkpoint.pt", "conversion.json",
-                   "accuracy_vs_T.png", "dense_qcfs.pt"), keep_if="conversion.json") as folder:
+    with RunFolder(out, overwrite=True, markers=("conversion.json",), files=CONVERSION_OUTPUTS,
+                   keep_if="conversion.json") as folder:
         info = convert_checkpoint(source, method=method, timesteps=steps, out=folder, qcfs_levels=LEVELS,
                                   progress=False)
     info["seconds"] = time.perf_counter() - t0

@@ -285,6 +285,7 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
 
 
 CONVERSION_FILES = ("checkpoint.pt", "conversion.json", "accuracy_vs_T.png")
+CONVERSION_OUTPUTS = (*CONVERSION_FILES, "dense_qcfs.pt")  # every file a conversion may write
 
 
 def chosen_timesteps(dense_accuracy: Optional[float], results: List[dict], tolerance: float = 0.01) -> int:

@@ -116,11 +116,7 @@ class ConversionContext:
         """Give ``population`` the threshold that makes its rate code ``activation``'s output; returns
         ``lambda``, the value of one of its spikes. ``unit``: the value of one unit of its input current."""
         lam = self.scale(activation)
-        vth = lam / (1.0 if unit is None else unit)
-        population.vth.fill_(vth)
-        name = self.name(population)
-        self.thresholds[name] = vth
-        self.sources[name] = self._dense_names[id(activation)]
+        self.set_threshold(population, lam / (1.0 if unit is None else unit), self._dense_names[id(activation)])
         return lam
 
     @torch.no_grad()

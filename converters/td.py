@@ -120,11 +120,11 @@ class TimeDifferenceModel(nn.Module):
             cue = cue_vector(cue, x.shape[0], self.config.num_cues, x.dtype)  # an index becomes one-hot
         run = TDRun(self.timesteps)
         outputs = []
+        x_t = x / self.timesteps  # the same share of the input at every step
+        cue_t = None if cue is None else cue / self.timesteps
         for t in range(self.timesteps):
             if t:
                 run.next_step()
-            x_t = x / self.timesteps
-            cue_t = None if cue is None else cue / self.timesteps
             outputs.append(run.call(self.dense, x_t, cue=cue_t))
         return torch.stack(outputs)
 

@@ -117,8 +117,10 @@ def _add_energy_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
+    from .converters import METHODS
+
     p.add_argument("--checkpoint", required=True, help="a dense twin's checkpoint (DIR/checkpoint.pt)")
-    p.add_argument("--method", choices=("rate", "qcfs", "td"), default="rate",
+    p.add_argument("--method", choices=METHODS, default="rate",
                    help="rate (binary, calibrated thresholds; default), qcfs (binary, near-lossless at low T; "
                         "fine-tunes a ReLU twin first) or td (exact time differences, not binary)")
     p.add_argument("--timesteps", "-T", default="4,8,16,32,64", help="comma-separated T to evaluate (default 4,8,16,32,64)")
@@ -214,10 +216,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("estimating the energy (45 nm) on the test set, beside the dense twin's operation counts...", flush=True)
     _run_energy(os.path.join(args.out, "checkpoint.pt"), None, "45nm", 360, os.path.join(args.out, "energy"),
                 args.overwrite, brief=True)
-    print(f"training the conversion-friendly dense twin (SDSA, QCFS with {DEMO_QCFS_LEVELS} levels, "
-          f"{DEMO_DENSE_EPOCHS if args.epochs is None else min(args.epochs, DEMO_DENSE_EPOCHS)} epochs) and converting it to spikes (qcfs)...", flush=True)
-    dense_dir = os.path.join(args.out, "dense_qcfs")
     epochs = DEMO_DENSE_EPOCHS if args.epochs is None else min(args.epochs, DEMO_DENSE_EPOCHS)
+    print(f"training the conversion-friendly dense twin (SDSA, QCFS with {DEMO_QCFS_LEVELS} levels, "
+          f"{epochs} epochs) and converting it to spikes (qcfs)...", flush=True)
+    dense_dir = os.path.join(args.out, "dense_qcfs")
     train(task="digits", model="dense", epochs=epochs, seed=args.seed, out=dense_dir,
           overwrite=args.overwrite, progress=not args.no_progress, figures=False, dense_attention="sdsa",
           dense_act="qcfs", qcfs_levels=DEMO_QCFS_LEVELS)
@@ -323,10 +325,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _run_convert(checkpoint: str, method: str, timesteps: list, calibration: int, out: str, overwrite: bool, *,
                  mode: str = "percentile", percentile: float = 99.9, levels: int = 4,
                  finetune_epochs: Optional[int] = None, progress: bool = True) -> dict:
-    from .converters.conversion import CONVERSION_FILES, convert_checkpoint
+    from .converters.conversion import CONVERSION_FILES, CONVERSION_OUTPUTS, convert_checkpoint
     from .outputs import RunFolder
 
-    with RunFolder(out, overwrite=overwrite, markers=("conversion.json",), files=(*CONVERSION_FILES, "dense_qcfs.pt"),
+    with RunFolder(out, overwrite=overwrite, markers=("conversion.json",), files=CONVERSION_OUTPUTS,
                    keep_if="conversion.json") as folder:
         info = convert_checkpoint(checkpoint, method=method, timesteps=timesteps, calibration=calibration, out=folder,
                                   mode=mode, percentile=percentile, finetune_epochs=finetune_epochs,

@@ -41,6 +41,13 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> nn
     return model.eval()
 
 
+def _trained_cnn(images: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """Conv-BN-ReLU-AvgPool-Conv-ReLU-Flatten-Linear on the 8x8 digits, trained 60 steps."""
+    return _train(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2),
+                                nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 10)),
+                  images, y, steps=60)
+
+
 def _check_rate(conversion, dense_accuracy_margin=0.04):
     rows = {r["timesteps"]: r for r in conversion.results}
     assert set(rows[4]) >= {"timesteps", "accuracy", "mean_abs_output_error", "firing_rate"}
@@ -75,9 +82,7 @@ def test_rate_conversion_of_an_mlp_with_batchnorm(digits):
 def test_rate_conversion_of_a_cnn_folds_the_average_pooling(digits):
     x, y, xt, yt = digits
     images, test_images = x.reshape(-1, 1, 8, 8), xt.reshape(-1, 1, 8, 8)
-    dense = _train(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2),
-                                 nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 10)),
-                   images, y, steps=60)
+    dense = _trained_cnn(images, y)
     conversion = convert_torch_model(dense, images[:256], "rate", (4, 64),
                                      evaluation={"x": test_images, "y": yt})
     assert conversion.dense_accuracy > 0.85
@@ -335,9 +340,7 @@ def test_bad_input():
 def converted_cnn(digits):
     x, y, xt, yt = digits
     images, test_images = x.reshape(-1, 1, 8, 8), xt.reshape(-1, 1, 8, 8)
-    dense = _train(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2),
-                                 nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 10)),
-                   images, y, steps=60)
+    dense = _trained_cnn(images, y)
     return dense, convert_torch_model(dense, images[:256], "rate", 8).model, test_images, yt
 
 
