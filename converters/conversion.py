@@ -180,15 +180,18 @@ def _outputs(model: nn.Module, x, cue, batch_size: int, firing: bool = False):
 def evaluate_conversion(dense: nn.Module, spiking: nn.Module, timesteps: Sequence[int], x: torch.Tensor,
                         y: Optional[torch.Tensor] = None, cue: Optional[torch.Tensor] = None, *,
                         batch_size: int = 64, progress: bool = False):
-    """The dense accuracy and, per T, the spiking model's accuracy, output error and firing rate."""
-    from .td import TimeDifferenceModel
+    """The dense accuracy and, per T, the spiking model's accuracy, output error and firing rate (None for a
+    model without populations: a td form)."""
+    from spiking_attn.neuron import populations
 
     reference, _ = _outputs(dense, x, cue, batch_size)
+    if y is not None and reference.dim() != 2:
+        raise ShapeError(f"accuracy needs class scores [B, classes], the model gives {tuple(reference.shape)}")
     accuracy = (lambda logits: None) if y is None else (lambda logits: float((logits.argmax(-1) == y).double().mean()))
     results = []
     for t in tqdm(list(timesteps), desc="evaluating", unit="T", disable=not progress, dynamic_ncols=True):
         model = with_timesteps(spiking, t)
-        logits, rate = _outputs(model, x, cue, batch_size, firing=not isinstance(model, TimeDifferenceModel))
+        logits, rate = _outputs(model, x, cue, batch_size, firing=bool(populations(model)))
         results.append({"timesteps": int(t), "accuracy": accuracy(logits),
                         "mean_abs_output_error": float((logits - reference).abs().mean()), "firing_rate": rate})
     return accuracy(reference), results

@@ -44,13 +44,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from spiking_attn.errors import DTypeError, ShapeError, SpikingAttnError, check_choice, check_int, check_tensor
 from spiking_attn.neuron import LIFPopulation
 
 from .calibration import MODES, activation_scales
-from .conversion import DEFAULT_TIMESTEPS, METHODS, Conversion, _check_timesteps, _outputs
+from .conversion import DEFAULT_TIMESTEPS, METHODS, Conversion, _check_timesteps, evaluate_conversion
 from .functional import functional_calls
 from .qcfs import QCFS
 from .rules import VALUE_FLOOR, ConversionError
@@ -605,22 +604,6 @@ def td_units(model: nn.Module, calls: Optional[Dict[str, List[str]]] = None) -> 
 # The entry point
 
 
-def _evaluate(dense: nn.Module, spiking: nn.Module, steps: Sequence[int], x: torch.Tensor,
-              y: Optional[torch.Tensor], batch_size: int, progress: bool):
-    """The dense accuracy and, per T, the spiking accuracy, mean |output error| and firing rate."""
-    reference, _ = _outputs(dense, x, None, batch_size)
-    if y is not None and reference.dim() != 2:
-        raise ShapeError(f"accuracy needs class scores [B, classes], the model gives {tuple(reference.shape)}")
-    accuracy = (lambda out: None) if y is None else (lambda out: float((out.argmax(-1) == y).double().mean()))
-    results = []
-    for t in tqdm(list(steps), desc="evaluating", unit="T", disable=not progress, dynamic_ncols=True):
-        model = spiking.with_timesteps(t)
-        out, rate = _outputs(model, x, None, batch_size, firing=isinstance(model, SpikingSequential))
-        results.append({"timesteps": int(t), "accuracy": accuracy(out),
-                        "mean_abs_output_error": float((out - reference).abs().mean()), "firing_rate": rate})
-    return accuracy(reference), results
-
-
 def convert_torch_model(model: nn.Module, calibration_data: torch.Tensor, method: str = "rate",
                         timesteps=DEFAULT_TIMESTEPS, *, evaluation: Optional[dict] = None, mode: str = "percentile",
                         percentile: float = 99.9, batch_size: int = 64, progress: bool = False) -> Conversion:
@@ -651,11 +634,13 @@ def convert_torch_model(model: nn.Module, calibration_data: torch.Tensor, method
     calls = _probe(dense, x)
     if method == "td":
         spiking = TorchTDModel(dense, steps[-1], td_units(dense, calls)).eval()
-        dense_accuracy, results = _evaluate(dense, spiking, steps, ex, y, batch_size, progress)
+        dense_accuracy, results = evaluate_conversion(dense, spiking, steps, ex, y, batch_size=batch_size,
+                                                  progress=progress)
         return Conversion(spiking, method, dense_accuracy, results)
     spiking, thresholds, sources = _binary_conversion(dense, _leaves(dense), x, calls, method, steps, mode,
                                                       percentile, batch_size)
-    dense_accuracy, results = _evaluate(dense, spiking, steps, ex, y, batch_size, progress)
+    dense_accuracy, results = evaluate_conversion(dense, spiking, steps, ex, y, batch_size=batch_size,
+                                                  progress=progress)
     return Conversion(spiking, method, dense_accuracy, results, thresholds, sources)
 
 
