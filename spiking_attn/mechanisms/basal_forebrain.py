@@ -38,7 +38,7 @@ from ..attention import (DenseSelfAttention, SpikingSelfAttention, convert_route
                          count_spiking_route)
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_choice, check_int
-from ..converters.rules import conversion_rule
+from ..converters.rules import HARD_SIGMOID_SLOPE, ConversionError, conversion_rule
 from ..layers import DenseThresholdOffset
 from ..neuron import poised_population, population
 from ..opcount import count_rule, nnz
@@ -194,8 +194,6 @@ def _convert_basal_forebrain(module: SpikingBasalForebrain, dense: DenseBasalFor
     of threshold 1 and bias 1/S fires at that rate. The gain ``1 + tanh(.)/2`` is taken per step of the
     states that fired, which equals the dense gain of the mean only where tanh is near linear
     (approximate). The plasticity readout is a hard sigmoid."""
-    from ..converters.rules import HARD_SIGMOID_SLOPE, ConversionError
-
     if module.shift != "current":
         raise ConversionError(f"{ctx.name(module)}: a converted basal forebrain subtracts its shift from the input "
                               f"current (mechanism option shift='current'); this one shifts thresholds")

@@ -41,7 +41,7 @@ from .. import auxiliary
 from ..attention import ACTIVATIONS
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..errors import check_choice, check_int
-from ..converters.rules import conversion_rule
+from ..converters.rules import ConversionError, conversion_rule
 from ..layers import LinearBN
 from ..neuron import LIFPopulation, population
 from ..opcount import count_rule
@@ -243,8 +243,6 @@ def _convert_predictive(coding: SpikingPredictiveCoding, dense: DensePredictiveC
     the representation's units, so that ``r - prediction`` is the dense error over lambda_r; the error
     populations code ``relu(+-precision * error)`` with the scale those values reach on the calibration
     set; the update layer reads representation and error spikes, each with its own value."""
-    from ..converters.rules import ConversionError
-
     if coding.order != "fire_first":
         raise ConversionError(f"{ctx.name(coding)}: a converted predictive module fires its representation per "
                               f"token (mechanism option order='fire_first'); this one fires on the token mean")
