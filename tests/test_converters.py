@@ -342,6 +342,14 @@ def test_finetune_qcfs_makes_a_twin_that_converts():
     assert [r["timesteps"] for r in result.results] == [2, 4] and result.dense_accuracy is not None
     with pytest.raises(SpikingAttnError, match="ReLU"):
         finetune_qcfs(twin, data)
+    with pytest.raises(SpikingAttnError, match="TokenDataset"):
+        finetune_qcfs(dense, data.x_train)
+    with pytest.raises(SpikingAttnError, match="levels"):
+        finetune_qcfs(dense, data, levels=0)
+    with pytest.raises(SpikingAttnError, match="epochs"):
+        finetune_qcfs(dense, data, epochs=0)
+    with pytest.raises(SpikingAttnError, match="dense twin"):
+        finetune_qcfs(build_model(dataclasses.replace(config, model="spiking")), data)
 
 
 @pytest.mark.parametrize("clip_init", [4.0, None])
@@ -412,6 +420,10 @@ def test_convert_cli_writes_the_checkpoint_the_json_and_the_figure(dense_runs, t
         assert main(["energy", "--checkpoint", str(dense_runs / "dense" / "checkpoint.pt"), "--samples", "8",
                      "--timesteps", "3", "--out", str(tmp_path / "energy4")]) == 1
         assert "applies to a spiking checkpoint" in _one_line(capsys)
+        for command in ("energy", "deploy"):
+            assert main([command, "--checkpoint", str(out / "checkpoint.pt"), "--samples", "2", "--timesteps", "0",
+                         "--out", str(tmp_path / f"{command}0")]) == 1
+            assert "timesteps" in _one_line(capsys) and not (tmp_path / f"{command}0").exists()
         # ...and the Lava backend runs it spike for spike (reset by subtraction, membranes from half threshold)
         assert main(["deploy", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "2", "--timesteps", "4",
                      "--out", str(tmp_path / "deploy")]) == 0
