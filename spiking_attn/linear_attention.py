@@ -19,8 +19,11 @@ written out by the chain rule (no autograd). With ``G = dL/dY = (Y - T) / (B N)`
     dW_Q^h = sum_b X^T dQ_h,  dW_K^h = sum_b X^T dK_h,  dW_V^h = sum_b X^T dV_h
     dX     = sum_h dQ_h (W_Q^h)^T + dK_h (W_K^h)^T + dV_h (W_V^h)^T
 
-The tests check every term against autograd in float64 (``tests/test_linear_attention.py``). It is a
-building block of the cortico-thalamic mechanism (issue "Mechanisms II").
+The tests check every term against autograd in float64 (``tests/test_linear_attention.py``).
+
+``superficial_masks`` and ``masked_values`` are the two halves of the block on head-merged tensors
+``[..., N, D]``; the cortico-thalamic mechanism (``mechanisms/cortico_thalamic.py``) builds both of its
+twins from them, and ``mhla_forward`` is their composition with plain linear maps.
 """
 from __future__ import annotations
 
@@ -49,21 +52,40 @@ def _check(x: torch.Tensor, wq, wk, wv, wo) -> tuple:
     return heads, dim, width
 
 
-def _mask(n: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.ones(n, n, dtype=like.dtype, device=like.device).tril()
+def _mask(n: int, like: torch.Tensor, m: Optional[int] = None) -> torch.Tensor:
+    return torch.ones(n, n if m is None else m, dtype=like.dtype, device=like.device).tril()
+
+
+def superficial_masks(q: torch.Tensor, k: torch.Tensor, heads: int, scale: float, causal: bool = False) -> torch.Tensor:
+    """The masks ``scale * Q_h K_h^T`` per area: ``q`` ``[..., N, D]`` and ``k`` ``[..., M, D]`` (heads are
+    contiguous channel groups of ``D / heads``) -> ``[..., H, N, M]``; causal keeps ``m <= n``."""
+    qh, kh = _split(q, heads), _split(k, heads)  # [..., H, N|M, Dh]
+    s = scale * (qh @ kh.transpose(-2, -1))  # [..., H, N, M]
+    return s * _mask(s.shape[-2], s, s.shape[-1]) if causal else s
+
+
+def masked_values(masks: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each area's values read through its mask: ``masks`` ``[..., H, N, M]``, ``v`` ``[..., M, D]`` ->
+    ``[..., N, D]`` (area h fills the channels of head h)."""
+    heads = masks.shape[-3]
+    u = masks @ _split(v, heads)  # [..., H, N, Dh]
+    return u.transpose(-3, -2).reshape(*u.shape[:-3], u.shape[-2], -1)  # [..., N, D]
+
+
+def _split(t: torch.Tensor, heads: int) -> torch.Tensor:
+    *lead, n, d = t.shape
+    return t.reshape(*lead, n, heads, d // heads).transpose(-3, -2)  # [..., H, N, Dh]
 
 
 def mhla_forward(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor,
                  scale: Optional[float] = None, causal: bool = False) -> torch.Tensor:
     """``Y = sum_h S_h V_h W_O^h`` for ``x`` ``[B, N, D]``; weights ``wq, wk, wv`` ``[H, D, Dh]`` and ``wo``
     ``[H, Dh, D]``; ``scale`` defaults to ``1 / sqrt(Dh)``."""
-    _, _, width = _check(x, wq, wk, wv, wo)
+    heads, _, width = _check(x, wq, wk, wv, wo)
     scale = 1.0 / math.sqrt(width) if scale is None else float(scale)
-    q, k, v = (torch.einsum("bnd,hde->bhne", x, w) for w in (wq, wk, wv))  # [B, H, N, Dh]
-    s = scale * q @ k.transpose(-2, -1)  # [B, H, N, N]: the superficial masks
-    if causal:
-        s = s * _mask(x.shape[1], s)
-    return torch.einsum("bhne,hed->bnd", s @ v, wo)  # [B, N, D]: the thalamic readout of the areas
+    q, k, v = (x @ w.transpose(0, 1).flatten(1) for w in (wq, wk, wv))  # [B, N, H*Dh], heads contiguous
+    areas = masked_values(superficial_masks(q, k, heads, scale, causal), v)  # [B, N, H*Dh]
+    return areas @ wo.flatten(0, 1)  # [B, N, D]: the thalamic readout of the areas
 
 
 def mhla_mse_gradients(x: torch.Tensor, target: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor,

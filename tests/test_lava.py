@@ -323,7 +323,8 @@ def test_random_networks_on_lava_match_numpy_in_both_precisions(residual, tmp_pa
     assert np.mean([s.mean() for s in ref.values()]) > 0.05
 
 
-MECHANISMS_ON_LAVA = [("none", {}), ("thalamic", {"num_cues": 4}), ("pulvinar", {})]
+MECHANISMS_ON_LAVA = [("none", {}), ("thalamic", {"num_cues": 4}), ("pulvinar", {}), ("cortico_thalamic", {})]
+CORE_GROUPS = {"thalamic": "thalamic_gating:", "pulvinar": "pulvinar:", "cortico_thalamic": "thalamic_relay:"}
 
 
 @pytest.mark.parametrize("mechanism, extra, precision, bits",
@@ -344,7 +345,7 @@ def test_exportable_mechanisms_run_on_lava_spike_for_spike(mechanism, extra, pre
     assert all(c["neurons"] <= 8192 for c in report["mapping"])
     groups = {c["group"] for c in report["mapping"]}
     if mechanism != "none":
-        assert any(g.startswith("thalamic_gating:" if mechanism == "thalamic" else "pulvinar:") for g in groups)
+        assert any(g.startswith(CORE_GROUPS[mechanism]) for g in groups)
         # a mechanism's group never shares a core with the cortex
         assert all(c["group"] == report["mapping"][c["core"]]["group"] for c in report["mapping"])
     assert child_pids() <= before

@@ -335,3 +335,96 @@ def test_the_conversion_forms_train_and_stay_spike_driven(name, options):
         assert per_token.dim() == 4  # [T, B, N, D]
     with pytest.raises(SpikingAttnError, match=f"unknown {list(options)[0]} 'sideways'"):
         ModelConfig(**SMALL, mechanism=name, mechanism_options={**options, list(options)[0]: "sideways"})
+
+
+# --- cortico-thalamic attention -------------------------------------------------------------------
+
+
+def _relay_input(module, run):
+    """The area activity that the relay reads during ``run()``."""
+    seen = []
+    handle = module.relay.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_dense_cortico_thalamic_is_multihead_linear_attention():
+    """With identity activations, its areas are mhla_forward of its (folded) projections, read out by
+    the identity: superficial masks times deep values."""
+    from torch import nn
+
+    from spiking_attn.linear_attention import mhla_forward
+    from spiking_attn.mechanisms.cortico_thalamic import DenseCorticoThalamic
+
+    torch.manual_seed(0)
+    module = DenseCorticoThalamic(12, areas=3, causal=True).double().eval()
+    for name in ("superficial_q_act", "superficial_k_act", "deep_act", "mask_act", "area_act"):
+        setattr(module, name, nn.Identity())
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    areas = _relay_input(module, lambda: module(x))
+    w = [getattr(module, n).fold().double().weight.T.reshape(12, 3, 4).transpose(0, 1) for n in ("superficial_q", "superficial_k", "deep")]
+    readout = torch.eye(12, dtype=torch.float64).reshape(3, 4, 12)
+    torch.testing.assert_close(areas, mhla_forward(x, *w, readout, scale=module.scale, causal=True))
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_cortico_thalamic_masks_one_per_area_and_token_pair(kind):
+    spiking, dense = _models("cortico_thalamic")  # heads 2: two areas
+    module = (spiking if kind == "spiking" else dense).blocks[0].attn
+    x = torch.rand(3, 2, 5, 16).round() if kind == "spiking" else torch.rand(2, 5, 16)
+    out, masks = module(x, return_masks=True)
+    assert out.shape == x.shape and masks.shape == (2, 2, 5, 5)
+    if kind == "spiking":  # firing rates of the mask neurons
+        assert bool(((masks >= 0) & (masks <= 1)).all())
+
+
+def test_spiking_cortico_thalamic_a_deep_spike_passes_only_with_its_mask_neuron():
+    """Token m's deep spikes reach token n's area only where mask neuron (h, n, m) fires: cutting the masks
+    of every pair (n, m) with m > 0 leaves the areas reading token 0's deep spikes alone."""
+    from spiking_attn.linear_attention import masked_values
+
+    spiking, _ = _models("cortico_thalamic")
+    module = spiking.blocks[0].attn  # training mode: batch statistics, so that every population fires
+    x = (torch.rand(4, 2, 5, 16, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    masks_seen, deep_seen = [], []
+    h1 = module.mask_lif.register_forward_hook(lambda _m, _a, out: masks_seen.append(out))
+    h2 = module.deep_lif.register_forward_hook(lambda _m, _a, out: deep_seen.append(out))
+    try:
+        area_in = []
+        h3 = module.area_lif.register_forward_pre_hook(lambda _m, args: area_in.append(args[0]))
+        with torch.no_grad():
+            module(x)
+        h3.remove()
+    finally:
+        h1.remove(), h2.remove()
+    masks, deep = masks_seen[0], deep_seen[0]
+    assert float(masks.mean()) > 0 and float(deep.mean()) > 0  # the test sees activity
+    torch.testing.assert_close(area_in[0], masked_values(masks, deep))  # ANDs of mask and deep spikes, summed
+    only_first = masks.clone()
+    only_first[..., 1:] = 0
+    changed = deep.clone()
+    changed[..., 1:, :] = 1 - changed[..., 1:, :]  # every other token's deep spikes flipped
+    torch.testing.assert_close(masked_values(only_first, changed), masked_values(only_first, deep))
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_causal_cortico_thalamic_never_lets_the_future_in(kind):
+    """Perturb tokens after position 2: outputs at positions 0-2 stay the same, even with biased mask
+    neurons that fire without input."""
+    spiking, dense = _models("cortico_thalamic", causal=True, learn_bias=True, vth=0.2)  # active when untrained
+    module = (spiking if kind == "spiking" else dense).blocks[0].attn.eval()
+    if kind == "spiking":
+        with torch.no_grad():
+            module.mask_lif.bias.fill_(0.6)  # fires on its own: the cut must come after the population
+        x = (torch.rand(4, 2, 5, 16) < 0.5).float()
+    else:
+        x = torch.rand(2, 5, 16)
+    later = x.clone()
+    later[..., 3:, :] = torch.rand_like(later[..., 3:, :]).round() if kind == "spiking" else torch.rand_like(later[..., 3:, :])
+    with torch.no_grad():
+        a, b = module(x), module(later)
+    assert torch.equal(a[..., :3, :], b[..., :3, :])
+    assert not torch.equal(a, b)

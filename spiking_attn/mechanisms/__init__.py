@@ -112,4 +112,5 @@ def get_mechanism(name: str) -> MechanismSpec:
     return MECHANISMS.get(name)
 
 
-from . import plain, thalamic_gating, pulvinar, basal_forebrain, predictive, integrated  # noqa: E402,F401
+from . import (plain, thalamic_gating, pulvinar, basal_forebrain, predictive, integrated,  # noqa: E402,F401
+               cortico_thalamic)
