@@ -1,15 +1,18 @@
-"""The mechanisms: accuracy on the quadrant task at defaults, and speed against their dense twins.
+"""The mechanisms: accuracy on their tasks at defaults, and speed against their dense twins.
 
-Accuracy (``--part accuracy``): `spiking-attn train --task quadrant` at its defaults (20 epochs,
-10000 training composites, SSA, T=4), for every seed in ``--seeds``; prints mean, min and max.
+Accuracy (``--part accuracy``): `spiking-attn train --task TASK` at the task's defaults (quadrant: 20
+epochs, 10000 training composites, SSA, T=4; digits: 40 epochs, SDSA, T=4), for every seed in
+``--seeds``; prints mean, min and max.
 
-| run | what it shows |
-|---|---|
-| spiking thalamic | the gated model (target >= 0.90) |
-| dense thalamic | its dense twin (target >= 0.93) |
-| spiking integrated | the integrated block (target >= 0.90) |
-| spiking plain, no cue | the same budget without the cue: near chance (about 0.25) |
-| spiking plain, cue token | the plain model given the cue as an extra token |
+| run | task | what it shows |
+|---|---|---|
+| spiking thalamic | quadrant | the gated model (target >= 0.90) |
+| dense thalamic | quadrant | its dense twin (target >= 0.93) |
+| spiking integrated | quadrant | the integrated block (target >= 0.90) |
+| spiking plain, no cue | quadrant | the same budget without the cue: near chance (about 0.25) |
+| spiking plain, cue token | quadrant | the plain model given the cue as an extra token |
+| spiking cortico_thalamic | digits | cortico-thalamic attention (target >= 0.95) |
+| dense cortico_thalamic | digits | its dense twin (reported) |
 
 Speed (``--part speed``): one block of each mechanism, forward + backward at T=4, batch 32, 32 tokens,
 dim 128, spiking version and dense twin timed in alternation in the same run (median of ``--repeats``
@@ -33,6 +36,8 @@ RUNS = {
     "spiking integrated": dict(model="spiking", mechanism="integrated"),
     "spiking plain, no cue": dict(model="spiking", mechanism="none", use_cue=False),
     "spiking plain, cue token": dict(model="spiking", mechanism="none"),
+    "spiking cortico_thalamic": dict(model="spiking", mechanism="cortico_thalamic", task="digits"),
+    "dense cortico_thalamic": dict(model="dense", mechanism="cortico_thalamic", task="digits"),
 }
 T, B, N, D, HEADS = 4, 32, 32, 128, 4
 
@@ -44,15 +49,17 @@ def accuracy(seeds, only=None) -> dict:
     for label, kw in RUNS.items():
         if only and label not in only:
             continue
+        kw = {"task": "quadrant", **kw}
         accs = []
         for seed in seeds:
             t0 = time.perf_counter()
-            metrics = train(task="quadrant", seed=seed, out=f"runs/bench_mechanisms/{label.replace(' ', '_')}_{seed}",
+            metrics = train(seed=seed, out=f"runs/bench_mechanisms/{label.replace(' ', '_')}_{seed}",
                             overwrite=True, progress=False, figures=False, **kw)
             accs.append(metrics["test_accuracy"])
             print(f"  {label:28s} seed {seed}: {metrics['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
-        results[label] = {"accuracies": accs, "mean": statistics.mean(accs), "min": min(accs), "max": max(accs)}
+        results[label] = {"task": kw["task"], "accuracies": accs, "mean": statistics.mean(accs), "min": min(accs),
+                          "max": max(accs)}
     return results
 
 
@@ -78,12 +85,14 @@ def _paired_times(steps, repeats: int) -> list:
     return [statistics.median(record) for record in times]
 
 
-def speed(repeats: int) -> dict:
+def speed(repeats: int, only=None) -> dict:
     from spiking_attn.mechanisms import MECHANISMS
     from spiking_attn.models import ModelConfig
 
     results = {}
     for name, spec in MECHANISMS.items():
+        if only and name not in only:
+            continue
         config = ModelConfig(in_features=D, num_tokens=N, num_classes=10, dim=D, heads=HEADS, timesteps=T, num_cues=4,
                              mechanism=name)
         options = spec.parse_options(config.mechanism_options)
@@ -103,6 +112,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("speed", "accuracy", "all"), default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), help="accuracy: only these runs")
+    parser.add_argument("--mechanisms", nargs="+", help="speed: only these mechanisms")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -112,16 +122,16 @@ def main() -> None:
     out = {}
     if args.part in ("speed", "all"):
         print(f"\nOne block, forward+backward, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
-        out["speed"] = speed(args.repeats)
+        out["speed"] = speed(args.repeats, args.mechanisms)
         print(f"{'mechanism':18s} {'spiking ms':>11s} {'dense ms':>9s} {'spiking per step / dense':>25s}")
         for name, r in out["speed"].items():
             print(f"{name:18s} {r['spiking_ms']:11.1f} {r['dense_ms']:9.1f} {r['per_step_ratio']:24.2f}x")
     if args.part in ("accuracy", "all"):
-        print(f"\nQuadrant task at defaults, test accuracy over seeds {args.seeds}")
+        print(f"\nTest accuracy at the tasks' defaults over seeds {args.seeds}")
         out["accuracy"] = accuracy(args.seeds, args.only)
-        print(f"{'run':28s} {'mean':>7s} {'min':>7s} {'max':>7s}")
+        print(f"{'run':28s} {'task':9s} {'mean':>7s} {'min':>7s} {'max':>7s}")
         for label, r in out["accuracy"].items():
-            print(f"{label:28s} {r['mean']:7.4f} {r['min']:7.4f} {r['max']:7.4f}")
+            print(f"{label:28s} {r['task']:9s} {r['mean']:7.4f} {r['min']:7.4f} {r['max']:7.4f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

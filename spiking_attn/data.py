@@ -6,6 +6,10 @@
 * ``quadrant``: four digits of different classes in a 2x2 grid, as 16 row tokens of 16 pixels; the
   cue names a quadrant and the label is the digit there. Without the cue a model can do no better
   than pick one of the four digits (about 0.25).
+* ``search``: visual search. Four digits of different classes sit in four of the nine 8x8 cells of a
+  24x24 canvas; the goal (the cue) names a digit class, and the label is the cell (0-8, row-major)
+  holding that digit. Tokens are the canvas's 36 patches of 4x4 pixels, row-major over a 6x6 grid,
+  so a location is marked only by position.
 * ``cue``: a synthetic top-down attention task generated on the fly. Each sequence holds noisy tokens
   that carry one of ``C`` class prototypes; the cue (an index given beside the tokens, through the
   model's cue path) names one token position, and the label is the class of the token there. The
@@ -161,6 +165,53 @@ def make_quadrant_task(num_train: int = 10000, num_test: int = 1000, seed: int =
     return TokenDataset("quadrant", x_train, y_train, x_test, y_test, 10, cue_train, cue_test, 4)
 
 
+SEARCH_CELLS = 3  # the canvas is SEARCH_CELLS x SEARCH_CELLS cells of one 8x8 digit each
+SEARCH_PATCH = 4  # tokens are SEARCH_PATCH x SEARCH_PATCH pixel patches
+
+
+def canvas_patches(canvas: torch.Tensor, patch: int = SEARCH_PATCH) -> torch.Tensor:
+    """``[S, H, W]`` images -> ``[S, (H/p)(W/p), p*p]`` tokens, one per ``p x p`` patch, row-major."""
+    s, h, w = canvas.shape
+    return canvas.reshape(s, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4).reshape(
+        s, (h // patch) * (w // patch), patch * patch).contiguous()
+
+
+def make_search_task(num_train: int = 10000, num_test: int = 1000, digits_per_canvas: int = 4,
+                     seed: int = 0) -> TokenDataset:
+    """Visual search (module docstring): ``x`` ``[S, 36, 16]`` patch tokens of a 24x24 canvas, ``cue`` the goal
+    class ``[S]`` in 0-9, ``y`` the goal's cell ``[S]`` in 0-8. Training canvases use the digits' training
+    split and test canvases their test split. Seeded, generated in memory."""
+    for name, value in (("num_train", num_train), ("num_test", num_test)):
+        check_positive_int(value, name)
+    check_positive_int(digits_per_canvas, "digits_per_canvas")
+    cells = SEARCH_CELLS * SEARCH_CELLS
+    if digits_per_canvas > min(cells, 10):
+        raise SpikingAttnError(f"digits_per_canvas must be at most {min(cells, 10)}, got {digits_per_canvas}")
+    digits = load_digits_tokens()
+    gen = torch.Generator().manual_seed(seed)
+    k = digits_per_canvas
+
+    def compose(images: torch.Tensor, labels: torch.Tensor, count: int):
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=10)
+        starts = torch.cumsum(counts, 0) - counts
+        classes = torch.rand(count, 10, generator=gen).argsort(dim=1)[:, :k]  # [S, k] distinct classes
+        within = (torch.rand(count, k, generator=gen) * counts[classes]).long()
+        picks = order[starts[classes] + within.minimum(counts[classes] - 1)]  # [S, k]
+        where = torch.rand(count, cells, generator=gen).argsort(dim=1)[:, :k]  # [S, k] distinct cells
+        canvas = torch.zeros(count, cells, 8, 8)
+        canvas[torch.arange(count)[:, None], where] = images[picks]
+        canvas = canvas.reshape(count, SEARCH_CELLS, SEARCH_CELLS, 8, 8).permute(0, 1, 3, 2, 4).reshape(
+            count, 8 * SEARCH_CELLS, 8 * SEARCH_CELLS)  # [S, 24, 24]
+        target = torch.randint(k, (count,), generator=gen)  # which of the k digits is sought
+        rows = torch.arange(count)
+        return canvas_patches(canvas), where[rows, target], classes[rows, target]
+
+    x_train, y_train, cue_train = compose(digits.x_train, digits.y_train, num_train)
+    x_test, y_test, cue_test = compose(digits.x_test, digits.y_test, num_test)
+    return TokenDataset("search", x_train, y_train, x_test, y_test, cells, cue_train, cue_test, 10)
+
+
 def load_task(name: str) -> TokenDataset:
     """Load the registered task called ``name``."""
     return TASKS.get(name).load()
@@ -210,5 +261,7 @@ register_task(TaskSpec("digits", "scikit-learn's 8x8 digits, 8 row tokens of 8 p
                        load_digits_tokens, epochs=40, augment=shift_digits))
 register_task(TaskSpec("cue", "synthetic: recall the class of the token whose position the cue names",
                        make_cue_task, epochs=30))
+register_task(TaskSpec("search", "visual search: the cue names a digit class; the label is the cell (of 9) holding it",
+                       make_search_task, epochs=20))
 register_task(TaskSpec("quadrant", "four digits in a 2x2 grid as 16 row tokens; the cue names the quadrant to read",
                        make_quadrant_task, epochs=20, model_defaults={"attention": "ssa"}))
