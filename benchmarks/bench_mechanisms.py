@@ -1,7 +1,8 @@
 """The mechanisms: accuracy on their tasks at defaults, and speed against their dense twins.
 
 Accuracy (``--part accuracy``): `spiking-attn train --task TASK` at the task's defaults (quadrant: 20
-epochs, 10000 training composites, SSA, T=4; digits: 40 epochs, SDSA, T=4), for every seed in
+epochs, 10000 training composites, SSA, T=4; digits: 40 epochs, SDSA, T=4; search: 20 epochs, 10000
+canvases, T=4), for every seed in
 ``--seeds``; prints mean, min and max.
 
 | run | task | what it shows |
@@ -13,6 +14,8 @@ epochs, 10000 training composites, SSA, T=4; digits: 40 epochs, SDSA, T=4), for 
 | spiking plain, cue token | quadrant | the plain model given the cue as an extra token |
 | spiking cortico_thalamic | digits | cortico-thalamic attention (target >= 0.95) |
 | dense cortico_thalamic | digits | its dense twin (reported) |
+| spiking saliency | search | saliency with IOR (target >= 0.85) |
+| dense saliency | search | its dense twin (target >= 0.90) |
 
 Speed (``--part speed``): one block of each mechanism, forward + backward at T=4, batch 32, 32 tokens,
 dim 128, spiking version and dense twin timed in alternation in the same run (median of ``--repeats``
@@ -38,6 +41,8 @@ RUNS = {
     "spiking plain, cue token": dict(model="spiking", mechanism="none"),
     "spiking cortico_thalamic": dict(model="spiking", mechanism="cortico_thalamic", task="digits"),
     "dense cortico_thalamic": dict(model="dense", mechanism="cortico_thalamic", task="digits"),
+    "spiking saliency": dict(model="spiking", mechanism="saliency", task="search"),
+    "dense saliency": dict(model="dense", mechanism="saliency", task="search"),
 }
 T, B, N, D, HEADS = 4, 32, 32, 128, 4
 

@@ -225,7 +225,7 @@ def test_converted_checkpoint_round_trips_and_t_is_a_run_time_setting(tmp_path):
     assert load_model(tmp_path / "c.pt", timesteps=4).config.timesteps == 4
 
 
-BINARY_MECHANISMS = [m for m in MECHANISMS.names() if m not in ("saliency",)]  # saliency is refused (below)
+BINARY_MECHANISMS = [m for m in MECHANISMS.names() if m not in ("saliency", "synthetic_thalamus")]  # refused (below)
 
 
 @pytest.mark.parametrize("mechanism", BINARY_MECHANISMS)
@@ -279,6 +279,18 @@ def test_a_refused_module_type_is_named_with_its_reason():
         assert "--method td" in str(info.value)
     finally:
         del REFUSALS[SpikingPulvinarSync]
+
+
+@pytest.mark.parametrize("method", ["rate", "qcfs"])
+@pytest.mark.parametrize("mechanism, reason", [("saliency", r"SpikingSaliency: the softmax over locations"),
+                                               ("synthetic_thalamus", r"SpikingSyntheticThalamus: the top-K selection")])
+def test_refused_mechanisms_name_their_reason_and_convert_by_td(method, mechanism, reason):
+    dense = _dense(mechanism, dense_attention="sdsa", dense_act="relu" if method == "rate" else "qcfs")
+    x, cue = _data()
+    with pytest.raises(ConversionError, match=rf"no {method} conversion rule for: blocks\.0\.attn \({reason}"):
+        convert(dense, {"x": x, "cue": cue}, method, 4)
+    result = convert(dense, {"x": x, "cue": cue}, "td", [2, 4])
+    assert all(r["mean_abs_output_error"] < 1e-4 for r in result.results)
 
 
 def test_a_converted_basal_forebrain_subtracts_its_shift_from_the_input_current():

@@ -26,6 +26,7 @@ def test_engines_and_rates_example_runs(tmp_path):
     ("arousal_states.py", "arousal.png", "digit 9: arousal"),
     ("prediction_errors.py", "prediction_errors.png", "level 1:"),
     ("cortical_areas.py", "cortical_masks.png", "spiking area 3: mean mask"),
+    ("saliency_glimpses.py", "saliency_glimpses.png", "spiking: most attended location per glimpse"),
 ])
 def test_mechanism_examples_write_their_figure(tmp_path, script, figure, text):
     stdout = _run(script, tmp_path, "--epochs", "1")

@@ -234,6 +234,14 @@ def test_unmappable_parts_are_named():
                                  mechanism="basal_forebrain"))
     with pytest.raises(ExportError, match=r"blocks\.0\.attn \(SpikingBasalForebrain\w*\) has no export rule"):
         export_graph(bf, torch.rand(2, 4, 8))
+    saliency = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=8, heads=2, depth=1,
+                                       mechanism="saliency"))
+    with pytest.raises(ExportError, match=r"blocks\.0\.attn \(saliency\): the inhibition of return is an adaptive"):
+        export_graph(saliency, torch.rand(2, 4, 8))
+    thalamus = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=8, heads=2, depth=1,
+                                       mechanism="synthetic_thalamus"))
+    with pytest.raises(ExportError, match=r"blocks\.0\.attn \(synthetic thalamus\): the k-winner-take-all"):
+        export_graph(thalamus, torch.rand(2, 4, 8))
     dense = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=8, heads=2, model="dense"))
     with pytest.raises(ExportError, match="spiking classifier"):
         export_graph(dense, torch.rand(2, 4, 8))

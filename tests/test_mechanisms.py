@@ -428,3 +428,159 @@ def test_causal_cortico_thalamic_never_lets_the_future_in(kind):
         a, b = module(x), module(later)
     assert torch.equal(a[..., :3, :], b[..., :3, :])
     assert not torch.equal(a, b)
+
+
+# --- saliency and inhibition of return ----------------------------------------------------------------
+
+
+def test_dog_kernel_has_an_excitatory_centre_and_an_inhibitory_surround():
+    from spiking_attn.mechanisms.saliency import dog_kernel
+
+    k = dog_kernel()
+    assert k.shape == (7, 7) and float(k[3, 3]) > 0 and float(k[3, 5]) < 0 and float(k[0, 0]) < 0
+    assert float(k.sum()) == pytest.approx(0.5, abs=1e-6)  # centre 1 minus half a surround of 1
+    torch.testing.assert_close(k, k.T)
+
+
+def test_the_map_size_comes_from_the_input():
+    from spiking_attn.mechanisms.saliency import DenseSaliency, SpikingSaliency, grid_shape
+
+    assert [grid_shape(n) for n in (36, 16, 12, 7, 1)] == [(6, 6), (4, 4), (3, 4), (1, 7), (1, 1)]
+    dense, spiking = DenseSaliency(8, num_cues=3, glimpses=2), SpikingSaliency(8, num_cues=3)
+    for n in (36, 16, 7):
+        out, maps = dense(torch.rand(2, n, 8), cue=torch.eye(3)[:2], return_maps=True)
+        assert out.shape == (2, n, 8) and maps.shape == (2, 2, n)
+        torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2))
+        out, spikes = spiking(torch.rand(3, 2, n, 8).round(), cue=torch.ones(3, 2, 3), return_maps=True)
+        assert out.shape == (3, 2, n, 8) and spikes.shape == (3, 2, n)
+
+
+def test_dense_ior_moves_attention_to_a_new_location_on_the_next_glimpse():
+    from spiking_attn.mechanisms.saliency import glimpse_maps
+
+    m = torch.tensor([[3.0, 2.5, 0.0, 0.0], [0.0, 0.0, 2.0, 1.0]])
+    with_ior = glimpse_maps(m, 3, ior_strength=4.0, ior_decay=0.1).argmax(-1)  # [B, G]
+    without = glimpse_maps(m, 3, ior_strength=0.0, ior_decay=0.1).argmax(-1)
+    assert with_ior[:, 0].tolist() == [0, 2] and with_ior[:, 1].tolist() == [1, 3]  # the next glimpse moves on
+    assert without.tolist() == [[0, 0, 0], [2, 2, 2]]  # without IOR it stays
+
+
+def test_spiking_ior_moves_attention_to_a_new_location_on_the_next_glimpse(monkeypatch):
+    """The winner's threshold rises after its spike, so on the next step a runner-up fires and it does not;
+    without IOR it fires again."""
+    from spiking_attn.mechanisms.saliency import WINNER_CURRENT, SpikingSaliency
+
+    drive = torch.tensor([WINNER_CURRENT, 0.9, -2.0, -2.0]).expand(4, 1, 4)  # [T, B, N]: location 0 leads
+    attended = {}
+    for strength in (2.0, 0.0):
+        module = SpikingSaliency(8, ior_strength=strength, ior_decay=0.1)
+        monkeypatch.setattr(module, "drive", lambda x, cue: drive)
+        _, attended[strength] = module(torch.ones(4, 1, 4, 8), return_maps=True)
+    first, second = attended[2.0][0, 0], attended[2.0][1, 0]
+    assert first.tolist() == [1, 0, 0, 0]  # the first glimpse goes to the peak
+    assert second[0] == 0 and second[1] == 1  # the next one leaves it for a new location
+    assert attended[0.0][1, 0, 0] == 1  # without IOR the peak wins again
+
+
+def test_search_task_label_is_the_cell_of_the_sought_digit():
+    from spiking_attn.data import load_digits_tokens, make_search_task
+
+    data = make_search_task(num_train=40, num_test=10, seed=3)
+    digits = load_digits_tokens()
+    assert data.x_train.shape == (40, 36, 16) and data.num_classes == 9 and data.num_cues == 10
+    canvas = data.x_train.reshape(40, 6, 6, 4, 4).permute(0, 1, 3, 2, 4).reshape(40, 24, 24)
+    cells = canvas.reshape(40, 3, 8, 3, 8).permute(0, 1, 3, 2, 4).reshape(40, 9, 8, 8)
+    for i in range(40):
+        filled = [c for c in range(9) if bool(cells[i, c].any())]
+        assert len(filled) == 4 and int(data.y_train[i]) in filled
+        sought = cells[i, int(data.y_train[i])]
+        same_class = digits.x_train[digits.y_train == data.cue_train[i]]
+        assert any(torch.equal(sought, image) for image in same_class)
+    again = make_search_task(num_train=40, num_test=10, seed=3)
+    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
+
+
+# --- synthetic thalamus -------------------------------------------------------------------------------
+
+
+def test_top_k_selects_exactly_k_with_ties_broken_by_index_and_has_a_gradient():
+    from spiking_attn.mechanisms.synthetic_thalamus import top_k_select
+
+    salience = torch.tensor([[0.5, 2.0, 2.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    selected = top_k_select(salience, 2)
+    assert selected.tolist() == [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]  # equals: the lower index first
+    assert top_k_select(salience, 9).detach().sum(-1).tolist() == [5, 5]  # K above N: all of them
+    (selected * torch.arange(5.0)).sum().backward()
+    assert float(salience.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_spiking_k_winner_take_all_passes_exactly_k_tokens_every_step(k):
+    from spiking_attn.mechanisms.synthetic_thalamus import SpikingSyntheticThalamus
+
+    torch.manual_seed(k)
+    module = SpikingSyntheticThalamus(16, heads=2, num_cues=4, k=k, phases=3).eval()
+    x = (torch.rand(6, 5, 7, 16) < 0.4).float()
+    cue = F_one_hot_steps(torch.tensor([0, 1, 2, 3, 0]), 4, 6)
+    with torch.no_grad():
+        out, parts = module(x, cue=cue, return_parts=True)
+    assert out.shape == x.shape
+    assert parts["selected"].sum(-1).eq(k).all()  # [T, B]: exactly K per step and sample
+    with torch.no_grad():  # a token outside the workspace gets nothing from it: only the output layer's offset
+        silent = module.out(torch.zeros(1, 16))[0]
+    rows = parts["selected"] == 0
+    torch.testing.assert_close(out.detach()[rows], silent.expand(int(rows.sum()), 16))
+
+
+def F_one_hot_steps(index, classes, steps):
+    return torch.nn.functional.one_hot(index, classes).float().expand(steps, -1, -1)
+
+
+def test_phase_tags_are_spike_timing_within_the_cycle():
+    from spiking_attn.mechanisms.synthetic_thalamus import SpikingSyntheticThalamus
+
+    module = SpikingSyntheticThalamus(8, heads=2, k=2, phases=3)
+    with torch.no_grad():
+        module.phase.weight.zero_()
+        module.phase.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))  # every token's slot is 1
+        module.phase.weight[2, 0] = 5.0  # ...unless channel 0 fires: slot 2
+    x = torch.zeros(7, 1, 3, 8)
+    x[:, 0, 0, 0] = 1.0  # token 0 drives slot 2
+    spikes = module.phase_spikes(x)[:, 0]  # [T, N]
+    assert spikes[:, 0].tolist() == [0, 0, 1, 0, 0, 1, 0]  # steps 2 and 5: t mod 3 == 2
+    assert spikes[:, 1].tolist() == [0, 1, 0, 0, 1, 0, 0] and torch.equal(spikes[:, 1], spikes[:, 2])  # in phase
+
+
+@pytest.mark.parametrize("kind", ["spiking", "dense"])
+def test_reward_feedback_moves_the_salience_weights_at_inference(kind):
+    from spiking_attn.mechanisms.synthetic_thalamus import DenseSyntheticThalamus, SpikingSyntheticThalamus
+
+    torch.manual_seed(0)
+    if kind == "spiking":
+        module = SpikingSyntheticThalamus(16, heads=2, num_cues=4, k=2)  # batch statistics: active populations
+        x, cue = (torch.rand(4, 3, 6, 16) < 0.5).float(), F_one_hot_steps(torch.tensor([0, 1, 2]), 4, 4)
+    else:
+        module = DenseSyntheticThalamus(16, heads=2, num_cues=4, k=2).eval()
+        x, cue = torch.rand(3, 6, 16), torch.eye(4)[:3]
+    with torch.no_grad():
+        module(x, cue=cue)
+    assert module.eligibility is None  # off by default: nothing kept
+    with pytest.raises(SpikingAttnError, match="plasticity on"):
+        module.reinforce(1.0)
+    module.plasticity = True
+    before = module.salience_weight.detach().clone()
+    with torch.no_grad():
+        first = module(x, cue=cue, return_parts=True)[1]["salience"]
+    eligibility = module.eligibility.clone()
+    assert eligibility.shape == (3, 2) and float(eligibility.sum()) > 0
+    change = module.reinforce(torch.tensor([1.0, 1.0, 1.0]), lr=0.5)
+    torch.testing.assert_close(module.salience_weight.detach(), before + 0.5 * eligibility.mean(0))
+    assert bool((change >= 0).all()) and module.eligibility is None
+    with torch.no_grad():
+        second = module(x, cue=cue, return_parts=True)[1]["salience"]
+    assert not torch.equal(first, second)  # the rewarded heads now weigh more
+    module.reinforce(-1.0, lr=0.5)  # a punishment lowers them again
+    assert bool((module.salience_weight.detach() < before + 0.5 * eligibility.mean(0) + 1e-6).all())
+    with pytest.raises(ShapeError, match=r"reward must be a number or \[B\] = \[3\]"):
+        module(x, cue=cue)
+        module.reinforce(torch.ones(2))

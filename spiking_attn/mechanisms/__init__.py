@@ -113,4 +113,4 @@ def get_mechanism(name: str) -> MechanismSpec:
 
 
 from . import (plain, thalamic_gating, pulvinar, basal_forebrain, predictive, integrated,  # noqa: E402,F401
-               cortico_thalamic, saliency)
+               cortico_thalamic, saliency, synthetic_thalamus)

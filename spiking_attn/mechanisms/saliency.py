@@ -147,6 +147,19 @@ def _score(conv1: nn.Module, act, conv2: nn.Conv2d, x: torch.Tensor, grid,
     return out.reshape(*lead, n)
 
 
+def glimpse_maps(m: torch.Tensor, glimpses: int, ior_strength: float, ior_decay: float) -> torch.Tensor:
+    """The dense twin's glimpses over a map ``m`` ``[B, N]``: ``[B, G, N]``, each a softmax over the locations
+    of ``m`` minus the inhibition of return. The IOR trace is a local variable: per sample, and zero at the
+    start of every call (a sequence), so nothing carries over between batches."""
+    trace = torch.zeros_like(m)
+    maps = []
+    for _ in range(glimpses):
+        s = torch.softmax(m - ior_strength * trace, dim=-1)
+        trace = (1 - ior_decay) * trace + s
+        maps.append(s)
+    return torch.stack(maps, dim=1)
+
+
 class DenseSaliency(nn.Module):
     """Dense saliency with IOR. ``x`` ``[B, N, D]``, ``cue`` (the goal) ``[B, C]`` or None -> ``[B, N, D]``
     (and the saliency maps ``[B, G, N]`` with ``return_maps=True``)."""
@@ -171,13 +184,7 @@ class DenseSaliency(nn.Module):
         goal = self.goal_proj(cue) if cue is not None and self.goal_proj is not None else None  # [B, H]
         drive = _score(self.score_1, self.score_act, self.score_2, x, grid, goal)  # [B, N]
         m = self.sharpness * _normalised(_centre_surround(drive, self.dog, grid))  # [B, N]
-        trace = torch.zeros_like(m)  # IOR: per sample, from zero at the start of every sequence
-        maps = []
-        for _ in range(self.glimpses):
-            s = torch.softmax(m - self.ior_strength * trace, dim=-1)
-            trace = (1 - self.ior_decay) * trace + s
-            maps.append(s)
-        return torch.stack(maps, dim=1)
+        return glimpse_maps(m, self.glimpses, self.ior_strength, self.ior_decay)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *, cue: Optional[torch.Tensor] = None,
                 return_maps: bool = False):
