@@ -18,7 +18,8 @@ canvases, T=4), for every seed in
 | dense saliency | search | its dense twin (target >= 0.90) |
 
 Speed (``--part speed``): one block of each mechanism, forward + backward at T=4, batch 32, 32 tokens,
-dim 128, spiking version and dense twin timed in alternation in the same run (median of ``--repeats``
+dim 128 (the encoder-decoder, ``seq2seq``: the whole model at depth 1, teacher-forced on 32 positions),
+spiking version and dense twin timed in alternation in the same run (median of ``--repeats``
 each); prints the
 spiking time per time step over the dense time (target <= 1.5).
 
@@ -90,6 +91,26 @@ def _paired_times(steps, repeats: int) -> list:
     return [statistics.median(record) for record in times]
 
 
+def _model_speed(name: str, repeats: int) -> dict:
+    """A whole model of another scaffold (the encoder-decoder, teacher-forced on N positions), depth 1."""
+    from spiking_attn.models import ModelConfig, build_model
+
+    timed = []
+    for kind in ("spiking", "dense"):
+        config = ModelConfig(in_features=11, num_tokens=N, num_classes=11, dim=D, heads=HEADS, depth=1, timesteps=T,
+                             mechanism=name, model=kind, attention="ssa")
+        torch.manual_seed(0)
+        model = build_model(config)
+        x = torch.nn.functional.one_hot(torch.randint(11, (B, N)), 11).float()
+        target = torch.randint(11, (B, N))
+
+        def step(model=model, x=x, target=target):
+            model(x, target=target).sum().backward()
+        timed.append(step)
+    t_spiking, t_dense = _paired_times(timed, repeats)
+    return {"spiking_ms": 1e3 * t_spiking, "dense_ms": 1e3 * t_dense, "per_step_ratio": t_spiking / T / t_dense}
+
+
 def speed(repeats: int, only=None) -> dict:
     from spiking_attn.mechanisms import MECHANISMS
     from spiking_attn.models import ModelConfig
@@ -97,6 +118,9 @@ def speed(repeats: int, only=None) -> dict:
     results = {}
     for name, spec in MECHANISMS.items():
         if only and name not in only:
+            continue
+        if spec.scaffold != "classifier":
+            results[name] = _model_speed(name, repeats)
             continue
         config = ModelConfig(in_features=D, num_tokens=N, num_classes=10, dim=D, heads=HEADS, timesteps=T, num_cues=4,
                              mechanism=name)

@@ -3,6 +3,7 @@
     spiking-attn train --task digits --model spiking --timesteps 4 --epochs 40 --seed 0 --out runs/x
     spiking-attn train --resume runs/x
     spiking-attn train --list-mechanisms
+    spiking-attn generate --checkpoint runs/rev/checkpoint.pt --input "3 1 4 1 5"
     spiking-attn demo
 
 Bad input ends with one line on stderr and a non-zero exit status, never a traceback. An interrupt
@@ -101,7 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deploy_options(sub.add_parser("deploy", help="run a trained spiking model on Lava's CPU simulation of Loihi"))
     _add_energy_options(sub.add_parser("energy", help="estimate the energy of a trained model beside its dense twin"))
     _add_convert_options(sub.add_parser("convert", help="convert a trained dense twin into a spiking model"))
+    p = sub.add_parser("generate", help="decode a string with a trained encoder-decoder (mechanism seq2seq)")
+    p.add_argument("--checkpoint", required=True, help="a seq2seq model's checkpoint (DIR/checkpoint.pt)")
+    p.add_argument("--input", required=True, help='the source symbols, separated by spaces, e.g. "3 1 4 1 5"')
     return parser
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
+    from .mechanisms.seq2seq import generate_text
+
+    print(generate_text(args.checkpoint, args.input))
+    return 0
 
 
 def _add_energy_options(p: argparse.ArgumentParser) -> None:
@@ -357,7 +370,8 @@ def format_conversion(info: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy, "energy": cmd_energy, "convert": cmd_convert}
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy, "energy": cmd_energy, "convert": cmd_convert,
+            "generate": cmd_generate}
 
 
 def _interrupted_message(args: Optional[argparse.Namespace]) -> str:

@@ -10,6 +10,11 @@
   24x24 canvas; the goal (the cue) names a digit class, and the label is the cell (0-8, row-major)
   holding that digit. Tokens are the canvas's 36 patches of 4x4 pixels, row-major over a 6x6 grid,
   so a location is marked only by position.
+* ``translate``: sequence to sequence. A string of digits (length 1 to 8, padded with a PAD symbol to 8)
+  is to be reversed (``make_translate_task`` also makes copy and sort). Tokens are one-hot symbols
+  ``[S, 8, 11]`` (digits 0-9 and PAD); the label is the output string ``[S, 8]``, PAD after its end.
+  Training strings have every length; test strings all have length 8. The model reads the label as
+  its decoder's input during training (teacher forcing) and decodes greedily at test time.
 * ``cue``: a synthetic top-down attention task generated on the fly. Each sequence holds noisy tokens
   that carry one of ``C`` class prototypes; the cue (an index given beside the tokens, through the
   model's cue path) names one token position, and the label is the class of the token there. The
@@ -54,6 +59,11 @@ class TokenDataset:
     def in_features(self) -> int:
         return self.x_train.shape[2]
 
+    @property
+    def sequence_labels(self) -> bool:
+        """True if every sample is labelled with a sequence ``[S, L]`` rather than a class ``[S]``."""
+        return self.y_train.dim() == 2
+
     def without_cue(self) -> "TokenDataset":
         """The same data with the cue withheld (for the no-cue baseline of a cued task)."""
         return replace(self, cue_train=None, cue_test=None, num_cues=0)
@@ -61,6 +71,8 @@ class TokenDataset:
     def context(self, split: str, idx=None) -> dict:
         """Keyword arguments for the model besides ``x``, for ``split`` ('train' or 'test') rows ``idx``."""
         check_choice(split, "split", ("train", "test"))
+        if self.sequence_labels:  # teacher forcing in training; at test time the model decodes on its own
+            return {"target": self.y_train if idx is None else self.y_train[idx]} if split == "train" else {}
         cue = self.cue_train if split == "train" else self.cue_test
         if cue is None:
             return {}
@@ -212,6 +224,45 @@ def make_search_task(num_train: int = 10000, num_test: int = 1000, digits_per_ca
     return TokenDataset("search", x_train, y_train, x_test, y_test, cells, cue_train, cue_test, 10)
 
 
+TRANSLATE_KINDS = ("reverse", "copy", "sort")
+PAD = 10  # the padding symbol of the translate task (digits are 0-9)
+
+
+def make_translate_task(kind: str = "reverse", length: int = 8, num_train: int = 10000, num_test: int = 1000,
+                        seed: int = 0) -> TokenDataset:
+    """Digit strings to ``kind`` ('reverse', 'copy' or 'sort'), as one-hot tokens ``[S, length, 11]``
+    (digits and PAD) and output strings ``[S, length]`` (PAD after the end). Training strings have
+    lengths 1 to ``length``; test strings all have ``length``. Seeded, generated in memory."""
+    check_choice(kind, "kind", TRANSLATE_KINDS)
+    for name, value in (("length", length), ("num_train", num_train), ("num_test", num_test)):
+        check_positive_int(value, name)
+    gen = torch.Generator().manual_seed(seed)
+
+    def sample(count: int, every_length: bool):
+        digits = torch.randint(10, (count, length), generator=gen)
+        lengths = torch.randint(1, length + 1, (count,), generator=gen) if every_length \
+            else torch.full((count,), length)
+        pad = torch.arange(length)[None, :] >= lengths[:, None]  # [S, L]
+        source = digits.masked_fill(pad, PAD)
+        if kind == "copy":
+            target = source.clone()
+        elif kind == "sort":
+            target = source.sort(dim=1).values  # PAD (10) sorts last
+        else:  # reverse the first `length` symbols, PAD stays at the end
+            index = (lengths[:, None] - 1 - torch.arange(length)[None, :]).clamp_min(0)
+            target = torch.gather(source, 1, index).masked_fill(pad, PAD)
+        return one_hot_tokens(source, PAD + 1), target
+
+    x_train, y_train = sample(num_train, every_length=True)
+    x_test, y_test = sample(num_test, every_length=False)
+    return TokenDataset("translate", x_train, y_train, x_test, y_test, PAD + 1)
+
+
+def one_hot_tokens(index: torch.Tensor, classes: int) -> torch.Tensor:
+    """One-hot float32 tokens ``[..., classes]`` of integer symbols."""
+    return torch.nn.functional.one_hot(index, classes).float()
+
+
 def load_task(name: str) -> TokenDataset:
     """Load the registered task called ``name``."""
     return TASKS.get(name).load()
@@ -263,5 +314,8 @@ register_task(TaskSpec("cue", "synthetic: recall the class of the token whose po
                        make_cue_task, epochs=30))
 register_task(TaskSpec("search", "visual search: the cue names a digit class; the label is the cell (of 9) holding it",
                        make_search_task, epochs=20))
+register_task(TaskSpec("translate", "sequence to sequence: reverse a digit string (length 1-8 in training, 8 in "
+                       "the test)", make_translate_task, epochs=30,
+                       model_defaults={"mechanism": "seq2seq", "attention": "ssa"}))
 register_task(TaskSpec("quadrant", "four digits in a 2x2 grid as 16 row tokens; the cue names the quadrant to read",
                        make_quadrant_task, epochs=20, model_defaults={"attention": "ssa"}))

@@ -76,6 +76,18 @@ class TrainSettings:
         check_number(self.target_rate, "target_rate", low=0.0, high=1.0)
 
 
+def label_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class logits ``[B, C]`` against ``y`` ``[B]``, or of sequence logits ``[B, L, C]``
+    against ``y`` ``[B, L]`` (the mean over every position)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def correct_labels(logits: torch.Tensor, y: torch.Tensor) -> int:
+    """How many samples are right: the class, or every position of the sequence (sequence accuracy)."""
+    right = logits.argmax(-1) == y
+    return int((right if right.dim() == 1 else right.all(-1)).sum())
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # seed < 2**32 and epoch <= 10**6 keep this below 2**63, the generator's limit
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -87,6 +99,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Accuracy of ``model`` on ``(x, y)``; with ``firing_rates`` also the mean rate of every population.
 
     ``context`` holds further per-sample model inputs (``cue=...``), sliced along the batch like ``x``.
+    For sequence labels ``y`` ``[S, L]``, a sample counts as right only if every position is (sequence
+    accuracy).
     """
     if not isinstance(model, nn.Module):
         raise DTypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -107,7 +121,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             for start in range(0, len(x), batch_size):
                 part = slice(start, start + batch_size)
                 logits = model(x[part], generator=gen, **{k: v[part] for k, v in context.items()})
-                correct += int((logits.argmax(-1) == y[part]).sum())
+                correct += correct_labels(logits, y[part])
     finally:
         model.train(was_training)
     result = {"accuracy": correct / len(x)}
@@ -133,7 +147,7 @@ def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, 
         with auxiliary.collect() as reports, \
                 (population_spikes(model) if needs_spikes else contextlib.nullcontext([])) as spikes:
             logits = model(x, generator=gen, **data.context("train", idx))
-        loss = F.cross_entropy(logits, data.y_train[idx])
+        loss = label_loss(logits, data.y_train[idx])
         if weights:
             penalty, values = regularization(weights, RegularizerInputs(reports, spikes, settings.target_rate))
             loss = loss + penalty
@@ -143,11 +157,25 @@ def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, 
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(-1) == data.y_train[idx]).sum())
+        correct += correct_labels(logits, data.y_train[idx])
         bar.update(1)
     n = len(order)
     return {"train_loss": total_loss / n, "train_accuracy": correct / n,
             **{f"reg_{name}": value / n for name, value in reg_sums.items()}}
+
+
+def check_scaffold_fits(config: ModelConfig, data: TokenDataset) -> None:
+    """A classifier mechanism needs a task with a class per sample, the sequence scaffold one with a sequence
+    per sample (``MechanismSpec.scaffold``)."""
+    from .mechanisms import get_mechanism
+
+    scaffold = get_mechanism(config.mechanism).scaffold
+    wants = "sequence" if data.sequence_labels else "classifier"
+    if scaffold != wants:
+        what = "a sequence" if data.sequence_labels else "a class"
+        raise SpikingAttnError(f"mechanism {config.mechanism!r} builds a {scaffold} model, but task {data.name!r} "
+                               f"labels each sample with {what}; choose a mechanism of the {wants} scaffold "
+                               f"(--list-mechanisms) or another task")
 
 
 def _resolve_resume(resume, given: dict) -> tuple:
@@ -253,13 +281,15 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         fields = {"in_features": data.in_features, "num_tokens": data.num_tokens, "num_classes": data.num_classes,
                   "num_cues": data.num_cues, "model": model or "spiking",
                   "timesteps": 4 if timesteps is None else timesteps, "attention": "sdsa",
-                  "mechanism": mechanism or "none", **TASKS.get(settings.task).model_defaults}
-        if attention is not None:
-            fields["attention"] = attention
+                  "mechanism": "none", **TASKS.get(settings.task).model_defaults}
+        for name, value in (("attention", attention), ("mechanism", mechanism)):
+            if value is not None:
+                fields[name] = value
         unknown = sorted(set(config_overrides) - {f.name for f in dataclass_fields(ModelConfig)})
         if unknown:
             raise SpikingAttnError(f"unknown model option(s): {', '.join(unknown)}")
         config = ModelConfig(**{**fields, **config_overrides})
+    check_scaffold_fits(config, data)
     check_training_memory(config, settings.batch_size)
     with RunFolder(out, overwrite=overwrite, resume=resume is not None) as folder:
         return _run(config, settings, data, folder, payload, stop_after, progress, figures)

@@ -120,6 +120,7 @@ import json
 
 from spiking_attn import MECHANISMS, ModelConfig, SpikeRecorder, build_model, load_model, save_checkpoint
 from spiking_attn import spike_driven_report
+from spiking_attn.mechanisms import mechanism_names
 from spiking_attn.converters import (ConversionError, TimeDifferenceModel, convert, finetune_qcfs, spiking_config,
                                      with_timesteps)
 from spiking_attn.errors import ShapeError
@@ -145,7 +146,7 @@ def _data(n=24, seed=1):
         torch.randint(0, TINY["num_cues"], (n,), generator=gen)
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS.names())
+@pytest.mark.parametrize("mechanism", mechanism_names("classifier"))
 @pytest.mark.parametrize("attention", ["softmax", "sdsa", "ssa"])
 def test_td_summed_outputs_equal_the_dense_outputs_for_every_mechanism(mechanism, attention):
     dense = _dense(mechanism, dense_attention=attention)
@@ -225,7 +226,7 @@ def test_converted_checkpoint_round_trips_and_t_is_a_run_time_setting(tmp_path):
     assert load_model(tmp_path / "c.pt", timesteps=4).config.timesteps == 4
 
 
-BINARY_MECHANISMS = [m for m in MECHANISMS.names() if m not in ("saliency", "synthetic_thalamus")]  # refused (below)
+BINARY_MECHANISMS = [m for m in mechanism_names("classifier") if m not in ("saliency", "synthetic_thalamus")]  # refused (below)
 
 
 @pytest.mark.parametrize("mechanism", BINARY_MECHANISMS)

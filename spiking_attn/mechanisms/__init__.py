@@ -55,6 +55,9 @@ class MechanismSpec:
             mechanism's components, not used in its output); they learn only if a loss uses them.
         conversion_options: the mechanism options a spiking model converted from the dense twin takes
             (``spiking_attn.converters``), when its trained form differs from its converted one.
+        scaffold: 'classifier' (blocks inside the token classifier of ``models.py``: tasks labelled with a
+            class per sample) or 'sequence' (a model of its own that ``build`` returns, mapping ``[B, L, V]``
+            inputs to ``[B, L, V']`` logits: tasks labelled with a sequence per sample).
     """
 
     name: str
@@ -65,6 +68,7 @@ class MechanismSpec:
     cue_token: bool = False
     readouts: tuple = ()
     conversion_options: Mapping = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    scaffold: str = "classifier"
 
     def parse_options(self, data: Optional[Mapping] = None):
         """The options object for ``data`` (a dict of option values; missing ones take their defaults)."""
@@ -98,13 +102,24 @@ class MechanismSpec:
         return MODEL_CLASSES[config.model](config, self)
 
 
+SCAFFOLDS = ("classifier", "sequence")
+
+
 def register_mechanism(spec: MechanismSpec, *, replace: bool = False) -> MechanismSpec:
     """Add ``spec`` to the registry under ``spec.name``; returns it."""
     if not isinstance(spec, MechanismSpec):
         raise DTypeError(f"register_mechanism takes a MechanismSpec, got {type(spec).__name__}")
+    if spec.scaffold not in SCAFFOLDS:
+        raise SpikingAttnError(f"scaffold of mechanism {spec.name!r} must be one of {', '.join(SCAFFOLDS)}, "
+                               f"got {spec.scaffold!r}")
     if not (dataclasses.is_dataclass(spec.options) and isinstance(spec.options, type)):
         raise DTypeError(f"options of mechanism {spec.name!r} must be a dataclass type")
     return MECHANISMS.register(spec.name, spec, replace=replace)
+
+
+def mechanism_names(scaffold: str = "classifier") -> tuple:
+    """The registered mechanisms of one scaffold ('classifier' or 'sequence'), in registration order."""
+    return tuple(name for name, spec in MECHANISMS.items() if spec.scaffold == scaffold)
 
 
 def get_mechanism(name: str) -> MechanismSpec:
@@ -113,4 +128,4 @@ def get_mechanism(name: str) -> MechanismSpec:
 
 
 from . import (plain, thalamic_gating, pulvinar, basal_forebrain, predictive, integrated,  # noqa: E402,F401
-               cortico_thalamic, saliency, synthetic_thalamus)
+               cortico_thalamic, saliency, synthetic_thalamus, seq2seq)
