@@ -27,6 +27,8 @@ def test_engines_and_rates_example_runs(tmp_path):
     ("prediction_errors.py", "prediction_errors.png", "level 1:"),
     ("cortical_areas.py", "cortical_masks.png", "spiking area 3: mean mask"),
     ("saliency_glimpses.py", "saliency_glimpses.png", "spiking: most attended location per glimpse"),
+    ("thalamus_workspace.py", "thalamus_workspace.png", "cue 3 (bottom right): tokens selected at step 0"),
+    ("seq2seq_attention.py", "cross_attention.png", "-> decoded"),
 ])
 def test_mechanism_examples_write_their_figure(tmp_path, script, figure, text):
     stdout = _run(script, tmp_path, "--epochs", "1")
