@@ -33,7 +33,7 @@ from spiking_attn.recorder import SpikeRecorder
 
 from .calibration import MODES, activation_scales
 from .qcfs import QCFS
-from .rules import ConversionContext, ConversionError, missing_rules
+from .rules import REFUSALS, ConversionContext, ConversionError, missing_rules
 
 METHODS = ("rate", "qcfs", "td")
 DEFAULT_TIMESTEPS = (4, 8, 16, 32, 64)
@@ -208,6 +208,18 @@ def _check_timesteps(timesteps) -> List[int]:
     return sorted(values)
 
 
+def _check_scaffold(config) -> None:
+    """The converter takes classifiers; a model of another scaffold (the encoder-decoder) is refused with the
+    reason its registry entry gives."""
+    from spiking_attn.mechanisms import get_mechanism
+
+    spec = get_mechanism(config.mechanism)
+    if spec.scaffold != "classifier":
+        built = type(spec.build(dataclasses.replace(config, model="spiking")))
+        reason = REFUSALS.get(built, "no conversion rule")
+        raise ConversionError(f"mechanism {config.mechanism!r} ({spec.scaffold} scaffold) has no conversion yet: {reason}")
+
+
 def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=DEFAULT_TIMESTEPS, *,
             cue: Optional[torch.Tensor] = None, evaluation: Optional[dict] = None, mode: str = "percentile",
             percentile: float = 99.9, batch_size: int = 64, progress: bool = False) -> Conversion:
@@ -227,6 +239,8 @@ def convert(model: nn.Module, calibration_data, method: str = "rate", timesteps=
         batch_size: samples per forward pass.
         progress: show progress bars.
     """
+    if isinstance(getattr(model, "config", None), ModelConfig):
+        _check_scaffold(model.config)
     if isinstance(model, nn.Module) and not isinstance(model, (DenseClassifier, SpikingClassifier)):
         from .torch_models import convert_torch_model  # a plain torch model
 
@@ -325,6 +339,7 @@ def convert_checkpoint(path, *, method: str = "rate", timesteps=DEFAULT_TIMESTEP
     check_int(calibration, "calibration", low=1)
     payload = read_checkpoint(path)
     config = config_from_checkpoint(payload)
+    _check_scaffold(config)
     if config.model != "dense":
         raise ConversionError(f"checkpoint {str(path)!r} holds a spiking model; the converter takes a dense twin "
                               f"(train one with --model dense)")

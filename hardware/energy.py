@@ -178,15 +178,16 @@ def load_energy_model(spec="45nm") -> EnergyModel:
 
 
 def build_twin(model: nn.Module) -> nn.Module:
-    """The other twin of a classifier of this library, from its config, with the weights both share
-    copied by name (every weight of the dense twin exists in the spiking one)."""
+    """The other twin of a model of this library (a classifier, or a model of another scaffold such as the
+    encoder-decoder), from its config, with the weights both share copied by name (every weight of the
+    dense twin exists in the spiking one)."""
     import dataclasses
 
-    from spiking_attn.models import MODEL_CLASSES, ModelConfig, build_model
+    from spiking_attn.models import ModelConfig, build_model
 
     config = getattr(model, "config", None)
-    if not isinstance(config, ModelConfig) or not isinstance(model, tuple(MODEL_CLASSES.values())):
-        raise SpikingAttnError(f"a twin can only be built for a classifier of this library (got "
+    if not isinstance(config, ModelConfig) or type(model) is not type(build_model(config)):
+        raise SpikingAttnError(f"a twin can only be built for a model of this library (got "
                                f"{type(model).__name__}); pass twin= yourself")
     other = "dense" if config.model == "spiking" else "spiking"
     twin = build_model(dataclasses.replace(config, model=other))
@@ -308,8 +309,10 @@ def estimate(model: nn.Module, x: torch.Tensor, energy_model="45nm", *, cue: Opt
                for k, m in models.items()}
     # accuracy (from the counting pass's outputs) only of the models that were trained: a twin built here
     # holds weights trained for the other kind
+    from spiking_attn.training import correct_labels  # a class, or every position of a sequence
+
     accuracy = {k: (None if m is None or m is built or labels is None
-                    else float((reports[k].outputs.argmax(-1) == labels).double().mean()))
+                    else correct_labels(reports[k].outputs, labels) / len(labels))
                 for k, m in models.items()}
     if built is None:
         note = "given" if twin is not None else "none"

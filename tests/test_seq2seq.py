@@ -165,3 +165,19 @@ def test_train_resume_and_generate_from_the_command_line(tmp_path):
     assert classifier["completed"]
     with pytest.raises(SpikingAttnError, match="generate needs an encoder-decoder"):
         generate_text(tmp_path / "digits" / "checkpoint.pt", "1 2")
+
+
+def test_energy_counts_both_twins_and_the_converter_refuses_with_the_reason():
+    from spiking_attn.converters import ConversionError, convert
+    from spiking_attn.hardware.energy import estimate
+
+    spiking, dense = _models(vth=0.3)
+    x, y = _batch(4)
+    dense.load_state_dict({k: v for k, v in spiking.state_dict().items() if k in dense.state_dict()})
+    report = estimate(spiking.eval(), x, twin=dense.eval(), labels=y)
+    assert report.snn.totals()["acs"] > 0 and report.ann.totals()["macs"] > 0
+    assert report.snn.totals()["macs"] == 0  # one-hot symbols are spikes: no analog layer anywhere
+    assert "decoder_blocks.0" in report.snn.per_layer and "decoder_blocks.0.cross_attn" in report.snn.per_layer
+    assert 0.0 <= report.accuracy["snn"] <= 1.0
+    with pytest.raises(ConversionError, match="'seq2seq' \\(sequence scaffold\\) has no conversion yet: .*greedy decoding"):
+        convert(dense, x, "td", 4)
