@@ -12,6 +12,7 @@ Dense twin (``DenseSyntheticThalamus``), for ``x`` ``[B, N, D]`` and a task cue 
     sal_n   = sum_h w_h * scale * sum_{c in h} task_c key_nc    multihead salience, w = salience_weight [H]
     sel     = top-K of sal (ties: the lower index)         [B, N] in {0, 1}, exactly K ones per sample
     theta_n = 2 pi * sum_p softmax(phase(x_n))_p * p / P   a learned phase on a cycle of P slots
+    q_n     = ws_q(x_n) + ws_task(task)                   the task set biases the workspace's queries
     a_nm    = softmax_m over selected m of (q_n . k_m * scale + lambda * cos(theta_n - theta_m))
     out     = out(sel_n * sum_m a_nm v_m)                  the workspace: only selected tokens take part
 
@@ -23,7 +24,8 @@ the lower index first on ties). A token's phase is spike timing: its phase unit 
 phase fire together, so phase similarity becomes coincidence. The workspace is SDSA over the
 selected tokens with a coincidence bias: the key-value sum that a query reads is
 ``sum_m sel_m k_m v_m + lambda * p_n * sum_m sel_m p_m k_m v_m``, where ``p`` are the phase spikes, so a
-token in phase with others hears them more. ``lambda`` (``coincidence_scale``) is learned in both.
+token in phase with others hears them more. As in the dense twin, the task spikes also drive the
+workspace's query population (the task set: which features to read out of what got in). ``lambda`` (``coincidence_scale``) is learned in both.
 
 Both selections and the phase slots are hard in the forward pass; their gradient is a sigmoid (top-K:
 of the salience's distance to the boundary between the K-th and the (K+1)-th) or a softmax (phase).
@@ -160,6 +162,7 @@ class DenseSyntheticThalamus(nn.Module, _Plasticity):
         self.salience_weight = nn.Parameter(torch.ones(heads))
         self.phase = nn.Linear(dim, phases)
         self.ws_q, self.ws_k, self.ws_v = LinearBN(dim, dim), LinearBN(dim, dim), LinearBN(dim, dim)
+        self.ws_task = nn.Linear(dim, dim)  # the task set: the task embedding biases the workspace's queries
         self.coincidence_scale = nn.Parameter(torch.ones(()))
         self.out = LinearBN(dim, dim)
         self.plasticity, self.eligibility = False, None
@@ -181,7 +184,8 @@ class DenseSyntheticThalamus(nn.Module, _Plasticity):
         theta = 2 * math.pi * (slots * torch.arange(self.phases, dtype=x.dtype)).sum(-1) / self.phases  # [B, N]
         similarity = torch.cos(theta[:, :, None] - theta[:, None, :])  # [B, N, M]
         h, dh = self.heads, d // self.heads
-        q, k, v = (t.reshape(b, n, h, dh).transpose(1, 2) for t in (self.ws_q(x), self.ws_k(x), self.ws_v(x)))
+        queries = self.ws_q(x) + self.ws_task(task).unsqueeze(1)  # [B, N, D]
+        q, k, v = (t.reshape(b, n, h, dh).transpose(1, 2) for t in (queries, self.ws_k(x), self.ws_v(x)))
         # phase similarity, and the unselected keys shut out (log 0 clamped: a weight of 1e-9 at most)
         bias = self.coincidence_scale * similarity + torch.log(selected.clamp_min(1e-9))[:, None, :]
         mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1))  # [B, H, N, Dh]
@@ -212,6 +216,7 @@ class SpikingSyntheticThalamus(nn.Module, _Plasticity):
         self.ws_q, self.ws_k, self.ws_v = LinearBN(dim, dim), LinearBN(dim, dim), LinearBN(dim, dim)
         self.ws_q_lif, self.ws_k_lif, self.ws_v_lif = (population(dim, lif) for _ in range(3))
         self.ws_kv_lif = population(dim, {**lif, "vth": 0.5})
+        self.ws_task = nn.Linear(dim, dim)  # the task set: task spikes bias the workspace's queries
         self.coincidence_scale = nn.Parameter(torch.ones(()))
         self.out = LinearBN(dim, dim)
         self.plasticity, self.eligibility = False, None
@@ -236,7 +241,7 @@ class SpikingSyntheticThalamus(nn.Module, _Plasticity):
         selected = top_k_select(salience, self.k)  # [T, B, N]: the k-WTA, exactly K per step
         self._keep_eligibility(per_head, selected)
         p = self.phase_spikes(x)  # [T, B, N]
-        q = self.ws_q_lif(self.ws_q(x)) * selected.unsqueeze(-1)  # only selected tokens query
+        q = self.ws_q_lif(self.ws_q(x) + self.ws_task(task).unsqueeze(2)) * selected.unsqueeze(-1)  # selected only
         k, v = self.ws_k_lif(self.ws_k(x)), self.ws_v_lif(self.ws_v(x))
         kv = k * v * selected.unsqueeze(-1)  # [T, B, N, D]: ANDs of selected tokens
         in_phase = (kv * p.unsqueeze(-1)).sum(2, keepdim=True)  # [T, B, 1, D]: those firing at this phase step
