@@ -2,7 +2,7 @@
 
 Accuracy (``--part accuracy``): `spiking-attn train --task TASK` at the task's defaults (quadrant: 20
 epochs, 10000 training composites, SSA, T=4; digits: 40 epochs, SDSA, T=4; search: 20 epochs, 10000
-canvases, T=4), for every seed in
+canvases, T=4; translate: 30 epochs, 10000 strings, SSA, T=4), for every seed in
 ``--seeds``; prints mean, min and max.
 
 | run | task | what it shows |
@@ -16,6 +16,10 @@ canvases, T=4), for every seed in
 | dense cortico_thalamic | digits | its dense twin (reported) |
 | spiking saliency | search | saliency with IOR (target >= 0.85) |
 | dense saliency | search | its dense twin (target >= 0.90) |
+| spiking synthetic_thalamus | quadrant | top-K gating with phase tags, K=8 (target >= 0.90) |
+| dense synthetic_thalamus | quadrant | its dense twin (reported) |
+| spiking seq2seq | translate | the encoder-decoder, sequence accuracy on reverse at length 8 (target >= 0.90) |
+| dense seq2seq | translate | its dense twin (target >= 0.95) |
 
 Speed (``--part speed``): one block of each mechanism, forward + backward at T=4, batch 32, 32 tokens,
 dim 128 (the encoder-decoder, ``seq2seq``: the whole model at depth 1, teacher-forced on 32 positions),
@@ -23,12 +27,17 @@ spiking version and dense twin timed in alternation in the same run (median of `
 each); prints the
 spiking time per time step over the dense time (target <= 1.5).
 
-    .venv/bin/python benchmarks/bench_mechanisms.py [--part speed|accuracy|all] [--seeds 0 1 2] [--json out.json]
+K sweep (``--part ksweep``): the spiking synthetic thalamus on quadrant at its defaults with K (tokens let
+into the workspace) in ``--ks`` (default 1 2 4 8), for every seed in ``--seeds``; prints the table and
+writes accuracy against K to ``--figure`` (default runs/bench_mechanisms/thalamus_k.png).
+
+    .venv/bin/python benchmarks/bench_mechanisms.py [--part speed|accuracy|ksweep|all] [--seeds 0 1 2] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -44,6 +53,10 @@ RUNS = {
     "dense cortico_thalamic": dict(model="dense", mechanism="cortico_thalamic", task="digits"),
     "spiking saliency": dict(model="spiking", mechanism="saliency", task="search"),
     "dense saliency": dict(model="dense", mechanism="saliency", task="search"),
+    "spiking synthetic_thalamus": dict(model="spiking", mechanism="synthetic_thalamus"),
+    "dense synthetic_thalamus": dict(model="dense", mechanism="synthetic_thalamus"),
+    "spiking seq2seq": dict(model="spiking", mechanism="seq2seq", task="translate"),
+    "dense seq2seq": dict(model="dense", mechanism="seq2seq", task="translate"),
 }
 T, B, N, D, HEADS = 4, 32, 32, 128, 4
 
@@ -66,6 +79,41 @@ def accuracy(seeds, only=None) -> dict:
                   flush=True)
         results[label] = {"task": kw["task"], "accuracies": accs, "mean": statistics.mean(accs), "min": min(accs),
                           "max": max(accs)}
+    return results
+
+
+def ksweep(ks, seeds, figure: str) -> dict:
+    from spiking_attn.training import train
+
+    results = {}
+    for k in ks:
+        accs = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            metrics = train(task="quadrant", seed=seed, mechanism="synthetic_thalamus", mechanism_options={"k": k},
+                            out=f"runs/bench_mechanisms/thalamus_k{k}_{seed}", overwrite=True, progress=False,
+                            figures=False)
+            accs.append(metrics["test_accuracy"])
+            print(f"  K={k} seed {seed}: {metrics['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        results[k] = {"accuracies": accs, "mean": statistics.mean(accs), "min": min(accs), "max": max(accs)}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    means = [results[k]["mean"] for k in ks]
+    low = [results[k]["mean"] - results[k]["min"] for k in ks]
+    high = [results[k]["max"] - results[k]["mean"] for k in ks]
+    ax.errorbar(ks, means, yerr=[low, high], marker="o", capsize=3)
+    ax.set(xscale="log", xticks=ks, xticklabels=[str(k) for k in ks], xlabel="K (tokens into the workspace)",
+           ylabel="test accuracy", title=f"synthetic thalamus on quadrant\n(seeds {', '.join(map(str, seeds))}; "
+                                         f"min to max)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    print(f"wrote {figure}")
     return results
 
 
@@ -138,7 +186,9 @@ def speed(repeats: int, only=None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("speed", "accuracy", "all"), default="all")
+    parser.add_argument("--part", choices=("speed", "accuracy", "ksweep", "all"), default="all")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8], help="ksweep: the K to train")
+    parser.add_argument("--figure", default="runs/bench_mechanisms/thalamus_k.png", help="ksweep: the figure")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), help="accuracy: only these runs")
     parser.add_argument("--mechanisms", nargs="+", help="speed: only these mechanisms")
@@ -161,6 +211,12 @@ def main() -> None:
         print(f"{'run':28s} {'task':9s} {'mean':>7s} {'min':>7s} {'max':>7s}")
         for label, r in out["accuracy"].items():
             print(f"{label:28s} {r['task']:9s} {r['mean']:7.4f} {r['min']:7.4f} {r['max']:7.4f}")
+    if args.part in ("ksweep", "all"):
+        print(f"\nSynthetic thalamus on quadrant, accuracy against K over seeds {args.seeds}")
+        out["ksweep"] = ksweep(args.ks, args.seeds, args.figure)
+        print(f"{'K':>3s} {'mean':>7s} {'min':>7s} {'max':>7s}")
+        for k, r in out["ksweep"].items():
+            print(f"{k:3d} {r['mean']:7.4f} {r['min']:7.4f} {r['max']:7.4f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -520,17 +520,26 @@ def test_spiking_k_winner_take_all_passes_exactly_k_tokens_every_step(k):
     from spiking_attn.mechanisms.synthetic_thalamus import SpikingSyntheticThalamus
 
     torch.manual_seed(k)
-    module = SpikingSyntheticThalamus(16, heads=2, num_cues=4, k=k, phases=3).eval()
+    module = SpikingSyntheticThalamus(16, heads=2, num_cues=4, k=k, phases=3, lif={"vth": 0.2}).eval()  # active
     x = (torch.rand(6, 5, 7, 16) < 0.4).float()
     cue = F_one_hot_steps(torch.tensor([0, 1, 2, 3, 0]), 4, 6)
     with torch.no_grad():
         out, parts = module(x, cue=cue, return_parts=True)
     assert out.shape == x.shape
     assert parts["selected"].sum(-1).eq(k).all()  # [T, B]: exactly K per step and sample
-    with torch.no_grad():  # a token outside the workspace gets nothing from it: only the output layer's offset
-        silent = module.out(torch.zeros(1, 16))[0]
-    rows = parts["selected"] == 0
-    torch.testing.assert_close(out.detach()[rows], silent.expand(int(rows.sum()), 16))
+    # only the selected tokens' keys and values enter the workspace
+    seen = []
+    handle = module.ws_kv_lif.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        module(x, cue=cue)
+    handle.remove()
+    sel = parts["selected"].unsqueeze(-1)  # [T, B, N, 1]
+    k, v = (module.ws_k_lif(module.ws_k(x)), module.ws_v_lif(module.ws_v(x)))
+    kv = k * v * sel
+    expected = kv.sum(2, keepdim=True) + module.coincidence_scale * parts["phase"].unsqueeze(-1) * \
+        (kv * parts["phase"].unsqueeze(-1)).sum(2, keepdim=True)
+    torch.testing.assert_close(seen[0], expected.detach())
+    assert not torch.equal((k * v).sum(2), kv.sum(2))  # the unselected ones would have added something
 
 
 def F_one_hot_steps(index, classes, steps):

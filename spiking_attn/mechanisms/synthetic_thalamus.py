@@ -14,15 +14,17 @@ Dense twin (``DenseSyntheticThalamus``), for ``x`` ``[B, N, D]`` and a task cue 
     theta_n = 2 pi * sum_p softmax(phase(x_n))_p * p / P   a learned phase on a cycle of P slots
     q_n     = ws_q(x_n) + ws_task(task)                   the task set biases the workspace's queries
     a_nm    = softmax_m over selected m of (q_n . k_m * scale + lambda * cos(theta_n - theta_m))
-    out     = out(sel_n * sum_m a_nm v_m)                  the workspace: only selected tokens take part
+    out     = out(sum_m a_nm v_m)                          only selected tokens enter the workspace, and its
+                                                           content is broadcast to every token
 
 Spiking version (``SpikingSyntheticThalamus``): the task embedding is a population driven by the cue
 spikes. Salience is the coincidence of task spikes with each token's key spikes, weighted per head.
 The top-K is a k-winner-take-all population: at every step exactly K tokens pass (the K largest drives,
 the lower index first on ties). A token's phase is spike timing: its phase unit fires on step
 ``t mod P = phi_n`` of the cycle, ``phi_n`` the slot with the largest drive; tokens tagged with the same
-phase fire together, so phase similarity becomes coincidence. The workspace is SDSA over the
-selected tokens with a coincidence bias: the key-value sum that a query reads is
+phase fire together, so phase similarity becomes coincidence. The workspace is SDSA whose keys and
+values come from the selected tokens only, and whose content every token's query reads (the
+workspace broadcasts), with a coincidence bias: the key-value sum that a query reads is
 ``sum_m sel_m k_m v_m + lambda * p_n * sum_m sel_m p_m k_m v_m``, where ``p`` are the phase spikes, so a
 token in phase with others hears them more. As in the dense twin, the task spikes also drive the
 workspace's query population (the task set: which features to read out of what got in). ``lambda`` (``coincidence_scale``) is learned in both.
@@ -189,7 +191,7 @@ class DenseSyntheticThalamus(nn.Module, _Plasticity):
         # phase similarity, and the unselected keys shut out (log 0 clamped: a weight of 1e-9 at most)
         bias = self.coincidence_scale * similarity + torch.log(selected.clamp_min(1e-9))[:, None, :]
         mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1))  # [B, H, N, Dh]
-        out = self.out(mixed.transpose(1, 2).reshape(b, n, d) * selected.unsqueeze(-1))
+        out = self.out(mixed.transpose(1, 2).reshape(b, n, d))  # broadcast: every token reads the workspace
         if return_parts:
             return out, {"selected": selected.detach(), "phase": theta.detach(), "salience": salience.detach()}
         return out
@@ -241,7 +243,7 @@ class SpikingSyntheticThalamus(nn.Module, _Plasticity):
         selected = top_k_select(salience, self.k)  # [T, B, N]: the k-WTA, exactly K per step
         self._keep_eligibility(per_head, selected)
         p = self.phase_spikes(x)  # [T, B, N]
-        q = self.ws_q_lif(self.ws_q(x) + self.ws_task(task).unsqueeze(2)) * selected.unsqueeze(-1)  # selected only
+        q = self.ws_q_lif(self.ws_q(x) + self.ws_task(task).unsqueeze(2))  # every token reads the workspace
         k, v = self.ws_k_lif(self.ws_k(x)), self.ws_v_lif(self.ws_v(x))
         kv = k * v * selected.unsqueeze(-1)  # [T, B, N, D]: ANDs of selected tokens
         in_phase = (kv * p.unsqueeze(-1)).sum(2, keepdim=True)  # [T, B, 1, D]: those firing at this phase step
