@@ -3,10 +3,11 @@
 Trains the saliency model and its dense twin on ``search`` (four digits in a 3x3 grid of cells; the goal
 names a digit class; the answer is its cell), then shows, for a few test canvases, the canvas with the
 goal and, for each glimpse (a time step of the spiking model, a glimpse of the dense twin's IOR loop),
-the second block's saliency map over the 6x6 grid of patch locations: the dense softmax map and the
+a block's saliency map (``--block``, default the last) over the 6x6 grid of patch locations: the dense softmax map and the
 spiking saliency neurons' spikes.
 
     .venv/bin/python examples/saliency_glimpses.py [--out runs/saliency] [--epochs 20] [--images 3]
+        [--spiking DIR/checkpoint.pt --dense DIR/checkpoint.pt]   (trained runs to show, instead of training)
 
 Writes OUT/saliency_glimpses.png and prints, per canvas, the location each glimpse attends most.
 """
@@ -26,10 +27,10 @@ from spiking_attn.data import load_task  # noqa: E402
 from spiking_attn.mechanisms.saliency import grid_shape  # noqa: E402
 
 
-def glimpses(model, x: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
-    """The last block's saliency per glimpse, ``[B, G, N]``: dense maps, or spikes (steps as glimpses)."""
+def glimpses(model, x: torch.Tensor, cue: torch.Tensor, block: int = -1) -> torch.Tensor:
+    """Block ``block``'s saliency per glimpse, ``[B, G, N]``: dense maps, or spikes (steps as glimpses)."""
     captured = []
-    handle = model.blocks[-1].attn.register_forward_hook(lambda m, args, kwargs, out: captured.append(
+    handle = model.blocks[block].attn.register_forward_hook(lambda m, args, kwargs, out: captured.append(
         m.forward(*args, **{**kwargs, "return_maps": True})[1]), with_kwargs=True)
     try:
         with torch.no_grad():
@@ -45,16 +46,24 @@ def main() -> None:
     parser.add_argument("--out", default="runs/saliency")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--block", type=int, default=-1, help="which block's saliency to show (default the last)")
+    parser.add_argument("--spiking", help="a trained spiking saliency checkpoint on search (skips its training)")
+    parser.add_argument("--dense", help="a trained dense saliency checkpoint on search (skips its training)")
     args = parser.parse_args()
     out = Path(args.out)
     data = load_task("search")
     x, cue, y = data.x_test[:args.images], data.cue_test[:args.images], data.y_test[:args.images]
     found = {}
     for kind in ("dense", "spiking"):
-        metrics = train(task="search", model=kind, mechanism="saliency", epochs=args.epochs, out=out / kind,
-                        overwrite=True, progress=False, figures=False)
-        print(f"search, {kind} saliency: test accuracy {metrics['test_accuracy']:.3f}")
-        found[kind] = glimpses(load_model(out / kind / "checkpoint.pt"), x, cue)
+        checkpoint = getattr(args, kind)
+        if checkpoint is None:
+            metrics = train(task="search", model=kind, mechanism="saliency", epochs=args.epochs, out=out / kind,
+                            overwrite=True, progress=False, figures=False)
+            print(f"search, {kind} saliency: test accuracy {metrics['test_accuracy']:.3f}")
+            checkpoint = out / kind / "checkpoint.pt"
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+        found[kind] = glimpses(load_model(checkpoint), x, cue, args.block)
     h, w = grid_shape(data.num_tokens)
     steps = found["spiking"].shape[1]
     fig, axes = plt.subplots(2 * args.images, steps + 1, figsize=(2.1 * (steps + 1), 4.2 * args.images),

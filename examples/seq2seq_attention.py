@@ -6,6 +6,7 @@ position, the SSA scores (Q K^T, averaged over steps and heads) over the source 
 shows as an anti-diagonal.
 
     .venv/bin/python examples/seq2seq_attention.py [--out runs/seq2seq] [--epochs 30]
+        [--checkpoint DIR/checkpoint.pt]   (a trained run to show, instead of training)
 
 Writes OUT/cross_attention.png and prints the decoded strings.
 """
@@ -18,7 +19,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from spiking_attn import load_model, train  # noqa: E402
 from spiking_attn.data import load_task  # noqa: E402
@@ -29,13 +29,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/seq2seq")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--checkpoint", help="a trained spiking seq2seq checkpoint on translate")
     args = parser.parse_args()
     out = Path(args.out)
     data = load_task("translate")
-    metrics = train(task="translate", epochs=args.epochs, out=out / "spiking", overwrite=True, progress=False,
-                    figures=False)
-    print(f"translate (reverse), spiking seq2seq: sequence accuracy {metrics['test_accuracy']:.3f}")
-    model = load_model(out / "spiking" / "checkpoint.pt")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        metrics = train(task="translate", epochs=args.epochs, out=out / "spiking", overwrite=True, progress=False,
+                        figures=False)
+        print(f"translate (reverse), spiking seq2seq: sequence accuracy {metrics['test_accuracy']:.3f}")
+        checkpoint = out / "spiking" / "checkpoint.pt"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    model = load_model(checkpoint)
     x = data.x_test[:4]
     decoded = model.generate(x)
     for source, output in zip(x.argmax(-1), decoded):

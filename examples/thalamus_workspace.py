@@ -6,6 +6,7 @@ embedding), then shows for one test image under each of the four cues: the first
 of the cycle that is its phase; tokens in phase fire together).
 
     .venv/bin/python examples/thalamus_workspace.py [--out runs/thalamus] [--epochs 20] [--k 8]
+        [--checkpoint DIR/checkpoint.pt]   (a trained run to show, instead of training)
 
 Writes OUT/thalamus_workspace.png and prints, per cue, the tokens selected at step 0.
 """
@@ -42,13 +43,19 @@ def main() -> None:
     parser.add_argument("--out", default="runs/thalamus")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--k", type=int, default=8, help="tokens let into the workspace")
+    parser.add_argument("--checkpoint", help="a trained spiking synthetic-thalamus checkpoint on quadrant")
     args = parser.parse_args()
     out = Path(args.out)
     data = load_task("quadrant")
-    metrics = train(task="quadrant", mechanism="synthetic_thalamus", mechanism_options={"k": args.k},
-                    epochs=args.epochs, out=out / "spiking", overwrite=True, progress=False, figures=False)
-    print(f"quadrant, spiking synthetic_thalamus (K={args.k}): test accuracy {metrics['test_accuracy']:.3f}")
-    model = load_model(out / "spiking" / "checkpoint.pt")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        metrics = train(task="quadrant", mechanism="synthetic_thalamus", mechanism_options={"k": args.k},
+                        epochs=args.epochs, out=out / "spiking", overwrite=True, progress=False, figures=False)
+        print(f"quadrant, spiking synthetic_thalamus (K={args.k}): test accuracy {metrics['test_accuracy']:.3f}")
+        checkpoint = out / "spiking" / "checkpoint.pt"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    model = load_model(checkpoint)
     x = data.x_test[:1].expand(4, -1, -1)
     cues = torch.arange(4)
     found = parts(model, x, cues)
@@ -56,7 +63,7 @@ def main() -> None:
     fig, axes = plt.subplots(2, 5, figsize=(15, 6), gridspec_kw={"width_ratios": [1.3, 1, 1, 1, 1]})
     for r in range(2):
         axes[r, 0].imshow(data.x_test[0].numpy(), cmap="gray_r")
-        axes[r, 0].set(title=f"digits (row tokens)", ylabel="row token", xticks=[])
+        axes[r, 0].set(title="digits (row tokens)", ylabel="row token", xticks=[])
     for c in range(4):
         selected, phase = found["selected"][:, c].T, found["phase"][:, c].T  # [N, T]
         print(f"cue {c} ({names[c]}): tokens selected at step 0: {selected[:, 0].nonzero().flatten().tolist()}")
@@ -64,7 +71,7 @@ def main() -> None:
         axes[0, c + 1].set(title=f"cue: {names[c]}\nk-WTA selection (K={model.blocks[0].attn.k})", xlabel="step",
                            ylabel="row token")
         axes[1, c + 1].imshow((phase * selected).numpy(), cmap="Purples", vmin=0, vmax=1, aspect="auto")
-        axes[1, c + 1].set(title="phase spikes of the selected tokens", xlabel="step", ylabel="row token")
+        axes[1, c + 1].set(title="phase spikes (selected)", xlabel="step", ylabel="row token")
     fig.tight_layout()
     fig.savefig(out / "thalamus_workspace.png", dpi=100)
     print(f"wrote {out / 'thalamus_workspace.png'}")
