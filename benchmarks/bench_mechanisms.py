@@ -96,25 +96,33 @@ def ksweep(ks, seeds, figure: str) -> dict:
             accs.append(metrics["test_accuracy"])
             print(f"  K={k} seed {seed}: {metrics['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         results[k] = {"accuracies": accs, "mean": statistics.mean(accs), "min": min(accs), "max": max(accs)}
+    plot_ksweep(results, seeds, figure)
+    return results
+
+
+def plot_ksweep(results: dict, seeds, figure: str) -> None:
+    """Accuracy against K (mean, with min to max over the seeds) to ``figure``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ks = sorted(results)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     means = [results[k]["mean"] for k in ks]
     low = [results[k]["mean"] - results[k]["min"] for k in ks]
     high = [results[k]["max"] - results[k]["mean"] for k in ks]
     ax.errorbar(ks, means, yerr=[low, high], marker="o", capsize=3)
-    ax.set(xscale="log", xticks=ks, xticklabels=[str(k) for k in ks], xlabel="K (tokens into the workspace)",
-           ylabel="test accuracy", title=f"synthetic thalamus on quadrant\n(seeds {', '.join(map(str, seeds))}; "
-                                         f"min to max)")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set(xticks=ks, xticklabels=[str(k) for k in ks], xlabel="K (tokens into the workspace)",
+           ylabel="test accuracy", title=f"synthetic thalamus on quadrant\n(seed{'s' if len(seeds) > 1 else ''} "
+                                         f"{', '.join(map(str, seeds))}; min to max)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
     fig.savefig(figure, dpi=110)
     print(f"wrote {figure}")
-    return results
 
 
 def _step(block, x, cue):
@@ -189,12 +197,18 @@ def main() -> None:
     parser.add_argument("--part", choices=("speed", "accuracy", "ksweep", "all"), default="all")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8], help="ksweep: the K to train")
     parser.add_argument("--figure", default="runs/bench_mechanisms/thalamus_k.png", help="ksweep: the figure")
+    parser.add_argument("--replot", metavar="JSON", help="ksweep: redraw the figure from an earlier run's --json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), help="accuracy: only these runs")
     parser.add_argument("--mechanisms", nargs="+", help="speed: only these mechanisms")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            sweep = {int(k): v for k, v in json.load(f)["ksweep"].items()}
+        plot_ksweep(sweep, args.seeds, args.figure)
+        return
     from spiking_attn.lif_kernel import kernel_status
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}")
