@@ -215,8 +215,7 @@ def _check_scaffold(config) -> None:
 
     spec = get_mechanism(config.mechanism)
     if spec.scaffold != "classifier":
-        built = type(spec.build(dataclasses.replace(config, model="spiking")))
-        reason = REFUSALS.get(built, "no conversion rule")
+        reason = REFUSALS.get(spec.model_type("spiking"), "no conversion rule")
         raise ConversionError(f"mechanism {config.mechanism!r} ({spec.scaffold} scaffold) has no conversion yet: {reason}")
 
 

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from spiking_attn import load_model, train  # noqa: E402
+from spiking_attn.recorder import exposed_signal  # noqa: E402
 from spiking_attn.data import load_task  # noqa: E402
 
 
@@ -35,15 +36,7 @@ def main() -> None:
     model = load_model(out / "checkpoint.pt")
     data = load_task("digits")
     bf = model.blocks[0].attn
-    captured = []
-    handle = bf.register_forward_hook(lambda m, args, kwargs, o: captured.append(
-        m.forward(*args, **{**kwargs, "return_components": True})[1]["arousal"]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(data.x_test)
-    finally:
-        handle.remove()
-    arousal = captured[0]  # [B, S]
+    arousal = exposed_signal(model, bf, "return_components", data.x_test)["arousal"]  # [B, S]
     per_class = torch.stack([arousal[data.y_test == c].mean(0) for c in range(10)])  # [10, S]
     gains = (1 + 0.5 * torch.tanh(bf.state_gain)).detach()  # [S, D]: the gain each state sets
     fig, (ax_a, ax_g) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2]})

@@ -21,20 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from spiking_attn import load_model, train  # noqa: E402
+from spiking_attn.recorder import exposed_signal  # noqa: E402
 from spiking_attn.data import load_task  # noqa: E402
 
 
 def masks(model, x: torch.Tensor) -> torch.Tensor:
     """The first block's masks for ``x`` ``[B, N, F]``: ``[B, H, N, N]``."""
-    captured = []
-    handle = model.blocks[0].attn.register_forward_hook(lambda m, args, kwargs, out: captured.append(
-        m.forward(*args, **{**kwargs, "return_masks": True})[1]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return captured[0]
+    return exposed_signal(model, model.blocks[0].attn, "return_masks", x)
 
 
 def main() -> None:

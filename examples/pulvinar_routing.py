@@ -20,21 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from spiking_attn import load_model, train  # noqa: E402
+from spiking_attn.recorder import exposed_signal  # noqa: E402
 from spiking_attn.data import load_task  # noqa: E402
 
 
 def routing(model, x: torch.Tensor) -> torch.Tensor:
     """The first block's routing matrix for ``x``, averaged over the images: ``[A, A]``."""
-    block = model.blocks[0]
-    captured = []
-    handle = block.attn.register_forward_hook(lambda m, args, kwargs, out: captured.append(  # forward(): no hooks
-        m.forward(*args, **{**kwargs, "return_routing": True})[1]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return captured[0].mean(0)
+    return exposed_signal(model, model.blocks[0].attn, "return_routing", x).mean(0)
 
 
 def main() -> None:

@@ -23,21 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from spiking_attn import load_model, train  # noqa: E402
+from spiking_attn.recorder import exposed_signal  # noqa: E402
 from spiking_attn.data import load_task  # noqa: E402
 from spiking_attn.mechanisms.saliency import grid_shape  # noqa: E402
 
 
 def glimpses(model, x: torch.Tensor, cue: torch.Tensor, block: int = -1) -> torch.Tensor:
     """Block ``block``'s saliency per glimpse, ``[B, G, N]``: dense maps, or spikes (steps as glimpses)."""
-    captured = []
-    handle = model.blocks[block].attn.register_forward_hook(lambda m, args, kwargs, out: captured.append(
-        m.forward(*args, **{**kwargs, "return_maps": True})[1]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(x, cue=cue)
-    finally:
-        handle.remove()
-    maps = captured[0]
+    maps = exposed_signal(model, model.blocks[block].attn, "return_maps", x, cue=cue)
     return maps if model.config.model == "dense" else maps.transpose(0, 1)  # spiking: [T, B, N] -> [B, T, N]
 
 

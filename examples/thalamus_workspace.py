@@ -22,20 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from spiking_attn import load_model, train  # noqa: E402
+from spiking_attn.recorder import exposed_signal  # noqa: E402
 from spiking_attn.data import load_task  # noqa: E402
 
 
 def parts(model, x: torch.Tensor, cue: torch.Tensor) -> dict:
     """The first block's selection and phase spikes, ``[T, B, N]`` each."""
-    captured = []
-    handle = model.blocks[0].attn.register_forward_hook(lambda m, args, kwargs, out: captured.append(
-        m.forward(*args, **{**kwargs, "return_parts": True})[1]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(x, cue=cue)
-    finally:
-        handle.remove()
-    return captured[0]
+    return exposed_signal(model, model.blocks[0].attn, "return_parts", x, cue=cue)
 
 
 def main() -> None:

@@ -183,10 +183,12 @@ def build_twin(model: nn.Module) -> nn.Module:
     dense twin exists in the spiking one)."""
     import dataclasses
 
+    from spiking_attn.mechanisms import get_mechanism
     from spiking_attn.models import ModelConfig, build_model
 
     config = getattr(model, "config", None)
-    if not isinstance(config, ModelConfig) or type(model) is not type(build_model(config)):
+    if not isinstance(config, ModelConfig) \
+            or type(model) is not get_mechanism(config.mechanism).model_type(config.model):
         raise SpikingAttnError(f"a twin can only be built for a model of this library (got "
                                f"{type(model).__name__}); pass twin= yourself")
     other = "dense" if config.model == "spiking" else "spiking"

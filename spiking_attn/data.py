@@ -146,6 +146,19 @@ def make_cue_task(
     return TokenDataset("cue", x_train, y_train, x_test, y_test, num_classes, cue_train, cue_test, num_tokens)
 
 
+def _distinct_class_digits(images: torch.Tensor, labels: torch.Tensor, count: int, k: int,
+                           gen: torch.Generator) -> tuple:
+    """For each of ``count`` composites, ``k`` distinct digit classes and one image of each, drawn from
+    ``images`` ``[S, 8, 8]`` with ``labels`` ``[S]``: ``(classes [count, k], images [count, k, 8, 8])``."""
+    order = torch.argsort(labels, stable=True)  # sample indices grouped by class
+    counts = torch.bincount(labels, minlength=10)  # [10]
+    starts = torch.cumsum(counts, 0) - counts  # [10]
+    classes = torch.rand(count, 10, generator=gen).argsort(dim=1)[:, :k]  # [count, k]: distinct classes
+    within = (torch.rand(count, k, generator=gen) * counts[classes]).long()  # [count, k]: one sample of each
+    picks = order[starts[classes] + within.minimum(counts[classes] - 1)]  # [count, k]
+    return classes, images[picks]
+
+
 def make_quadrant_task(num_train: int = 10000, num_test: int = 1000, seed: int = 0) -> TokenDataset:
     """Four digits of different classes in a 2x2 grid (a 16x16 image); the cue names a quadrant (0 top
     left, 1 top right, 2 bottom left, 3 bottom right) and the label is the digit there.
@@ -160,13 +173,7 @@ def make_quadrant_task(num_train: int = 10000, num_test: int = 1000, seed: int =
     gen = torch.Generator().manual_seed(seed)
 
     def compose(images: torch.Tensor, labels: torch.Tensor, count: int):
-        order = torch.argsort(labels, stable=True)  # sample indices grouped by class
-        counts = torch.bincount(labels, minlength=10)  # [10]
-        starts = torch.cumsum(counts, 0) - counts  # [10]
-        classes = torch.rand(count, 10, generator=gen).argsort(dim=1)[:, :4]  # [S, 4]: four distinct classes
-        within = (torch.rand(count, 4, generator=gen) * counts[classes]).long()  # [S, 4]: one sample of each
-        picks = order[starts[classes] + within.minimum(counts[classes] - 1)]  # [S, 4]
-        quads = images[picks]  # [S, 4, 8, 8] in quadrant order
+        classes, quads = _distinct_class_digits(images, labels, count, 4, gen)  # [S, 4], [S, 4, 8, 8] in quadrant order
         grid = torch.cat([torch.cat([quads[:, 0], quads[:, 1]], dim=2),
                           torch.cat([quads[:, 2], quads[:, 3]], dim=2)], dim=1)  # [S, 16, 16]
         cue = torch.randint(4, (count,), generator=gen)  # [S]
@@ -204,15 +211,10 @@ def make_search_task(num_train: int = 10000, num_test: int = 1000, digits_per_ca
     k = digits_per_canvas
 
     def compose(images: torch.Tensor, labels: torch.Tensor, count: int):
-        order = torch.argsort(labels, stable=True)
-        counts = torch.bincount(labels, minlength=10)
-        starts = torch.cumsum(counts, 0) - counts
-        classes = torch.rand(count, 10, generator=gen).argsort(dim=1)[:, :k]  # [S, k] distinct classes
-        within = (torch.rand(count, k, generator=gen) * counts[classes]).long()
-        picks = order[starts[classes] + within.minimum(counts[classes] - 1)]  # [S, k]
+        classes, chosen = _distinct_class_digits(images, labels, count, k, gen)  # [S, k], [S, k, 8, 8]
         where = torch.rand(count, cells, generator=gen).argsort(dim=1)[:, :k]  # [S, k] distinct cells
         canvas = torch.zeros(count, cells, 8, 8)
-        canvas[torch.arange(count)[:, None], where] = images[picks]
+        canvas[torch.arange(count)[:, None], where] = chosen
         canvas = canvas.reshape(count, SEARCH_CELLS, SEARCH_CELLS, 8, 8).permute(0, 1, 3, 2, 4).reshape(
             count, 8 * SEARCH_CELLS, 8 * SEARCH_CELLS)  # [S, 24, 24]
         target = torch.randint(k, (count,), generator=gen)  # which of the k digits is sought
@@ -287,7 +289,7 @@ def checkpoint_test_samples(payload: dict, path, samples: int, instead: str) -> 
 
 def _patches(images: torch.Tensor) -> torch.Tensor:
     """``[B, 8, 8]`` images -> ``[B, 16, 4]`` tokens, one per 2x2 patch in row-major patch order."""
-    return images.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4).contiguous()
+    return canvas_patches(images, 2)
 
 
 def _unpatch(tokens: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .attention import _merge_heads, _split_heads
 from .errors import DTypeError, ShapeError, check_tensor
 
 
@@ -59,7 +60,7 @@ def _mask(n: int, like: torch.Tensor, m: Optional[int] = None) -> torch.Tensor:
 def superficial_masks(q: torch.Tensor, k: torch.Tensor, heads: int, scale: float, causal: bool = False) -> torch.Tensor:
     """The masks ``scale * Q_h K_h^T`` per area: ``q`` ``[..., N, D]`` and ``k`` ``[..., M, D]`` (heads are
     contiguous channel groups of ``D / heads``) -> ``[..., H, N, M]``; causal keeps ``m <= n``."""
-    qh, kh = _split(q, heads), _split(k, heads)  # [..., H, N|M, Dh]
+    qh, kh = _split_heads(q, heads), _split_heads(k, heads)  # [..., H, N|M, Dh]
     s = scale * (qh @ kh.transpose(-2, -1))  # [..., H, N, M]
     return s * _mask(s.shape[-2], s, s.shape[-1]) if causal else s
 
@@ -67,14 +68,7 @@ def superficial_masks(q: torch.Tensor, k: torch.Tensor, heads: int, scale: float
 def masked_values(masks: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Each area's values read through its mask: ``masks`` ``[..., H, N, M]``, ``v`` ``[..., M, D]`` ->
     ``[..., N, D]`` (area h fills the channels of head h)."""
-    heads = masks.shape[-3]
-    u = masks @ _split(v, heads)  # [..., H, N, Dh]
-    return u.transpose(-3, -2).reshape(*u.shape[:-3], u.shape[-2], -1)  # [..., N, D]
-
-
-def _split(t: torch.Tensor, heads: int) -> torch.Tensor:
-    *lead, n, d = t.shape
-    return t.reshape(*lead, n, heads, d // heads).transpose(-3, -2)  # [..., H, N, Dh]
+    return _merge_heads(masks @ _split_heads(v, masks.shape[-3]))  # [..., H, N, Dh] -> [..., N, D]
 
 
 def mhla_forward(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor,

@@ -106,3 +106,32 @@ class SpikeRecorder:
     def firing_rates(self) -> Dict[str, float]:
         """Mean spikes per neuron per time step, for each population that ran."""
         return {n: s / k for n, (s, k) in self.counts.items() if k}
+
+
+@torch.no_grad()
+def exposed_signal(model: nn.Module, module: nn.Module, flag: str, *args, **kwargs):
+    """Run ``model(*args, **kwargs)`` without gradients and return what ``module`` (a mechanism inside it)
+    exposes when called with ``flag=True`` (``return_masks``, ``return_routing``, ``return_parts``, ...):
+    the second value it then returns. The model itself runs as usual; ``module`` runs once, with the
+    flag set, and hands its first value on. Hooks are removed even on error."""
+    if not isinstance(module, nn.Module) or module not in set(model.modules()):
+        raise SpikingAttnError(f"module must be a submodule of the model, got {type(module).__name__}")
+    captured = []
+
+    def set_flag(_module, args, kwargs):
+        return args, {**kwargs, flag: True}
+
+    def keep(_module, _args, _kwargs, output):
+        captured.append(output[1])
+        return output[0]
+
+    handles = [module.register_forward_pre_hook(set_flag, with_kwargs=True),
+               module.register_forward_hook(keep, with_kwargs=True)]
+    try:
+        model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not captured:
+        raise SpikingAttnError(f"the module did not run during model(...), so it exposed no {flag}")
+    return captured[-1]

@@ -522,7 +522,7 @@ def test_spiking_k_winner_take_all_passes_exactly_k_tokens_every_step(k):
     torch.manual_seed(k)
     module = SpikingSyntheticThalamus(16, heads=2, num_cues=4, k=k, phases=3, lif={"vth": 0.2}).eval()  # active
     x = (torch.rand(6, 5, 7, 16) < 0.4).float()
-    cue = F_one_hot_steps(torch.tensor([0, 1, 2, 3, 0]), 4, 6)
+    cue = _cue_spikes(torch.tensor([0, 1, 2, 3, 0]), 4, 6)
     with torch.no_grad():
         out, parts = module(x, cue=cue, return_parts=True)
     assert out.shape == x.shape
@@ -542,7 +542,7 @@ def test_spiking_k_winner_take_all_passes_exactly_k_tokens_every_step(k):
     assert not torch.equal((k * v).sum(2), kv.sum(2))  # the unselected ones would have added something
 
 
-def F_one_hot_steps(index, classes, steps):
+def _cue_spikes(index, classes, steps):
     return torch.nn.functional.one_hot(index, classes).float().expand(steps, -1, -1)
 
 
@@ -568,7 +568,7 @@ def test_reward_feedback_moves_the_salience_weights_at_inference(kind):
     torch.manual_seed(0)
     if kind == "spiking":
         module = SpikingSyntheticThalamus(16, heads=2, num_cues=4, k=2)  # batch statistics: active populations
-        x, cue = (torch.rand(4, 3, 6, 16) < 0.5).float(), F_one_hot_steps(torch.tensor([0, 1, 2]), 4, 4)
+        x, cue = (torch.rand(4, 3, 6, 16) < 0.5).float(), _cue_spikes(torch.tensor([0, 1, 2]), 4, 4)
     else:
         module = DenseSyntheticThalamus(16, heads=2, num_cues=4, k=2).eval()
         x, cue = torch.rand(3, 6, 16), torch.eye(4)[:3]
@@ -594,3 +594,25 @@ def test_reward_feedback_moves_the_salience_weights_at_inference(kind):
     with pytest.raises(ShapeError, match=r"reward must be a number or \[B\] = \[3\]"):
         module(x, cue=cue)
         module.reinforce(torch.ones(2))
+
+
+def test_exposed_signal_reads_a_mechanism_inside_a_model_without_changing_it():
+    from spiking_attn.recorder import exposed_signal
+
+    spiking, _ = _models("cortico_thalamic")
+    model = spiking.eval()
+    x, cue = _inputs()
+    with torch.no_grad():
+        logits = model(x, cue=cue)
+    seen = []
+    handle = model.blocks[0].attn.register_forward_hook(lambda m, a, k, out: seen.append(
+        m.forward(*a, **{**k, "return_masks": True})[1]), with_kwargs=True)
+    with torch.no_grad():
+        model(x, cue=cue)
+    handle.remove()
+    masks = exposed_signal(model, model.blocks[0].attn, "return_masks", x, cue=cue)
+    assert torch.equal(masks, seen[0])
+    with torch.no_grad():
+        assert torch.equal(model(x, cue=cue), logits)  # hooks gone, output as before
+    with pytest.raises(SpikingAttnError, match="must be a submodule"):
+        exposed_signal(model, torch.nn.Linear(2, 2), "return_masks", x)

@@ -15,7 +15,7 @@ and calls each as ``block(h, cue=cue)``:
 * dense: ``h`` is ``[B, N, D]``; ``cue`` is ``[B, C]`` (one-hot for an index cue) or None;
 
 and each returns the new stream, same shape. A mechanism that needs another scaffold than the
-classifier subclasses ``MechanismSpec`` and overrides ``build``.
+classifier subclasses ``MechanismSpec`` and overrides ``model_type``.
 """
 from __future__ import annotations
 
@@ -95,11 +95,16 @@ class MechanismSpec:
         """``data`` validated and completed with the defaults, as plain data."""
         return dataclasses.asdict(self.parse_options(data))
 
-    def build(self, config) -> nn.Module:
-        """The model ``config.model`` names ('spiking' or 'dense'), with this mechanism's blocks."""
+    def model_type(self, kind: str) -> type:
+        """The class of the model this mechanism builds as ``kind`` ('spiking' or 'dense'): the classifier
+        of ``models.py``; a mechanism of another scaffold overrides this."""
         from ..models import MODEL_CLASSES
 
-        return MODEL_CLASSES[config.model](config, self)
+        return MODEL_CLASSES[kind]
+
+    def build(self, config) -> nn.Module:
+        """The model ``config.model`` names ('spiking' or 'dense'), with this mechanism's blocks."""
+        return self.model_type(config.model)(config, self)
 
 
 SCAFFOLDS = ("classifier", "sequence")

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .. import auxiliary
-from ..attention import ACTIVATIONS
+from ..attention import ACTIVATIONS, _check_context
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..converters.rules import conversion_rule
 from ..errors import SpikingAttnError, check_tensor
@@ -57,15 +57,12 @@ def _check(dim: int, heads: int) -> None:
 
 
 def _check_inputs(x: torch.Tensor, context: Optional[torch.Tensor], dim: int, causal: bool, ndim: int):
+    """Check ``x`` (and ``context``, as attention checks it); return the tensor keys and values come from."""
     check_tensor(x, "x", ndim=ndim, last_dim=dim)
     if context is None:
         return x
-    check_tensor(context, "context", ndim=ndim, last_dim=dim)
-    if context.shape[:-2] != x.shape[:-2]:
-        raise SpikingAttnError(f"context shape {tuple(context.shape)} must match x shape {tuple(x.shape)} "
-                               f"before the token axis")
-    if causal and context.shape[-2] != x.shape[-2]:
-        raise SpikingAttnError("causal cross-attention needs as many context tokens as query tokens")
+    check_tensor(context, "context", ndim=ndim)
+    _check_context(x, context, causal, time_first=ndim == 4)
     return context
 
 

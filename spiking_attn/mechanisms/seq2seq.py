@@ -262,8 +262,8 @@ class DenseSeq2Seq(_Seq2Seq):
 class Seq2SeqSpec(MechanismSpec):
     """The registry entry of the encoder-decoder: it builds its own scaffold."""
 
-    def build(self, config) -> nn.Module:
-        return (SpikingSeq2Seq if config.model == "spiking" else DenseSeq2Seq)(config, self)
+    def model_type(self, kind: str) -> type:
+        return SpikingSeq2Seq if kind == "spiking" else DenseSeq2Seq
 
 
 def _no_block(config, options):
