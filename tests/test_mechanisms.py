@@ -616,3 +616,25 @@ def test_exposed_signal_reads_a_mechanism_inside_a_model_without_changing_it():
         assert torch.equal(model(x, cue=cue), logits)  # hooks gone, output as before
     with pytest.raises(SpikingAttnError, match="must be a submodule"):
         exposed_signal(model, torch.nn.Linear(2, 2), "return_masks", x)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("saliency", {"ior_decay": 1.5}, r"ior_decay must lie in \[0, 1\]"),
+    ("saliency", {"ior_strength": -1.0}, "ior_strength must be >= 0"),
+    ("saliency", {"ior_strength": float("nan")}, "ior_strength must be a finite number"),
+    ("saliency", {"hidden": 0}, "hidden"),
+    ("synthetic_thalamus", {"k": 0}, "k"),
+    ("synthetic_thalamus", {"phases": True}, "phases"),
+])
+def test_new_mechanism_options_are_checked_by_name(name, options, message):
+    with pytest.raises(SpikingAttnError, match=message):
+        ModelConfig(**SMALL, mechanism=name, mechanism_options=options)
+
+
+def test_search_task_rejects_bad_sizes():
+    from spiking_attn.data import make_search_task
+
+    with pytest.raises(SpikingAttnError, match="digits_per_canvas must be at most 9"):
+        make_search_task(num_train=4, num_test=2, digits_per_canvas=10)
+    with pytest.raises(SpikingAttnError, match="num_train"):
+        make_search_task(num_train=0)
