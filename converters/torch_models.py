@@ -675,11 +675,17 @@ def _export_sequential(model: "SpikingSequential", graph, x, cue=None):
     last = max((i for i, s in enumerate(stages) if isinstance(s, LIFPopulation)), default=None)
     if last is None:
         raise ExportError("the converted model has no population: nothing to run on neuromorphic hardware")
-    h = x.to(torch.float64)  # the graph is built in float64
-    for stage in stages[:start]:
-        h = stage(h)
+    def encode_step(given: dict) -> torch.Tensor:  # the stages before the first population, per step
+        h = given["input"]
+        for stage in stages[:start]:
+            h = stage(h)
+        return h
+
+    x = x.to(torch.float64)  # the graph is built in float64
+    h = encode_step({"input": x})
     t = graph.timesteps
-    handle = graph.host_current(h.unsqueeze(0).expand(t, *h.shape))  # [T, B, *shape], the same each step
+    handle = graph.host_current(h.unsqueeze(0).expand(t, *h.shape),  # [T, B, *shape], the same each step
+                                encoding=(encode_step, {"input": x.unsqueeze(0).expand(t, *x.shape)}))
     for stage in stages[start:last + 1]:
         if isinstance(stage, LIFPopulation):
             handle = graph.population(stage, handle)

@@ -105,7 +105,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="decode a string with a trained encoder-decoder (mechanism seq2seq)")
     p.add_argument("--checkpoint", required=True, help="a seq2seq model's checkpoint (DIR/checkpoint.pt)")
     p.add_argument("--input", required=True, help='the source symbols, separated by spaces, e.g. "3 1 4 1 5"')
+    _add_export_options(sub.add_parser("export", help="write a trained spiking model in an exchange format (NIR)"))
     return parser
+
+
+def _add_export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a spiking model's checkpoint (DIR/checkpoint.pt)")
+    p.add_argument("--format", choices=("nir",), required=True, help="exchange format: nir")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.nir")
+    p.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
+    p.add_argument("--samples", type=int, default=8,
+                   help="test samples the written graph is checked on against the torch model (default 8)")
+    p.add_argument("--dt", type=float, default=1e-4, help="Euler step the time constants are written for (default 1e-4)")
+    p.add_argument("--fold-thresholds", action="store_true",
+                   help="write threshold 1 with each neuron's inputs scaled (for readers with one threshold per layer)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is a folder; give a file name such as model.nir")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    from .interop.nir import export_checkpoint
+
+    r = export_checkpoint(args.checkpoint, args.out, samples=args.samples, dt=args.dt,
+                          fold_thresholds=args.fold_thresholds)
+    print(f"NIR graph: {r['nodes']} nodes ({r['neuron_nodes']} neuron populations), {r['edges']} edges, "
+          f"{r['bytes']} bytes; imported back, {r['samples']} test samples of {r['task']}: spike agreement "
+          f"{r['spike_agreement']:.4f}, prediction agreement {r.get('prediction_agreement', float('nan')):.4f}")
+    print(f"outputs: {r['out']}")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -371,7 +402,7 @@ def format_conversion(info: dict) -> str:
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "deploy": cmd_deploy, "energy": cmd_energy, "convert": cmd_convert,
-            "generate": cmd_generate}
+            "generate": cmd_generate, "export": cmd_export}
 
 
 def _interrupted_message(args: Optional[argparse.Namespace]) -> str:

@@ -81,6 +81,10 @@ class Node:
     ``group`` is the core group the population belongs to (a mechanism gets its own).
     ``reset`` ('zero' or 'subtract') and ``v_init`` (every sample starts from ``v = v_init * vth``,
     ``u = 0``) are the population's, as in ``neuron.lif_step``.
+    ``host_affine`` / ``host_offset`` describe ``host`` as a function of the graph's host inputs, where
+    the rule that made the host current gave one (``NetworkGraph.host_current(..., encoding=...)``):
+    ``host[t] = sum_k host_affine[k] @ inputs[k][t] + host_offset`` (what an exchange format such as NIR
+    needs in place of the values).
     """
 
     name: str
@@ -96,6 +100,8 @@ class Node:
     spikes: Optional[np.ndarray] = None
     reset: str = "zero"
     v_init: float = 0.0
+    host_affine: Optional[Dict[str, object]] = None
+    host_offset: Optional[np.ndarray] = None
 
     @property
     def size(self) -> int:
@@ -144,14 +150,21 @@ class Spikes:
 
 
 class Current:
-    """Handle to a current ``[T, B, *shape]``: ``sum_s W_s @ spikes_s + host + bias``."""
+    """Handle to a current ``[T, B, *shape]``: ``sum_s W_s @ spikes_s + host + bias``.
+
+    ``affine`` (``{input: matrix}``) and ``offset``, when known, give the host part as an affine function
+    of the graph's host inputs at each step: ``host[t] = sum_k affine[k] @ inputs[k][t] + offset``.
+    """
 
     def __init__(self, graph: "NetworkGraph", shape: Sequence[int], terms: Optional[dict] = None,
-                 host: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None) -> None:
+                 host: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
+                 affine: Optional[dict] = None, offset: Optional[np.ndarray] = None) -> None:
         self.graph, self.shape = graph, tuple(shape)
         self.terms = dict(terms or {})
         self.host = host
         self.bias = np.zeros(self.size) if bias is None else np.asarray(bias, dtype=np.float64)
+        self.affine = None if host is None or affine is None else dict(affine)
+        self.offset = None if self.affine is None else (np.zeros(self.size) if offset is None else offset)
 
     @property
     def size(self) -> int:
@@ -166,14 +179,31 @@ class Current:
         for name, w in other.terms.items():
             terms[name] = terms[name] + w if name in terms else w
         host = self.host if other.host is None else (other.host if self.host is None else self.host + other.host)
-        return Current(self.graph, self.shape, terms, host, self.bias + other.bias)
+        affine, offset = _add_affine(self, other)
+        return Current(self.graph, self.shape, terms, host, self.bias + other.bias, affine, offset)
 
     def without_bias(self) -> "Current":
-        return Current(self.graph, self.shape, self.terms, self.host)
+        return Current(self.graph, self.shape, self.terms, self.host, affine=self.affine, offset=self.offset)
 
     def scaled(self, factor: float) -> "Current":
         return Current(self.graph, self.shape, {n: w * factor for n, w in self.terms.items()},
-                       None if self.host is None else self.host * factor, self.bias * factor)
+                       None if self.host is None else self.host * factor, self.bias * factor,
+                       None if self.affine is None else {k: m * factor for k, m in self.affine.items()},
+                       None if self.offset is None else self.offset * factor)
+
+
+def _add_affine(a: "Current", b: "Current"):
+    """The affine description of ``a.host + b.host`` (None where either host part has none)."""
+    if a.host is None:
+        return b.affine, b.offset
+    if b.host is None:
+        return a.affine, a.offset
+    if a.affine is None or b.affine is None:
+        return None, None
+    affine = dict(a.affine)
+    for name, m in b.affine.items():
+        affine[name] = affine[name] + m if name in affine else m
+    return affine, a.offset + b.offset
 
 
 def _is_selection(current: "Current") -> bool:
@@ -210,6 +240,8 @@ class NetworkGraph:
         self.timesteps, self.batch = timesteps, batch
         self.nodes: Dict[str, Node] = {}
         self.readout: Optional[Readout] = None
+        self.host_inputs: Dict[str, Tuple[int, ...]] = {}  # name -> per-step shape, of encodings given
+        self.host_input_values: Dict[str, torch.Tensor] = {}  # name -> [T, B, *shape] for these samples
         self._names = {id(m): n for n, m in model.named_modules()}
         self._group: List[str] = []
 
@@ -246,11 +278,63 @@ class NetworkGraph:
         return Spikes(self, node.name, node.shape)
 
     # ---- handles
-    def host_current(self, values: torch.Tensor) -> Current:
-        """A current computed on the host, ``[T, B, *shape]``."""
+    def host_current(self, values: torch.Tensor, encoding=None) -> Current:
+        """A current computed on the host, ``[T, B, *shape]``.
+
+        ``encoding``, optional: ``(fn, inputs)`` saying how the host computes it at each step, where
+        ``inputs`` maps names to the per-step host inputs ``[T, B, *in_shape]`` and ``fn`` takes
+        ``{name: [K, *in_shape]}`` to ``[K, *shape]``. ``fn`` must be affine (an encoding layer in eval
+        mode, plus constants such as positions); it is read off by probing and checked on ``inputs``.
+        """
         values = values.detach().to(torch.float64)
         shape = tuple(values.shape[2:])
-        return Current(self, shape, host=values.reshape(self.timesteps, self.batch, -1).numpy().copy())
+        host = values.reshape(self.timesteps, self.batch, -1).numpy().copy()
+        affine = offset = None
+        if encoding is not None:
+            affine, offset = self._affine_encoding(*encoding, host)
+        return Current(self, shape, host=host, affine=affine, offset=offset)
+
+    def _affine_encoding(self, fn, inputs: dict, host: np.ndarray):
+        """``({name: CSR [size, input size]}, offset)`` of the affine ``fn``, checked against ``host``."""
+        from scipy import sparse
+
+        shapes = {name: tuple(x.shape[2:]) for name, x in inputs.items()}
+        for name, x in inputs.items():
+            if tuple(x.shape[:2]) != (self.timesteps, self.batch):
+                raise ExportError(f"host input {name!r} has shape {tuple(x.shape)}; expected [T={self.timesteps}, "
+                                  f"B={self.batch}, ...]")
+            known = self.host_inputs.get(name)
+            if known is not None and known != shapes[name]:
+                raise ExportError(f"host input {name!r} has shape {shapes[name]} here and {known} elsewhere")
+        with torch.no_grad():
+            zeros = {name: torch.zeros(1, *shp, dtype=torch.float64) for name, shp in shapes.items()}
+            offset = fn(zeros).reshape(-1).to(torch.float64).numpy().copy()
+            affine, approx = {}, np.broadcast_to(offset, host.shape).copy()
+            for name, shp in shapes.items():
+                n = int(np.prod(shp))
+                probe = dict(zeros, **{name: torch.eye(n, dtype=torch.float64).reshape(n, *shp)})
+                probe.update({k: v.expand(n, *v.shape[1:]) for k, v in zeros.items() if k != name})
+                cols = fn(probe).reshape(n, -1).to(torch.float64).numpy() - offset  # [n, size]
+                m = sparse.csr_matrix(cols.T)
+                m.eliminate_zeros()
+                affine[name] = m
+                flat = inputs[name].detach().to(torch.float64).reshape(self.timesteps * self.batch, n).numpy()
+                approx += (m @ flat.T).T.reshape(host.shape)
+        scale = max(1.0, float(np.abs(host).max(initial=0.0)))
+        if not np.allclose(approx, host, rtol=0.0, atol=1e-9 * scale):
+            raise ExportError("the host's encoding is not affine in its inputs, so it has no weight-layer form "
+                              f"(largest difference {float(np.abs(approx - host).max()):.3g})")
+        self.host_inputs.update(shapes)
+        self.host_input_values.update({k: v.detach().to(torch.float64) for k, v in inputs.items()})
+        return affine, offset
+
+    def step_inputs(self) -> Dict[str, np.ndarray]:
+        """What the host gives the network at each step for this graph's samples, by input name, flattened:
+        ``{name: [T, B, size]}`` (the encoded inputs of ``host_current(..., encoding)`` and the input
+        populations' spikes): the inputs an exchange format's graph of this network is run with."""
+        given = {k: v.reshape(self.timesteps, self.batch, -1).numpy() for k, v in self.host_input_values.items()}
+        given.update({n: node.spikes.astype(np.float64) for n, node in self.nodes.items() if node.role == "input"})
+        return given
 
     def input_spikes(self, name: str, spikes: torch.Tensor) -> Spikes:
         """Spikes given by the host ``[T, B, *shape]`` (binary), as a source population."""
@@ -303,10 +387,13 @@ class NetworkGraph:
         m = sparse.csr_matrix(out.reshape(current.size, -1).numpy().T)  # [out size, in size]
         m.eliminate_zeros()
         terms = {name: (m @ w).tocsr() for name, w in current.terms.items()}
-        host = None
+        host = affine = offset = None
         if current.host is not None:
             host = current.host @ m.T.toarray()
-        return Current(self, out_shape, terms, host, m @ current.bias)
+            if current.affine is not None:
+                affine = {k: (m @ a).tocsr() for k, a in current.affine.items()}
+                offset = m @ current.offset
+        return Current(self, out_shape, terms, host, m @ current.bias, affine, offset)
 
     def population(self, lif: nn.Module, current: Current, name: Optional[str] = None) -> Spikes:
         """The model's LIF population ``lif`` driven by ``current``."""
@@ -352,8 +439,20 @@ class NetworkGraph:
             if source not in self.nodes:
                 raise ExportError(f"{name}: its input {source!r} is not a population of the graph")
         edges = [Edge(src, w.tocsr()) for src, w in current.terms.items() if w.nnz]
-        node = Node(name, current.shape, role, self._current_group(), du, dv, vth, bias + current.bias,
-                    edges, current.host, reset=reset, v_init=v_init)
+        host, affine, offset = current.host, current.affine, current.offset
+        if np.any(du != 1.0) and np.any(current.bias != 0):
+            # a weight layer's bias is a constant input current: with du < 1 it is filtered like the rest of
+            # the input, which a bias on v is not, so it goes in with the host's currents
+            shape = (self.timesteps, self.batch, current.size)
+            host = np.broadcast_to(current.bias, shape).copy() if host is None else host + current.bias
+            if current.host is None:
+                affine, offset = {}, current.bias.copy()
+            elif affine is not None:
+                offset = offset + current.bias
+        else:
+            bias = bias + current.bias
+        node = Node(name, current.shape, role, self._current_group(), du, dv, vth, bias,
+                    edges, host, reset=reset, v_init=v_init, host_affine=affine, host_offset=offset)
         return self._add(node)
 
 

@@ -250,11 +250,21 @@ def _export_classifier(model: SpikingClassifier, graph, x, cue=None):
     population is the last one on the network; the host reads its spikes out through the head."""
     seq = model.encode(x)  # [T, B, N, F]
     cue_seq = model.encode_cue(cue, seq.shape[1], seq.dtype)  # [T, B, C] or None
-    h = model.embed(seq) + model.pos  # [T, B, N, D]
-    if model.cue_embed is not None:
-        source = cue_seq if cue_seq is not None else seq.new_zeros(*seq.shape[:2], model.config.num_cues)
-        h = torch.cat([h, model.cue_embed(source).unsqueeze(2)], dim=2)
-    stream = graph.host_current(h)
+    inputs = {"input": seq}
+    if model.cue_embed is not None and cue_seq is not None:
+        inputs["cue"] = cue_seq
+
+    def encode_step(given: dict) -> torch.Tensor:  # {"input": [K, N, F], "cue": [K, C]} -> [K, N(+1), D]
+        x_t = given["input"]
+        h = model.embed(x_t) + model.pos
+        if model.cue_embed is not None:
+            source = given["cue"] if "cue" in given else x_t.new_zeros(x_t.shape[0], model.config.num_cues)
+            h = torch.cat([h, model.cue_embed(source).unsqueeze(1)], dim=1)
+        return h
+
+    k = seq.shape[0] * seq.shape[1]
+    h = encode_step({name: v.reshape(k, *v.shape[2:]) for name, v in inputs.items()})
+    stream = graph.host_current(h.reshape(*seq.shape[:2], *h.shape[1:]), encoding=(encode_step, inputs))
     cue_spikes = None if cue_seq is None or model.cue_embed is not None else graph.input_spikes("cue", cue_seq)
     for block in model.blocks:
         stream = graph.call(block, stream, cue=cue_spikes)
