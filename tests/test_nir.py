@@ -174,6 +174,10 @@ def test_random_chains_round_trip(seed, conv):
     assert report["max_logit_difference"] < 1e-12
     ref, _ = torch_population_spikes(model, x)
     assert np.mean([s.mean() for s in ref.values()]) > 0.05
+    from spiking_attn.graph import export_graph
+
+    graph = simulate(export_graph(model, x))  # the graph itself (what Lava runs): a Linear bias before a
+    assert all(np.array_equal(graph[k], v) for k, v in ref.items())  # du < 1 population is an input current
 
 
 def test_parts_nir_cannot_express_are_refused_by_name(tmp_path):
