@@ -8,7 +8,8 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
 Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
 per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
 parameters (timed round-robin, so that machine noise hits every layout alike); and token scaling of the
-attention module alone (SSA, causal SSA and SDSA) for N in 64..2048.
+attention module alone (SSA and SDSA, causal or not) for N in 64..2048; ``--only scaling`` runs that
+part alone.
 
     .venv/bin/python benchmarks/bench_attention_block.py [--repeats 10] [--json out.json]
 
@@ -197,7 +198,8 @@ def token_scaling(repeats: int) -> dict:
     from spiking_attn.attention import SpikingSelfAttention
 
     results = {}
-    for label, kind, causal in (("ssa", "ssa", False), ("ssa-causal", "ssa", True), ("sdsa", "sdsa", False)):
+    for label, kind, causal in (("ssa", "ssa", False), ("ssa-causal", "ssa", True), ("sdsa", "sdsa", False),
+                                ("sdsa-causal", "sdsa", True)):
         torch.manual_seed(0)
         attn = SpikingSelfAttention(D, HEADS, kind=kind, causal=causal)
         results[label] = {}
@@ -207,10 +209,18 @@ def token_scaling(repeats: int) -> dict:
     return results
 
 
+def print_scaling(scaling: dict) -> None:
+    print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
+    print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
+    for label, row in scaling.items():
+        print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--only", choices=("scaling",), help="run one part: the token scaling")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -219,6 +229,9 @@ def main() -> None:
     from spiking_attn.lif_kernel import kernel_status
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}")
+    if args.only == "scaling":
+        print_scaling(token_scaling(args.repeats))
+        return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
     variants = ("native", "spikingjelly-engine", "sj-spikformer")
     block = {v: {"ms": 1e3 * time_variant(v, args.repeats), "peak_mib": peak_memory(v)} for v in variants}
@@ -238,11 +251,8 @@ def main() -> None:
     print(f"{'layout':34s} {'time ms':>9s} {'vs scalar':>10s}")
     for name, ms in layouts.items():
         print(f"{name:34s} {ms:9.2f} {ms / base:9.2f}x")
-    print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
     scaling = token_scaling(args.repeats)
-    print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
-    for label, row in scaling.items():
-        print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
+    print_scaling(scaling)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"block": block, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling}, f,

@@ -73,13 +73,39 @@ def _causal_mask(n_q: int, n_k: int, device) -> torch.Tensor:
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()  # [N, M]
 
 
+CAUSAL_CHUNK = 64  # tokens per block of the causal product: the N x N scores exist only inside a block
+
+
 def linear_attention_product(q, k, v, causal: bool) -> torch.Tensor:
-    """``(Q K^T masked) V`` over ``[..., N, Dh]`` heads; ``Q (K^T V)`` when not causal."""
-    if causal:
-        scores = q @ k.transpose(-2, -1)  # [..., N, M]
-        scores = scores.masked_fill(~_causal_mask(q.shape[-2], k.shape[-2], q.device), 0.0)
-        return scores @ v  # [..., N, Dh]
-    return q @ (k.transpose(-2, -1) @ v)  # [..., N, Dh]
+    """``(Q K^T masked) V`` over ``[..., N, Dh]`` heads, in time and memory linear in the tokens.
+
+    Not causal: ``Q (K^T V)``. Causal (``N == M``): token ``i`` reads ``q_i sum_{j <= i} k_j^T v_j``, a
+    prefix sum over tokens, computed by blocks of ``CAUSAL_CHUNK`` tokens: inside a block the masked
+    scores, across blocks the running state ``sum k_j^T v_j`` of the blocks before. On spikes every
+    term is an integer count, so the result is exactly the masked quadratic product (float32 holds
+    integers up to 2^24 exactly).
+    """
+    if not causal:
+        return q @ (k.transpose(-2, -1) @ v)  # [..., N, Dh]
+    return _causal_blocks(q, k, v, CAUSAL_CHUNK)
+
+
+def _causal_blocks(q, k, v, chunk: int) -> torch.Tensor:
+    *lead, n, dh = q.shape
+    if n <= chunk:  # one block: the masked product itself
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~_causal_mask(n, n, q.device), 0.0)  # [..., N, N]
+        return scores @ v
+    pad = -n % chunk
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # zero tokens at the end add nothing
+    blocks = (n + pad) // chunk
+    qb, kb, vb = (t.reshape(*lead, blocks, chunk, t.shape[-1]) for t in (q, k, v))  # [..., C, chunk, Dh]
+    scores = (qb @ kb.transpose(-2, -1)).masked_fill(~_causal_mask(chunk, chunk, q.device), 0.0)
+    inside = scores @ vb  # [..., C, chunk, Dv]: keys of the same block, j <= i
+    state = kb.transpose(-2, -1) @ vb  # [..., C, Dh, Dv]: each block's sum of k^T v
+    before = state.cumsum(dim=-3) - state  # the blocks strictly before (exact on integer counts)
+    out = inside + qb @ before  # [..., C, chunk, Dv]
+    return out.reshape(*lead, blocks * chunk, out.shape[-1])[..., :n, :]
 
 
 def token_sum(kv: torch.Tensor, causal: bool) -> torch.Tensor:

@@ -50,20 +50,22 @@ def available_bytes() -> int:
 def _measure(config) -> tuple:
     """``(parameter count, summed output width of every weight layer, token-pair maps per step, tokens)``.
 
-    Token-pair maps are the ``N x N`` score matrices of attention that forms them: one per head of the
-    dense twin's softmax attention and of causal SSA.
+    Token-pair maps are the score matrices of attention that forms them, per head: ``N x N`` for the
+    dense twin's softmax attention, and ``N x CAUSAL_CHUNK`` for causal SSA (its scores exist only
+    inside blocks of tokens; ``attention.linear_attention_product``). Returned as the pair-map width
+    per token.
     """
-    from .attention import DenseSelfAttention, SpikingSelfAttention
+    from .attention import CAUSAL_CHUNK, DenseSelfAttention, SpikingSelfAttention
     from .models import build_model
 
     with torch.device("meta"):
         model = build_model(config)
     params = sum(p.numel() for p in model.parameters())
     widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    maps = sum(m.heads for m in model.modules()
-               if (isinstance(m, DenseSelfAttention) and m.kind == "softmax")
-               or (isinstance(m, SpikingSelfAttention) and m.kind == "ssa" and m.causal))
     tokens = config.num_tokens + (1 if getattr(model, "cue_embed", None) is not None else 0)
+    maps = sum(m.heads * tokens for m in model.modules() if isinstance(m, DenseSelfAttention) and m.kind == "softmax")
+    maps += sum(m.heads * min(tokens, CAUSAL_CHUNK) for m in model.modules()
+                if isinstance(m, (SpikingSelfAttention, DenseSelfAttention)) and m.kind == "ssa" and m.causal)
     return params, widths, maps, tokens
 
 
@@ -71,7 +73,7 @@ def training_bytes(config, batch_size: int) -> int:
     """Estimated peak bytes of training ``config`` with batches of ``batch_size`` (see module docstring)."""
     params, widths, maps, tokens = _measure(config)
     steps = config.timesteps if config.model == "spiking" else 1
-    activations = ACTIVATION_FACTOR * steps * batch_size * tokens * (widths + maps * tokens)
+    activations = ACTIVATION_FACTOR * steps * batch_size * tokens * (widths + maps)
     return int(OVERHEAD + BYTES * (4 * params + activations))
 
 

@@ -19,6 +19,31 @@ def excited(attn):
     return attn.eval()
 
 
+def masked_quadratic(q, k, v):
+    """The causal product the definition states: scores ``Q K^T`` with future keys zeroed, times ``V``."""
+    n = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), 0.0)
+    return scores @ v
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 130, 300])  # one block, exactly one, a remainder, several
+def test_causal_product_in_linear_time_equals_the_masked_quadratic_form_exactly(n):
+    from spiking_attn import attention
+
+    torch.manual_seed(n)
+    q, k, v = spikes(2, 3, 2, n, 16), spikes(2, 3, 2, n, 16), spikes(2, 3, 2, n, 16)
+    assert torch.equal(linear_attention_product(q, k, v, causal=True), masked_quadratic(q, k, v))
+    for chunk in (1, 4, 5):  # other block sizes, the state carried across many blocks
+        assert torch.equal(attention._causal_blocks(q, k, v, chunk), masked_quadratic(q, k, v))
+    qr, kr, vr = (torch.randn(2, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ours, ref = linear_attention_product(qr, kr, vr, causal=True), masked_quadratic(qr, kr, vr)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-10)  # real values: the same up to rounding
+    g1 = torch.autograd.grad(ours.sum(), (qr, kr, vr))
+    g2 = torch.autograd.grad(ref.sum(), (qr, kr, vr))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-10)
+
+
 def test_ssa_product_order_is_exact():
     q, k, v = spikes(4, 2, 3, 20, 8), spikes(4, 2, 3, 20, 8), spikes(4, 2, 3, 20, 8)
     assert torch.equal(linear_attention_product(q, k, v, causal=False), (q @ k.transpose(-2, -1)) @ v)
