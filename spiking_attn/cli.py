@@ -67,6 +67,9 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--qcfs-levels", type=int, help="levels L of the qcfs activation (default 8)")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--stop-after", type=int, metavar="N", help="train at most N epochs now, then stop (resumable)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train on N processes of this machine (data-parallel; --batch-size stays the global batch; "
+                        "for several machines use torchrun)")
     p.add_argument("--encoder", choices=ENCODERS, help="input encoding (default direct)")
     p.add_argument("--surrogate", choices=sorted(SURROGATES), help="surrogate gradient (default atan)")
     p.add_argument("--dim", type=int, help="model width D (default 64)")
@@ -231,9 +234,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                     out=args.out, resume=args.resume, attention=args.attention, mechanism=args.mechanism,
                     batch_size=args.batch_size, lr=args.lr, augment=args.augment, use_cue=args.use_cue,
                     regularizers=_regularizers(args.reg), target_rate=args.target_rate,
-                    stop_after=args.stop_after,
+                    stop_after=args.stop_after, nproc=args.nproc,
                     overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
-    _print_summary(metrics)
+    from .launch import is_leader_process
+
+    if is_leader_process():  # under torchrun, only rank 0 prints
+        _print_summary(metrics)
     return 0
 
 

@@ -5,7 +5,8 @@ draws (rate code only) and ``name`` is the argument named in error messages.
 
 * ``direct``  - the analog value is repeated every step; the first weight layer sees real numbers
   (it is the model's encoding layer, counted as MACs by energy estimates).
-* ``rate``    - Bernoulli spikes with probability equal to the input (inputs in [0, 1]).
+* ``rate``    - Bernoulli spikes with probability equal to the input (inputs in [0, 1]). In one process
+  of a data-parallel run it draws for the whole global batch and keeps its rows (``distributed.Shard``).
 * ``latency`` - one spike per input, earlier for larger values: ``t = round((1 - x) (T - 1))``;
   an input of exactly 0 never fires.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import SpikingAttnError, check_choice, check_positive_int, check_tensor
+from .distributed import current_shard
 from .converters.rules import passive
 from .opcount import count_rule, no_own_ops
 
@@ -52,6 +54,9 @@ class RateEncoder(nn.Module):
         check_tensor(x, name)
         _check_unit_range(x, name)
         probs = x.unsqueeze(0).expand(self.timesteps, *x.shape)  # [T, B, ...]
+        shard = current_shard()
+        if shard is not None:  # one process of a data-parallel run: draw for the global batch, keep our rows
+            return shard.bernoulli(probs, generator, axis=1)
         return torch.bernoulli(probs, generator=generator)
 
 

@@ -37,6 +37,10 @@ class ResourceError(SpikingAttnError):
     """A run would need more memory than the machine has."""
 
 
+class DistributedError(SpikingAttnError):
+    """A process of a multi-process run failed, or the processes do not fit the run (``--nproc``)."""
+
+
 def check_tensor(
     x: object,
     name: str,

@@ -3,6 +3,8 @@
 * ``atomic_write(path, write)``: ``write`` fills a temporary file in the same folder, which is then
   renamed into place; on any failure (Ctrl-C included) the temporary file is removed. The file gets
   the mode a plain ``open()`` would give (0666 minus the umask), not the 0600 of a temporary file.
+* ``remove_partial_files(folder)``: what a writer killed mid-write (SIGKILL) left behind; a multi-process
+  run calls it after one of its processes failed.
 * ``RunFolder``: the output folder of a run. It refuses a folder that already holds a run unless asked
   to overwrite or resume. It creates missing parents, and when the run fails before its first
   checkpoint it removes everything it created, parents included.
@@ -42,6 +44,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_files(folder: str | os.PathLike, names=RUN_FILES) -> List[Path]:
+    """Remove the temporary files ``atomic_write`` left in ``folder`` for ``names`` (a writer killed by a
+    signal cannot remove its own); return what was removed."""
+    folder = Path(folder)
+    removed = [tmp for name in names for tmp in folder.glob(f".{name}.*.tmp")] if folder.is_dir() else []
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -8,6 +8,11 @@ and ends with exactly the weights an uninterrupted run would have (same seed, sa
 Every source of randomness is derived from ``seed``: weight init from the global generator seeded
 once, the batch order and rate-encoder draws from generators seeded by ``(seed, epoch)``. So a run
 restarted at an epoch boundary replays the same stream.
+
+``nproc=N`` (``--nproc``) trains on N processes of this machine, and a run started by ``torchrun`` on
+as many processes as it started: ``batch_size`` stays the global batch, each process computes its share,
+and the result equals the one-process run up to the order of float sums (``distributed`` says how).
+Rank 0 evaluates and writes; the others wait for it.
 """
 from __future__ import annotations
 
@@ -24,14 +29,16 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import auxiliary
+from . import auxiliary, launch
 from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint
 from .data import TASKS, TokenDataset, load_task
-from .errors import (CheckpointError, DTypeError, ShapeError, SpikingAttnError, check_bool, check_choice, check_int,
-                     check_number, check_path, check_positive_int)
+from .distributed import SOLO, Team, check_processes
+from .errors import (CheckpointError, DistributedError, DTypeError, ShapeError, SpikingAttnError, check_bool,
+                     check_choice, check_int, check_number, check_path, check_positive_int)
+from .global_batchnorm import convert_batchnorm
 from .models import MODEL_KINDS, ModelConfig, build_model
 from .neuron import attach_constraints
-from .outputs import RunFolder, write_json
+from .outputs import RUN_FILES, RunFolder, remove_partial_files, write_json
 from .recorder import SpikeRecorder
 from .regularizers import REGULARIZERS, RegularizerInputs, population_spikes, regularization
 from .resources import check_training_memory
@@ -130,7 +137,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return result
 
 
-def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, epoch: int, bar) -> dict:
+def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, epoch: int, bar,
+                 team: Team = SOLO) -> dict:
     model.train()
     gen = _epoch_generator(settings.seed, epoch)
     augment = TASKS.get(settings.task).augment if settings.augment else None
@@ -144,21 +152,27 @@ def _train_epoch(model, optimizer, data: TokenDataset, settings: TrainSettings, 
         x = data.x_train[idx]
         if augment is not None:
             x = augment(x, gen)
+        rows = team.rows(len(idx))  # this process's share of the global batch (all of it in one process)
+        own = idx[rows]
         with auxiliary.collect() as reports, \
-                (population_spikes(model) if needs_spikes else contextlib.nullcontext([])) as spikes:
-            logits = model(x, generator=gen, **data.context("train", idx))
-        loss = label_loss(logits, data.y_train[idx])
+                (population_spikes(model) if needs_spikes else contextlib.nullcontext([])) as spikes, \
+                team.shard(len(idx)):
+            logits = model(x[rows], generator=gen, **data.context("train", own))
+        loss = team.share(label_loss(logits, data.y_train[own]), len(idx))
         if weights:
-            penalty, values = regularization(weights, RegularizerInputs(reports, spikes, settings.target_rate))
-            loss = loss + penalty
+            inputs = team.gather(RegularizerInputs(reports, spikes, settings.target_rate), len(idx))
+            penalty, values = regularization(weights, inputs)
+            loss = loss + team.share_replicated(penalty)
             for name, value in values.items():
                 reg_sums[name] += float(value.detach()) * len(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        team.reduce_gradients(model.parameters())
         optimizer.step()
         total_loss += loss.item() * len(idx)
-        correct += correct_labels(logits, data.y_train[idx])
+        correct += correct_labels(logits, data.y_train[own])
         bar.update(1)
+    total_loss, correct = team.sum([total_loss, correct])
     n = len(order)
     return {"train_loss": total_loss / n, "train_accuracy": correct / n,
             **{f"reg_{name}": value / n for name, value in reg_sums.items()}}
@@ -218,7 +232,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
           augment: Optional[bool] = None, use_cue: Optional[bool] = None,
           regularizers: Optional[dict] = None, target_rate: Optional[float] = None,
           stop_after: Optional[int] = None, overwrite: bool = False,
-          progress: bool = True, figures: bool = True, **config_overrides) -> dict:
+          progress: bool = True, figures: bool = True, nproc: Optional[int] = None, **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
     Args:
@@ -242,11 +256,15 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         overwrite: replace a run already in ``out`` (otherwise that is an error).
         progress: show a tqdm bar.
         figures: write training.png and spikes_attention.png on completion.
+        nproc: train on this many processes of this machine (default 1; data-parallel, torch.distributed).
+            Inside a run that torchrun started, leave it out (or give its WORLD_SIZE).
         config_overrides: other ``ModelConfig`` fields (dim, depth, heads, engine, encoder, ...).
 
     Returns:
         the metrics dict also written to ``out/metrics.json`` (``completed`` is False after ``stop_after``).
     """
+    call = {k: v for k, v in locals().items() if k != "config_overrides"}
+    call.update(config_overrides)  # what the processes of a multi-process run are called with
     if stop_after is not None:
         check_int(stop_after, "stop_after", low=1, high=MAX_EPOCHS)
     for name, flag in (("overwrite", overwrite), ("progress", progress), ("figures", figures)):
@@ -291,13 +309,59 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         config = ModelConfig(**{**fields, **config_overrides})
     check_scaffold_fits(config, data)
     check_training_memory(config, settings.batch_size)
+    launched = _launched_processes(nproc)
+    if launched > 1:  # one process of a run torchrun (or run_local, below) started
+        check_processes(launched, settings.batch_size, len(data.x_train),
+                        name="--nproc" if nproc is not None else "WORLD_SIZE")
+        with launch.process_group() as team, _team_folder(team, out, overwrite, resume is not None) as folder:
+            return _run(config, settings, data, folder, payload, stop_after, progress, figures, team)
+    nproc = 1 if nproc is None else check_processes(nproc, settings.batch_size, len(data.x_train))
     with RunFolder(out, overwrite=overwrite, resume=resume is not None) as folder:
-        return _run(config, settings, data, folder, payload, stop_after, progress, figures)
+        if nproc == 1:
+            return _run(config, settings, data, folder, payload, stop_after, progress, figures)
+        try:
+            return launch.run_local(_train_rank, nproc, {**call, "nproc": nproc})[0]
+        except BaseException:
+            remove_partial_files(folder, RUN_FILES)  # of a process killed while it wrote
+            raise
 
 
-def _run(config, settings, data, out, payload, stop_after, progress, figures) -> dict:
+def _train_rank(call: dict) -> dict:
+    """What each process of ``train(nproc=N)`` runs (``launch.run_local``)."""
+    return train(**call)
+
+
+def _launched_processes(nproc: Optional[int]) -> int:
+    """The size of the process group this process already belongs to (torchrun's WORLD_SIZE, or the group
+    ``launch.run_local`` made), or 1. ``nproc``, if given, must agree with it."""
+    size = launch.launched_world()
+    if size > 1 and nproc is not None and nproc != size:
+        raise DistributedError(f"--nproc {nproc} differs from the {size} processes already started (WORLD_SIZE="
+                               f"{size}, e.g. by torchrun); leave --nproc out when a launcher starts the processes")
+    return size
+
+
+@contextlib.contextmanager
+def _team_folder(team: Team, out, overwrite: bool, resume: bool):
+    """The run folder, prepared by rank 0 (the others wait, and fail with it); only rank 0 writes in it."""
+    folder = RunFolder(out, overwrite=overwrite, resume=resume)
+    path = team.leader_does(folder.__enter__)
+    if not team.leader:
+        yield path
+        return
+    try:
+        yield path
+    except BaseException as exc:
+        folder.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    folder.__exit__(None, None, None)
+
+
+def _run(config, settings, data, out, payload, stop_after, progress, figures, team: Team = SOLO) -> dict:
     torch.manual_seed(settings.seed)
     net = build_model(config)
+    if team.active:
+        convert_batchnorm(net)  # the global batch's statistics (the same parameters and state-dict keys)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     attach_constraints(optimizer, net)  # learned neuron parameters stay in their domains
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
@@ -315,41 +379,48 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures) ->
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {str(out / 'checkpoint.pt')!r} has an unusable optimiser state "
                                   f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+    team.align(net)
     end_epoch = settings.epochs if stop_after is None else min(settings.epochs, start_epoch + stop_after)
     steps = -(-len(data.x_train) // settings.batch_size)
-    bar = tqdm(total=(end_epoch - start_epoch) * steps, disable=not progress, unit="batch",
+    bar = tqdm(total=(end_epoch - start_epoch) * steps, disable=not (progress and team.leader), unit="batch",
                desc=f"{config.model} {settings.task}", dynamic_ncols=True)
     try:
         for epoch in range(start_epoch, end_epoch):
-            stats = _train_epoch(net, optimizer, data, settings, epoch, bar)
+            stats = _train_epoch(net, optimizer, data, settings, epoch, bar, team)
             scheduler.step()
-            test_acc = evaluate(net, data.x_test, data.y_test, seed=settings.seed,
-                                **data.context("test"))["accuracy"]
+            test_acc = team.leader_does(lambda: evaluate(net, data.x_test, data.y_test, seed=settings.seed,
+                                                         **data.context("test"))["accuracy"])
             for key, value in (*stats.items(), ("test_accuracy", test_acc)):
                 history[key].append(value)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test=f"{test_acc:.3f}")
             training_state = {"settings": asdict(settings), "epoch": epoch + 1, "history": history,
                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(out / "checkpoint.pt", net, training_state)
+            team.leader_does(lambda: save_checkpoint(out / "checkpoint.pt", net, training_state))
     finally:
         bar.close()
     completed = end_epoch == settings.epochs
-    final = evaluate(net, data.x_test, data.y_test, seed=settings.seed, firing_rates=config.model == "spiking",
-                     **data.context("test"))
+    final = team.leader_does(lambda: evaluate(net, data.x_test, data.y_test, seed=settings.seed,
+                                              firing_rates=config.model == "spiking", **data.context("test")))
     metrics = {
         "task": settings.task, "model": config.model, "attention": config.attention if config.model == "spiking"
         else config.dense_attention, "mechanism": config.mechanism, "test_accuracy": final["accuracy"],
         "firing_rates": final.get("firing_rates", {}), "epochs": settings.epochs,
         "epochs_done": end_epoch, "completed": completed, "timesteps": config.timesteps,
         "seed": settings.seed, "parameters": sum(p.numel() for p in net.parameters()),
-        "history": history, "config": config.to_dict(),
+        "history": history, "config": config.to_dict(), "nproc": team.size,
     }
     if completed:
-        write_json(out / "metrics.json", metrics)
-        if figures:
-            from .figures import plot_spikes_and_attention, plot_training
-
-            plot_training(history, out / "training.png", f"{config.model} ({metrics['attention']}) on {settings.task}")
-            plot_spikes_and_attention(net, data.x_test[:1], out / "spikes_attention.png",
-                                      **data.context("test", slice(0, 1)))
+        team.leader_does(lambda: _write_outputs(net, data, metrics, out, figures))
     return metrics
+
+
+def _write_outputs(net, data: TokenDataset, metrics: dict, out, figures: bool) -> None:
+    """metrics.json and, with ``figures``, training.png and spikes_attention.png."""
+    write_json(out / "metrics.json", metrics)
+    if figures:
+        from .figures import plot_spikes_and_attention, plot_training
+
+        plot_training(metrics["history"], out / "training.png",
+                      f"{metrics['model']} ({metrics['attention']}) on {metrics['task']}")
+        plot_spikes_and_attention(net, data.x_test[:1], out / "spikes_attention.png",
+                                  **data.context("test", slice(0, 1)))
