@@ -7,8 +7,9 @@ per-epoch evaluation and checkpoint, and the final metrics and figures. The mode
 and max per process count, the ratio of medians against one process, and each run's training loss and test
 accuracy (a multi-process run equals the one-process run up to float rounding, so they should agree).
 
-Threads: each run inherits OMP_NUM_THREADS; without it, one process uses every core and N processes
-get cores/N threads each (as torchrun would give them). State it with the numbers.
+Threads: each run inherits OMP_NUM_THREADS; without it, one process uses every core it may run on and
+`--nproc N` gives each process cores/N threads (torchrun instead sets OMP_NUM_THREADS=1 when it is unset).
+State it with the numbers.
 
     .venv/bin/python benchmarks/bench_distributed.py [--epochs 1] [--repeats 3] [--nprocs 1 2] [--task digits]
         [-- more train options, e.g. --batch-size 512 --dim 128]
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more options for spiking-attn train")
     args = parser.parse_args()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    threads = os.environ.get("OMP_NUM_THREADS", f"unset ({os.cpu_count()} cores)")
+    threads = os.environ.get("OMP_NUM_THREADS", f"unset ({len(os.sched_getaffinity(0))} cores)")
     print(f"spiking-attn train --task {args.task} --epochs {args.epochs} {' '.join(extra)}".rstrip()
           + f", {args.repeats} repetitions, OMP_NUM_THREADS={threads}", flush=True)
     times = {n: [] for n in args.nprocs}

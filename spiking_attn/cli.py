@@ -236,9 +236,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     regularizers=_regularizers(args.reg), target_rate=args.target_rate,
                     stop_after=args.stop_after, nproc=args.nproc,
                     overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
-    from .launch import is_leader_process
+    from .distributed import Team
 
-    if is_leader_process():  # under torchrun, only rank 0 prints
+    if Team.current().leader:  # under torchrun, only rank 0 prints
         _print_summary(metrics)
     return 0
 
@@ -256,8 +256,14 @@ def _print_summary(metrics: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .errors import DistributedError
+    from .launch import launched_world
     from .training import train
 
+    size = launched_world()
+    if size > 1:  # its steps after training would run in every process
+        raise DistributedError(f"demo runs on one process, but WORLD_SIZE is {size} (set by a launcher such as "
+                               "torchrun, or by the cluster); unset it, or use spiking-attn train on several processes")
     metrics = train(task="digits", model="spiking", timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
                     out=args.out, attention=args.attention, overwrite=args.overwrite, progress=not args.no_progress,
                     **_config_overrides(args))
@@ -419,12 +425,9 @@ def _interrupted_message(args: Optional[argparse.Namespace]) -> str:
     return "spiking-attn: interrupted"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .errors import USER_ERRORS, one_line  # no torch: an interrupt while torch loads is still handled
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     args = None
@@ -439,10 +442,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
         print(_interrupted_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError) as exc:
+    except USER_ERRORS as exc:  # ValueError, OSError (a multi-process run sorts its processes' failures alike)
         if debug:
             raise
-        print(f"spiking-attn: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"spiking-attn: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except MemoryError:
         if debug:
@@ -452,7 +455,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # an unexpected failure still ends with one line
         if debug:
             raise
-        print(f"spiking-attn: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        print(f"spiking-attn: internal error: {one_line(exc, kind=True)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -21,6 +21,7 @@ In one process (``SOLO``) every method is the identity, so single-process traini
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import DistributedError, ShapeError, check_int
+from .errors import DistributedError, PeerFailure, ShapeError, check_int, one_line
 from .regularizers import RegularizerInputs
 
 MAX_PROCESSES = 4096
@@ -89,12 +90,6 @@ def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
     return _AllReduceSum.apply(tensor, group)
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, to report a failure from one process to the others."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def current_shard() -> Optional[Shard]:
     """The shard of the global batch the model is running on inside ``Team.shard``, or None."""
     return _SHARD.get()
@@ -150,10 +145,15 @@ class Team:
 
     @classmethod
     def current(cls) -> "Team":
-        """The team of the initialised default process group, or one process."""
+        """The team of the initialised default process group; else the one a launcher such as torchrun
+        announced (``RANK`` of ``WORLD_SIZE``, not joined yet); else one process."""
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
+        size = _launcher_number("WORLD_SIZE", 1, "a positive integer", low=1)
+        if size == 1:
+            return cls()
+        return cls(_launcher_number("RANK", 0, f"an integer in [0, {size - 1}] (WORLD_SIZE {size})", 0, size - 1),
+                   size)
 
     @property
     def leader(self) -> bool:
@@ -247,7 +247,8 @@ class Team:
 
     def leader_does(self, fn: Callable[[], object]):
         """Run ``fn`` on rank 0 and return its result on every process (a barrier too: nobody goes on
-        before rank 0 has finished). If it fails there, the others raise ``DistributedError``."""
+        before rank 0 has finished). If it fails there, the others raise ``PeerFailure`` (a launcher that
+        reports the first failure prefers rank 0's own)."""
         if not self.active:
             return fn()
         box: list = [None]
@@ -255,13 +256,13 @@ class Team:
             try:
                 box[0] = ("ok", fn())
             except Exception as exc:
-                box[0] = ("failed", one_line(exc))
+                box[0] = ("failed", one_line(exc, kind=True))
                 dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
                 raise
         dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
         status, value = box[0]
         if status != "ok":
-            raise DistributedError(f"process 0 of {self.size} failed: {value}")
+            raise PeerFailure(f"process 0 of {self.size} failed: {value}")
         return value
 
     @torch.no_grad()
@@ -272,6 +273,18 @@ class Team:
             return
         for tensor in (*module.parameters(), *module.buffers()):
             dist.broadcast(tensor.data, src=0)
+
+
+def _launcher_number(name: str, default: int, allowed: str, low: int, high: Optional[int] = None) -> int:
+    """The integer a launcher set in the environment variable ``name`` (``default`` if unset), else raise."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise DistributedError(f"{name} must be {allowed}, got {text!r}")
+    return value
 
 
 @contextlib.contextmanager

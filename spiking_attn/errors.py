@@ -3,14 +3,19 @@
 Every check names the argument and what is allowed. Errors are ``SpikingAttnError`` (a ``ValueError``)
 or ``DTypeError`` (also a ``TypeError``) for a value of the wrong kind; the command line turns each into
 one line on stderr. Commands added later (convert, energy, deploy) use the same checks.
+
+A multi-process run raises, for a process that failed, ``DistributedError`` if it was a user error
+(``USER_ERRORS``) and ``ProcessFailure`` (an internal error) otherwise, with the process's traceback as
+``RemoteTraceback``. This module imports no torch, so that the command line can use it before torch loads.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:  # imported where a tensor is checked: the command line loads this module before torch
+    import torch
 
 
 class SpikingAttnError(ValueError):
@@ -41,6 +46,41 @@ class DistributedError(SpikingAttnError):
     """A process of a multi-process run failed, or the processes do not fit the run (``--nproc``)."""
 
 
+class PeerFailure(DistributedError):
+    """Another process of the run failed, and this one stops because of it (that process reports the cause)."""
+
+
+class ProcessFailure(RuntimeError):
+    """A process of a multi-process run failed with an unexpected error (a bug, not a user error): the
+    command line reports it as an internal error. Its ``__cause__`` is the process's ``RemoteTraceback``."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, as text. It is the ``__cause__`` of the error
+    raised here, so that a traceback printed here (``--debug``) shows where the failure happened."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+# What the command line reports as a user error (one line, ``spiking-attn: error:``); other exceptions are
+# internal errors. A multi-process run sorts a process's failure by the same rule.
+USER_ERRORS = (ValueError, OSError)
+
+
+def one_line(exc: BaseException, kind: bool = False) -> str:
+    """The first line of ``exc``'s message (its type's name if it has none); with ``kind``, ``Type: message``."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if kind and line:
+        return f"{type(exc).__name__}: {line}"
+    return line or type(exc).__name__
+
+
 def check_tensor(
     x: object,
     name: str,
@@ -60,6 +100,8 @@ def check_tensor(
         timesteps: required size of dim 0 (the time axis of a ``[T, B, ...]`` tensor).
         finite: reject NaN and Inf.
     """
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise DTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():

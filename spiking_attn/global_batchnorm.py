@@ -17,8 +17,9 @@ matters. The running statistics move as ``nn.BatchNorm`` moves them, with the un
 they equal the one-process ones as well.
 
 The synchronisation is active only while the module is training and a process group is initialised;
-otherwise the module is exactly the BatchNorm it replaced. ``convert_batchnorm(model)`` swaps every
-BatchNorm of a model in place, sharing its parameters and buffers (state-dict keys are unchanged).
+otherwise the module is exactly the BatchNorm it replaced. ``model = convert_batchnorm(model)`` swaps every
+BatchNorm of a model in place, sharing its parameters and buffers (state-dict keys are unchanged); a model
+that is itself a BatchNorm is returned replaced.
 """
 from __future__ import annotations
 
@@ -104,9 +105,12 @@ class GlobalBatchNorm(_BatchNorm):
 
 def convert_batchnorm(model: nn.Module, group=None) -> nn.Module:
     """Replace every BatchNorm of ``model`` (in place) by a ``GlobalBatchNorm`` sharing its tensors; return
-    ``model``. In eval mode, or without a process group, the model computes exactly what it did before."""
+    ``model``, or its replacement if ``model`` itself is a BatchNorm (as torch's ``convert_sync_batchnorm``
+    does). In eval mode, or without a process group, the model computes exactly what it did before."""
     if not isinstance(model, nn.Module):
         raise DTypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, _BatchNorm) and not isinstance(model, GlobalBatchNorm):
+        return GlobalBatchNorm.replacing(model, group)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, _BatchNorm) and not isinstance(child, GlobalBatchNorm):

@@ -8,9 +8,12 @@ Two ways in, both torch's own machinery:
 * ``run_local(fn, nproc, *args)`` starts ``nproc`` processes on this machine with ``torch.multiprocessing``
   (spawn). They meet through a ``TCPStore`` this process serves on a free localhost port (the kernel picks
   it, so two runs never race for one). Each runs ``fn(*args)`` inside the process group; the results come
-  back by rank. When one process fails, the others are stopped (they see the failure at their next
-  collective; SIGTERM after a grace period, SIGKILL after another) and ``DistributedError`` names the first
-  failure in one line.
+  back by rank. They start with this process's default dtype (``torch.set_default_dtype``); anything else
+  set at run time (a task, mechanism or regulariser registered by the calling script) they do not see.
+  When one process fails, the others are stopped (they see the failure at their next collective; SIGTERM
+  after a grace period, SIGKILL after another), and the failure of the process that failed first is raised
+  here: ``DistributedError`` for a user error (a ``ValueError`` or ``OSError``, as the command line sorts
+  them), ``ProcessFailure`` for any other exception, with the process's traceback as its ``__cause__``.
 
 The backend is gloo, or ``cpu:gloo,cuda:nccl`` when a GPU is present (CPU tensors are reduced by gloo,
 CUDA tensors by nccl). Inside the group, SIGTERM (what launchers send to stop a process) raises
@@ -27,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from datetime import timedelta
 from multiprocessing.connection import wait
 from typing import Callable, Iterator, List, Optional
@@ -35,8 +39,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .distributed import Team, one_line
-from .errors import DistributedError, check_int
+from .distributed import MAX_PROCESSES, Team
+from .errors import (USER_ERRORS, DistributedError, PeerFailure, ProcessFailure, RemoteTraceback, check_int,
+                     one_line)
 
 HOST = "127.0.0.1"
 GRACE_SECONDS = 5.0  # after a failure, how long the other processes get to stop by themselves (then SIGTERM)
@@ -51,23 +56,7 @@ def backend() -> str:
 def launched_world() -> int:
     """The number of processes in this run: the initialised process group's size, else the number a
     launcher such as torchrun started (``WORLD_SIZE``), else 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    text = os.environ.get("WORLD_SIZE", "1")
-    try:
-        size = int(text)
-    except ValueError:
-        raise DistributedError(f"WORLD_SIZE must be a positive integer, got {text!r}") from None
-    if size < 1:
-        raise DistributedError(f"WORLD_SIZE must be a positive integer, got {text!r}")
-    return size
-
-
-def is_leader_process() -> bool:
-    """False in the processes of rank 1 and up of a launched run (they print nothing)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
+    return Team.current().size
 
 
 def _import_before_joining() -> None:
@@ -119,27 +108,30 @@ def process_group() -> Iterator[Team]:
             dist.destroy_process_group()
 
 
-def _child(rank: int, nproc: int, port: int, fn: Callable, args: tuple, results, threads: Optional[int]) -> None:
+def _child(rank: int, nproc: int, port: int, fn: Callable, args: tuple, results, threads: Optional[int],
+           dtype: torch.dtype) -> None:
     """One spawned process: join the group, run ``fn(*args)``, hand back its result or its failure. A failure
     is reported before the group is left: leaving closes the connections, and the others' errors about
     that must reach the parent after the cause."""
+    mp._prctl_pr_set_pdeathsig(signal.SIGINT)  # as torch's spawn does: stop if the parent dies
     status = 0
     with _exit_on_sigterm():
         if threads is not None:
             torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)  # the caller's: a spawned process starts with float32
         try:
             _import_before_joining()
             store = dist.TCPStore(HOST, port, nproc, is_master=False, timeout=STORE_TIMEOUT)
             dist.init_process_group(backend(), store=store, rank=rank, world_size=nproc)
             value = fn(*args)
         except KeyboardInterrupt:
-            results.put((rank, "interrupted", ""))
+            results.put((rank, "interrupted", None))
             status = 130
         except MemoryError:
-            results.put((rank, "memory", "out of memory"))
+            results.put((rank, "memory", None))
             status = 1
         except Exception as exc:
-            results.put((rank, "failed", one_line(exc)))
+            results.put((rank, "relayed" if isinstance(exc, PeerFailure) else "failed", _describe(exc)))
             status = 1
         else:
             # pickled by value here: torch's queue would share tensors through this process's memory, gone at exit
@@ -149,6 +141,12 @@ def _child(rank: int, nproc: int, port: int, fn: Callable, args: tuple, results,
                 dist.destroy_process_group()
     if status:
         sys.exit(status)
+
+
+def _describe(exc: Exception) -> dict:
+    """What the parent needs to raise a failure: one line, whether it is a user error, the traceback."""
+    return {"line": one_line(exc), "kind": type(exc).__name__, "user": isinstance(exc, USER_ERRORS),
+            "traceback": traceback.format_exc()}
 
 
 def _signal_name(exitcode: int) -> str:
@@ -161,28 +159,48 @@ def _signal_name(exitcode: int) -> str:
 def _failure(nproc: int, reports: list, exitcodes: dict) -> BaseException:
     """The exception for a failed run. A process killed by a signal (not by us: we have not stopped anyone
     yet) without a word is the cause; else the first failure reported (a process reports before it exits,
-    and the others' failures, such as a closed connection, follow it); else the first bad exit status."""
+    and the others' failures, such as a closed connection, follow it), a process's own failure before one
+    it relays from another (``PeerFailure``: the relay can be reported first); else the first bad exit status."""
     said = {rank for rank, status, _ in reports if status != "ok"}
     for rank, code in exitcodes.items():
         if code is not None and code < 0 and rank not in said:
             return DistributedError(f"process {rank} of {nproc} was killed by signal {_signal_name(code)}")
-    for rank, status, message in reports:
-        if status == "interrupted":
-            return KeyboardInterrupt()
-        if status == "memory":
-            return MemoryError(f"process {rank} of {nproc} ran out of memory")
-        if status == "failed":
-            return DistributedError(f"process {rank} of {nproc} failed: {message}")
+    for wanted in (("interrupted", "memory", "failed"), ("relayed",)):
+        for rank, status, report in reports:
+            if status in wanted:
+                return _reported_failure(nproc, rank, status, report)
     for rank, code in exitcodes.items():
         if code:
             return DistributedError(f"process {rank} of {nproc} exited with status {code}")
     return DistributedError(f"the {nproc} processes ended without a result")
 
 
-def _join_all(processes, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
+def _reported_failure(nproc: int, rank: int, status: str, report: Optional[dict]) -> BaseException:
+    if status == "interrupted":
+        return KeyboardInterrupt()
+    if status == "memory":
+        return MemoryError(f"process {rank} of {nproc} ran out of memory")
+    if status == "relayed":  # its message names the process that failed
+        error: BaseException = DistributedError(report["line"])
+    elif report["user"]:
+        error = DistributedError(f"process {rank} of {nproc} failed: {report['line']}")
+    else:
+        error = ProcessFailure(f"process {rank} of {nproc} failed: {report['kind']}: {report['line']}")
+    error.__cause__ = RemoteTraceback(report["traceback"])
+    return error
+
+
+def _join_all(processes, seconds: float, results=None) -> list:
+    """Wait up to ``seconds`` for ``processes`` to end; return what they report on ``results`` meanwhile."""
+    deadline, reports = time.monotonic() + seconds, []
+    while True:
+        running = [p.sentinel for p in processes if p.exitcode is None]
+        if results is not None:  # after the check: a process reports before it ends
+            reports += _drain(results)
+        left = deadline - time.monotonic()
+        if not running or left <= 0:
+            return reports
+        wait(running, timeout=min(left, 0.2))
 
 
 def _stop(processes) -> None:
@@ -197,42 +215,64 @@ def _stop(processes) -> None:
         process.join()
 
 
+def threads_per_process(nproc: int) -> Optional[int]:
+    """The threads each of ``nproc`` processes of ``run_local`` gets: None (torch's default, which follows
+    ``OMP_NUM_THREADS``) when ``OMP_NUM_THREADS`` is set, else the cores this process may run on divided
+    by ``nproc``. torchrun differs: it sets ``OMP_NUM_THREADS=1`` unless it is set. Float sums depend on
+    the thread count, so the two give the same result to the bit only with the same ``OMP_NUM_THREADS``."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // nproc)
+
+
 def run_local(fn: Callable, nproc: int, *args) -> List[object]:
     """Run ``fn(*args)`` in ``nproc`` new processes on this machine, joined in a process group; return their
     results by rank. ``fn`` and ``args`` must be picklable (``fn`` a module-level function).
 
-    Each process gets ``cpu_count // nproc`` threads unless ``OMP_NUM_THREADS`` is set (as torchrun does).
-    When a process fails, the others get ``GRACE_SECONDS`` to notice (their next collective fails), then
-    SIGTERM, then SIGKILL; ``DistributedError`` names the process that failed first.
+    Threads per process: ``threads_per_process``. When a process fails, the others get ``GRACE_SECONDS``
+    to notice (their next collective fails) and to report, then SIGTERM, then SIGKILL; the failure of the
+    process that failed first is raised (see the module docstring).
     """
-    check_int(nproc, "--nproc", low=1, high=4096)
+    check_int(nproc, "--nproc", low=1, high=MAX_PROCESSES)
+    context = mp.get_context("spawn")
     store = dist.TCPStore(HOST, 0, nproc, is_master=True, wait_for_workers=False, timeout=STORE_TIMEOUT)
-    threads = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // nproc)
-    results = mp.get_context("spawn").SimpleQueue()
-    processes = mp.start_processes(_child, args=(nproc, store.port, fn, args, results, threads), nprocs=nproc,
-                                   join=False, start_method="spawn").processes
-    reports: list = []
-    exitcodes = {rank: None for rank in range(nproc)}
+    settings = (threads_per_process(nproc), torch.get_default_dtype())
+    results = context.SimpleQueue()
+    processes: list = []
     try:
-        while None in exitcodes.values():
-            waiting = {p.sentinel: rank for rank, p in enumerate(processes) if exitcodes[rank] is None}
-            ready = wait(list(waiting), timeout=0.2)
-            reports += _drain(results)
-            for sentinel in ready:
-                processes[waiting[sentinel]].join()
-                exitcodes[waiting[sentinel]] = processes[waiting[sentinel]].exitcode
-            if any(exitcodes.values()):
-                failure = _failure(nproc, reports, exitcodes)
-                _join_all(processes, GRACE_SECONDS)  # the others stop by themselves at their next collective
-                raise failure
-        reports += _drain(results)
+        for rank in range(nproc):  # started inside the try: if one cannot start, the others are stopped
+            process = context.Process(target=_child, args=(rank, nproc, store.port, fn, args, results, *settings),
+                                      name=f"spiking-attn-{rank}")
+            process.start()
+            processes.append(process)
+        reports = _watch(processes, results)
     finally:
         _stop(processes)
         del store
     values = {rank: pickle.loads(value) for rank, status, value in reports if status == "ok"}
     if len(values) != nproc:
-        raise _failure(nproc, reports, exitcodes)
+        raise _failure(nproc, reports, {rank: p.exitcode for rank, p in enumerate(processes)})
     return [values[rank] for rank in range(nproc)]
+
+
+def _watch(processes, results) -> list:
+    """Wait for every process to end and return their reports; raise the run's failure if one fails."""
+    nproc, reports = len(processes), []
+    exitcodes = {rank: None for rank in range(nproc)}
+    while None in exitcodes.values():
+        waiting = {p.sentinel: rank for rank, p in enumerate(processes) if exitcodes[rank] is None}
+        ready = wait(list(waiting), timeout=0.2)
+        reports += _drain(results)
+        for sentinel in ready:
+            processes[waiting[sentinel]].join()
+            exitcodes[waiting[sentinel]] = processes[waiting[sentinel]].exitcode
+        if any(exitcodes.values()):
+            # the others stop by themselves at their next collective; what they report meanwhile may
+            # include the cause (a process relaying rank 0's failure can end before rank 0 reports it)
+            reports += _join_all(processes, GRACE_SECONDS, results)
+            raise _failure(nproc, reports, exitcodes)
+    return reports + _drain(results)
 
 
 def _drain(queue) -> list:

@@ -31,10 +31,16 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def partial_affixes(name: str) -> tuple:
+    """How the name of ``atomic_write``'s temporary file for ``name`` begins and ends (a random part between)."""
+    return f".{name}.", ".tmp"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, then rename ``tmp_path`` to ``path``; remove it on failure."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix, suffix = partial_affixes(path.name)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -50,7 +56,8 @@ def remove_partial_files(folder: str | os.PathLike, names=RUN_FILES) -> List[Pat
     """Remove the temporary files ``atomic_write`` left in ``folder`` for ``names`` (a writer killed by a
     signal cannot remove its own); return what was removed."""
     folder = Path(folder)
-    removed = [tmp for name in names for tmp in folder.glob(f".{name}.*.tmp")] if folder.is_dir() else []
+    patterns = ["*".join(partial_affixes(name)) for name in names]
+    removed = [tmp for pattern in patterns for tmp in folder.glob(pattern)] if folder.is_dir() else []
     for tmp in removed:
         tmp.unlink(missing_ok=True)
     return removed

@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ from spiking_attn import training
 from spiking_attn.checkpoint import read_checkpoint
 from spiking_attn.cli import main
 from spiking_attn.distributed import Shard, Team, _GlobalReports
-from spiking_attn.errors import DistributedError
+from spiking_attn.encoders import RateEncoder
+from spiking_attn.errors import DistributedError, ProcessFailure, ShapeError
 from spiking_attn.global_batchnorm import GlobalBatchNorm, convert_batchnorm
 from spiking_attn.launch import run_local
 from spiking_attn.layers import LinearBN
@@ -36,13 +39,8 @@ TINY_ARGS = ["--task", "digits", "--dim", "16", "--depth", "1", "--heads", "2", 
 # ---------------------------------------------------------------------------------------------------------------
 # functions the spawned processes run (module level, so that they can be pickled by reference)
 
-def _train_float64(call: dict) -> dict:
-    torch.set_default_dtype(torch.float64)
-    return training.train(**call)
-
-
-def _train_counting_writes(call: dict) -> dict:
-    """Train, counting the files this process writes."""
+def _train_counting_writes(call: dict) -> tuple:
+    """Train, counting the files this process writes; return the counts and the metrics."""
     counts = {"checkpoint": 0, "outputs": 0}
 
     def counted(name, fn):
@@ -53,30 +51,48 @@ def _train_counting_writes(call: dict) -> dict:
 
     training.save_checkpoint = counted("checkpoint", training.save_checkpoint)
     training._write_outputs = counted("outputs", training._write_outputs)
-    training.train(**call)
-    return counts
+    return counts, training.train(**call)
 
 
-def _crash_rank_1(epoch: int):
-    """Make rank 1 raise in ``epoch`` (1-based)."""
+def _crash_rank_1(epoch: int, error: Exception):
+    """Make rank 1 raise ``error`` in ``epoch`` (1-based)."""
     original = training._train_epoch
 
     def failing(model, optimizer, data, settings, e, bar, team):
         if team.rank == 1 and e + 1 == epoch:
-            raise RuntimeError("injected crash")
+            raise error
         return original(model, optimizer, data, settings, e, bar, team)
 
     training._train_epoch = failing
 
 
-def _train_rank_1_crashes_in_epoch_1(call: dict) -> dict:
-    _crash_rank_1(1)
+def _train_rank_1_refuses_in_epoch_1(call: dict) -> dict:
+    """A user error (a SpikingAttnError) in one process."""
+    _crash_rank_1(1, ShapeError("injected user error"))
     return training.train(**call)
 
 
 def _train_rank_1_crashes_in_epoch_2(call: dict) -> dict:
-    _crash_rank_1(2)
+    """A bug (any other exception) in one process."""
+    _crash_rank_1(2, RuntimeError("injected crash"))
     return training.train(**call)
+
+
+def _train_rank_0_crashes_evaluating(call: dict) -> dict:
+    """Rank 0 fails inside Team.leader_does (the test-set evaluation) and is slow to report it: rank 1, told
+    of the failure, reports and exits first."""
+    if dist.get_rank() != 0:
+        return training.train(**call)
+
+    def evaluate(*args, **kwargs):
+        raise RuntimeError("injected in evaluation")
+
+    training.evaluate = evaluate
+    try:
+        return training.train(**call)
+    except RuntimeError:
+        time.sleep(1.0)
+        raise
 
 
 def _train_rank_0_killed_writing_epoch_2(call: dict) -> dict:
@@ -110,7 +126,8 @@ def _batchnorm_cases() -> list:
         w = torch.randn(*shape, generator=gen)  # the loss's weights
         rows = slice(0, 7) if rank == 0 else slice(7, 12)
         torch.manual_seed(0)
-        bn = convert_batchnorm(nn.Sequential(kind(shape[1], momentum=momentum)))[0]
+        bn = convert_batchnorm(kind(shape[1], momentum=momentum))  # a BatchNorm itself: returned replaced
+        assert isinstance(bn, GlobalBatchNorm)
         with torch.no_grad():
             bn.weight.uniform_(0.5, 1.5, generator=gen)
             bn.bias.uniform_(-0.5, 0.5, generator=gen)
@@ -158,6 +175,21 @@ def live_children() -> list:
     return found
 
 
+def session_processes(session: int) -> list:
+    """Live processes of the session ``session`` (a command started with ``start_new_session``, and every
+    process it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 @contextlib.contextmanager
 def one_thread():
     """Runs here and in the processes they start use one thread each, so that every run adds its numbers in
@@ -191,27 +223,43 @@ def two_process_run(tmp_path_factory):
     return root, one, json.loads((root / "two" / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def two_epochs_two_processes(tmp_path_factory):
+    """The tiny run for two epochs on two processes, each counting the files it writes."""
+    out = tmp_path_factory.mktemp("two_epochs") / "run"
+    with one_thread():
+        ranks = run_local(_train_counting_writes, 2, dict(TINY, epochs=2, figures=True, out=out))
+    return out, ranks
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # equality with the one-process run
 
-def test_two_processes_equal_one_process_in_float64(tmp_path):
+@pytest.mark.parametrize("mechanism, regularizers", [
+    # the spikes (rate_target), the heads at axis -4 (head_diversity) and the arousal states at -2
+    ("basal_forebrain", {"rate_target": 0.5, "head_diversity": 0.1, "arousal_prior": 0.2}),
+    ("predictive", {"free_energy": 0.1}),  # a report that is already a mean over the batch (MEAN)
+])
+def test_two_processes_equal_one_process_in_float64(tmp_path, mechanism, regularizers):
     """In float64 rounding is negligible, so this checks the split itself: the same batch order, the same
-    augmentation and encoder spikes per sample, BatchNorm and regularisers over the global batch, the
-    losses and gradients summed. What remains is the order of the float sums (differences ~1e-14)."""
-    call = dict(TINY, epochs=1)
+    augmentation and encoder spikes per sample, BatchNorm and regularisers over the global batch (every
+    layout of REPORT_LAYOUT), the losses and gradients summed. What remains is the order of the float sums
+    (differences ~1e-14). Both runs are ``train`` called with float64 as the default dtype: the processes
+    of ``nproc=2`` take it from the caller (the weights' dtype is checked below)."""
+    call = dict(TINY, epochs=1, mechanism=mechanism, regularizers=regularizers)
     torch.set_default_dtype(torch.float64)
     try:
         one = training.train(**call, out=tmp_path / "one")
+        two = training.train(**call, out=tmp_path / "two", nproc=2)
     finally:
         torch.set_default_dtype(torch.float32)
-    ranks = run_local(_train_float64, 2, {**call, "out": tmp_path / "two"})
-    assert ranks[0] == ranks[1]  # every process ends with the same metrics
-    two = ranks[0]
+    assert {f"reg_{name}" for name in regularizers} <= two["history"].keys()
     for key in one["history"]:
         assert two["history"][key] == pytest.approx(one["history"][key], rel=1e-12, abs=1e-15), key
     a, b = state(tmp_path / "one"), state(tmp_path / "two")
     assert a.keys() == b.keys()
-    for key in a:  # the weights, and BatchNorm's running statistics and batch counts
+    assert {v.dtype for v in b.values() if v.is_floating_point()} == {torch.float64}
+    for key in a:  # the weights (dtype included), and BatchNorm's running statistics and batch counts
         torch.testing.assert_close(b[key], a[key], rtol=1e-9, atol=1e-12, msg=key)
     assert two["test_accuracy"] == one["test_accuracy"] and two["firing_rates"] == pytest.approx(one["firing_rates"])
 
@@ -254,25 +302,26 @@ def test_torchrun_equals_nproc(two_process_run, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["history"] == two["history"]
 
 
-def test_resume_across_stop_after_with_two_processes(tmp_path):
+def test_resume_across_stop_after_with_two_processes(two_epochs_two_processes, tmp_path):
     """Stopping after epoch 1 and resuming, both on two processes, equals the uninterrupted two-process run
     exactly (the same processes add the same numbers in the same order)."""
-    call = dict(TINY, epochs=2)
-    straight = training.train(**call, out=tmp_path / "straight", nproc=2)
-    part = training.train(**call, out=tmp_path / "part", nproc=2, stop_after=1)
+    straight, ranks = two_epochs_two_processes
+    part = training.train(**TINY, epochs=2, out=tmp_path / "part", nproc=2, stop_after=1)
     assert part["completed"] is False and part["epochs_done"] == 1
     assert not (tmp_path / "part" / "metrics.json").exists()
     resumed = training.train(task="digits", resume=tmp_path / "part", nproc=2, progress=False, figures=False)
-    assert resumed["completed"] and resumed["history"] == straight["history"]
-    a, b = state(tmp_path / "straight"), state(tmp_path / "part")
+    assert resumed["completed"] and resumed["history"] == ranks[0][1]["history"]
+    a, b = state(straight), state(tmp_path / "part")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_only_rank_0_writes(tmp_path):
-    counts = run_local(_train_counting_writes, 2, dict(TINY, epochs=2, figures=True, out=tmp_path / "run"))
-    assert counts[0] == {"checkpoint": 2, "outputs": 1}  # a checkpoint per epoch; metrics and figures at the end
-    assert counts[1] == {"checkpoint": 0, "outputs": 0}
-    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+def test_only_rank_0_writes(two_epochs_two_processes):
+    out, ranks = two_epochs_two_processes
+    (counts0, metrics0), (counts1, metrics1) = ranks
+    assert counts0 == {"checkpoint": 2, "outputs": 1}  # a checkpoint per epoch; metrics and figures at the end
+    assert counts1 == {"checkpoint": 0, "outputs": 0}
+    assert metrics0 == metrics1  # but every process ends with the same metrics
+    names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoint.pt", "metrics.json", "spikes_attention.png", "training.png"]
 
 
@@ -324,20 +373,34 @@ def test_a_report_without_a_batch_layout_is_refused():
     assert reports.get("absent", []) == []
 
 
-@pytest.mark.parametrize("entry, message, checkpoint_epoch", [
-    (_train_rank_1_crashes_in_epoch_1, "process 1 of 2 failed: RuntimeError: injected crash", None),
-    (_train_rank_1_crashes_in_epoch_2, "process 1 of 2 failed: RuntimeError: injected crash", 1),
-    (_train_rank_0_killed_writing_epoch_2, "process 0 of 2 was killed by signal SIGKILL", 1),
+@pytest.mark.parametrize("entry, debug, message, checkpoint_epoch", [
+    (_train_rank_1_refuses_in_epoch_1, False, "spiking-attn: error: process 1 of 2 failed: injected user error", None),
+    (_train_rank_1_crashes_in_epoch_2, True, "process 1 of 2 failed: RuntimeError: injected crash", 1),
+    (_train_rank_0_killed_writing_epoch_2, False, "spiking-attn: error: process 0 of 2 was killed by signal SIGKILL", 1),
+    # rank 1 relays rank 0's failure and reports first; the run still names rank 0, and as a bug
+    (_train_rank_0_crashes_evaluating, False,
+     "spiking-attn: internal error: ProcessFailure: process 0 of 2 failed: RuntimeError: injected in evaluation", None),
 ])
-def test_a_failing_process_stops_the_run_and_leaves_nothing_half_done(tmp_path, monkeypatch, entry, message,
-                                                                      checkpoint_epoch):
-    """One process fails (an exception, or SIGKILL in the middle of writing a checkpoint): the other is
-    stopped, no process is left, the error names the process, and the folder holds either nothing (no
-    checkpoint yet: the folder is removed) or the last complete checkpoint, with no temporary file."""
+def test_a_failing_process_stops_the_run_and_leaves_nothing_half_done(tmp_path, monkeypatch, capfd, entry, debug,
+                                                                      message, checkpoint_epoch):
+    """One process fails (a user error, a bug, SIGKILL in the middle of writing a checkpoint, a failure inside
+    rank 0's part): the other is stopped, no process is left, ``spiking-attn train --nproc 2`` prints one line
+    naming the process that failed (a user error as such, a bug as an internal error; the processes' own
+    stderr included: no gloo warning), or with --debug raises with that process's traceback as the cause.
+    The folder holds either nothing (no checkpoint yet: the folder is removed) or the last complete
+    checkpoint, with no temporary file."""
     monkeypatch.setattr(training, "_train_rank", entry)  # what train(nproc=2) starts in each process
     out = tmp_path / "nested" / "run"
-    with pytest.raises(DistributedError, match=message):
-        training.train(**TINY, epochs=3, out=out, nproc=2)
+    argv = [*(["--debug"] if debug else []), "train", *TINY_ARGS, "--epochs", "3", "--out", str(out), "--nproc", "2"]
+    if debug:
+        with pytest.raises(ProcessFailure, match=message) as caught:
+            main(argv)
+        shown = "".join(traceback.format_exception(caught.value))  # what an uncaught exception prints
+        assert "Traceback (most recent call last)" in shown and "in failing" in shown  # the child's frames
+        assert "raise error" in shown and "RuntimeError: injected crash" in shown
+    else:
+        assert main(argv) == 1
+        assert capfd.readouterr().err.splitlines() == [message]
     assert live_children() == []
     if checkpoint_epoch is None:
         assert not (tmp_path / "nested").exists()
@@ -346,6 +409,87 @@ def test_a_failing_process_stops_the_run_and_leaves_nothing_half_done(tmp_path, 
     assert read_checkpoint(out / "checkpoint.pt")["training"]["epoch"] == checkpoint_epoch
     resumed = training.train(task="digits", resume=out, stop_after=1, progress=False, figures=False)
     assert resumed["epochs_done"] == checkpoint_epoch + 1
+
+
+def test_a_process_that_cannot_start_stops_those_already_started(monkeypatch):
+    """The second process fails to start: the first, already running, is stopped, and the error is raised."""
+    from multiprocessing.context import SpawnProcess
+
+    original, started = SpawnProcess.start, []
+
+    def start(process):
+        if started:
+            raise OSError("injected: cannot start a process")
+        started.append(process)
+        original(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", start)
+    with pytest.raises(OSError, match="injected: cannot start"):
+        run_local(_batchnorm_cases, 2)
+    assert len(started) == 1 and started[0].exitcode is not None
+    assert live_children() == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during ``spiking-attn train --nproc 2``: status 130, one
+    line, no process left, and the last finished epoch kept without a temporary file."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "spiking_attn.cli", "train", *TINY_ARGS, "--epochs", "200",
+                             "--out", str(out), "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            # SIGINT back to its default: a test run started in the background ignores it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists():  # the processes are training
+            assert proc.poll() is None and time.monotonic() < deadline, "ended, or never saved a checkpoint"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.splitlines() == [f"spiking-attn: interrupted; the last finished epoch is saved in {out} "
+                                f"(continue with --resume {out})"]
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker ends once its parent has ended
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session_processes(proc.pid) == []
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+
+
+def test_demo_refuses_a_multi_process_launch(capsys, tmp_path, monkeypatch):
+    """demo's steps after training would run in every process of a launch (WORLD_SIZE, as torchrun and
+    Kubeflow set it): it refuses, in one line, before anything is written."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["spiking-attn: error: demo runs on one process, but WORLD_SIZE is 2 (set by a launcher such as "
+                   "torchrun, or by the cluster); unset it, or use spiking-attn train on several processes"]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("env, team", [
+    ({}, Team(0, 1)), ({"WORLD_SIZE": "1", "RANK": "3"}, Team(0, 1)),
+    ({"WORLD_SIZE": "4", "RANK": "3"}, Team(3, 4)), ({"WORLD_SIZE": "4"}, Team(0, 4)),
+])
+def test_team_current_reads_the_launchers_variables(monkeypatch, env, team):
+    """Before the group is joined (and after it is left, when the command line prints), the team is the one
+    the launcher announced: only its rank 0 is the leader."""
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Team.current() == team and Team.current().leader == (team.rank == 0)
+
+
+def test_team_current_refuses_a_rank_outside_the_world(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(DistributedError, match=r"RANK must be an integer in \[0, 1\] \(WORLD_SIZE 2\), got '2'"):
+        Team.current()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -406,20 +550,51 @@ def test_convert_batchnorm_keeps_the_parameters():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     weight = model[1].weight
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    convert_batchnorm(model)
+    assert convert_batchnorm(model) is model
     assert model[1].weight is weight and optimizer.param_groups[0]["params"][2] is weight
+    assert isinstance(model[1], GlobalBatchNorm)
+
+
+def test_convert_batchnorm_returns_a_top_level_batchnorm_replaced():
+    bn = nn.BatchNorm2d(3)
+    new = convert_batchnorm(bn)
+    assert isinstance(new, GlobalBatchNorm) and new.replaced is nn.BatchNorm2d
+    assert new.weight is bn.weight and new.running_var is bn.running_var
+    assert convert_batchnorm(new) is new  # converting twice changes nothing
+    x = torch.randn(4, 3, 2, 2)
+    assert torch.equal(new(x), nn.BatchNorm2d(3)(x))  # without a process group: the plain BatchNorm
 
 
 def test_shard_draws_the_global_batchs_spikes():
     """The rate encoder's draw for rows 3-7 of a batch of 10 is those rows of the one-process draw, and the
     generator ends where it would have."""
-    probs = torch.rand(4, 10, 6, 5).expand(4, 10, 6, 5)
+    probs = torch.rand(4, 10, 6, 5)
     gen = torch.Generator().manual_seed(11)
     whole = torch.bernoulli(probs, generator=gen)
     after = torch.rand(3, generator=gen)
     gen = torch.Generator().manual_seed(11)
     part = Shard(slice(3, 8), 10).bernoulli(probs[:, 3:8], gen, axis=1)
     assert torch.equal(part, whole[:, 3:8]) and torch.equal(torch.rand(3, generator=gen), after)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_rate_encoder_in_a_shard_draws_each_samples_spikes(size):
+    """The layout the rate encoder really draws from: the input ``[B, N, F]`` repeated along a new time axis
+    (``expand``: stride 0, not contiguous). Every process of a team, inside ``Team.shard``, gets its rows of
+    the one-process spikes, and its generator ends where the one-process generator does."""
+    x = torch.rand(10, 6, 5)  # [B, N, F], a global batch of 10 split 5 + 5, or 4 + 3 + 3
+    encoder = RateEncoder(4)
+    gen = torch.Generator().manual_seed(11)
+    whole = encoder(x, gen)  # [T, B, N, F]
+    after = torch.rand(3, generator=gen)
+    for rank in range(size):
+        team = Team(rank, size)
+        rows = team.rows(10)
+        gen = torch.Generator().manual_seed(11)
+        with team.shard(10):
+            part = encoder(x[rows], gen)
+        assert part.shape == (4, rows.stop - rows.start, 6, 5)
+        assert torch.equal(part, whole[:, rows]) and torch.equal(torch.rand(3, generator=gen), after)
 
 
 def test_team_splits_batches_into_contiguous_near_equal_rows():
