@@ -105,20 +105,34 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     return TASKS.register(spec.name, spec, replace=replace)
 
 
-def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_seed: int = 0) -> TokenDataset:
-    """scikit-learn digits as ``[S, 8, 8]`` (rows) or ``[S, 16, 4]`` (2x2 patches) token sequences."""
+DIGIT_TOKENS = ("rows", "patches", "rows+columns")
+
+
+def digit_tokens(images: torch.Tensor, tokens: str) -> torch.Tensor:
+    """``[S, 8, 8]`` images as token sequences: ``[S, 8, 8]`` rows, ``[S, 16, 4]`` 2x2 patches, or
+    ``[S, 16, 8]`` rows+columns (the 8 rows, then the 8 columns, each a token of 8 pixels)."""
+    if tokens == "rows":
+        return images
+    if tokens == "patches":
+        return _patches(images)
+    return torch.cat([images, images.transpose(1, 2)], dim=1)
+
+
+def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_seed: int = 0,
+                       name: str = "digits") -> TokenDataset:
+    """scikit-learn digits as token sequences (``digit_tokens``), on the fixed stratified split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    check_choice(tokens, "tokens", ("rows", "patches"))
+    check_choice(tokens, "tokens", DIGIT_TOKENS)
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)  # [S, 8, 8] in [0, 1]
-    x = images if tokens == "rows" else _patches(images)  # [S, 8, 8] rows or [S, 16, 4] patches
+    x = digit_tokens(images, tokens)
     idx_train, idx_test = train_test_split(
         np.arange(len(x)), test_size=test_fraction, random_state=split_seed, stratify=bunch.target
     )
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    return TokenDataset("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], 10)
+    return TokenDataset(name, x[idx_train], y[idx_train], x[idx_test], y[idx_test], 10)
 
 
 def make_cue_task(
@@ -299,6 +313,8 @@ def _unpatch(tokens: torch.Tensor) -> torch.Tensor:
 
 def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Augment digit token sequences by a random translation of up to ``max_shift`` pixels (zero fill)."""
+    if tokens.shape[1:] == (16, 8):  # rows+columns: shift the image, then read its rows and columns again
+        return digit_tokens(shift_digits(tokens[:, :8], generator, max_shift), "rows+columns")
     rows = tokens.shape[1:] == (8, 8)
     images = tokens if rows else _unpatch(tokens)  # [B, 8, 8]
     padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # [B, 8+2s, 8+2s]
@@ -312,6 +328,9 @@ def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: in
 
 register_task(TaskSpec("digits", "scikit-learn's 8x8 digits, 8 row tokens of 8 pixels (1437 train / 360 test)",
                        load_digits_tokens, epochs=40, augment=shift_digits))
+register_task(TaskSpec("digits_rowcol", "scikit-learn's 8x8 digits, 8 row tokens then 8 column tokens of 8 pixels "
+                       "(the same split)", lambda: load_digits_tokens("rows+columns", name="digits_rowcol"), epochs=40,
+                       augment=shift_digits))
 register_task(TaskSpec("cue", "synthetic: recall the class of the token whose position the cue names",
                        make_cue_task, epochs=30))
 register_task(TaskSpec("search", "visual search: the cue names a digit class; the label is the cell (of 9) holding it",

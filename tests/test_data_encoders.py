@@ -79,3 +79,16 @@ def test_shift_augmentation_keeps_patch_layout():
     b = shift_digits(patches.x_train[:32], torch.Generator().manual_seed(5))
     # same shifts applied to the same images, seen through the two token layouts
     assert torch.equal(b[:, 1 * 4 + 2], a[:, 2:4, 4:6].reshape(-1, 4))
+
+
+def test_digits_as_rows_and_columns():
+    from spiking_attn.data import digit_tokens, load_task, shift_digits
+
+    rows, both = load_task("digits"), load_task("digits_rowcol")
+    assert both.x_train.shape == (len(rows.x_train), 16, 8) and both.num_tokens == 16 and both.in_features == 8
+    assert torch.equal(both.x_train[:, :8], rows.x_train) and torch.equal(both.y_test, rows.y_test)  # the same split
+    assert torch.equal(both.x_test[:, 8:], rows.x_test.transpose(1, 2))  # token 8 + j is column j
+    shifted = shift_digits(both.x_train[:32], torch.Generator().manual_seed(0))
+    assert torch.equal(shifted, digit_tokens(shifted[:, :8], "rows+columns"))  # rows and columns of one image
+    assert not torch.equal(shifted, both.x_train[:32])
+    assert torch.equal(shifted[:, :8], shift_digits(rows.x_train[:32], torch.Generator().manual_seed(0)))
