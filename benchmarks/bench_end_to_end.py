@@ -1,0 +1,159 @@
+"""End-to-end training time on the digits: this library against the same network in SpikingJelly and in snnTorch.
+
+The network is the default spiking classifier (T=4, D=64, 2 SDSA blocks, MLP ratio 4, 8 row tokens):
+encoding layer (Linear + BatchNorm) plus positions, then per block ``x = x + Attn(LIF(x))`` and
+``x = x + MLP(LIF(x))``, then a LIF and the head, logits averaged over steps and tokens. SDSA is
+``kv = LIF(sum_tokens K*V)``, ``Q*kv``. Every LIF is the same neuron: ``v = v/2 + x``, threshold 1 (0.5 after
+the token sum), reset to zero. The three versions differ only in who runs the neurons and the layout:
+
+* ``spiking-attn``: ``build_model`` with the library's native engine (``[T, B, N, D]``);
+* ``spikingjelly``: ``neuron.LIFNode(tau=2, decay_input=False, v_reset=0, step_mode='m')`` (2.0.0 runs it in
+  torch on the CPU), with ``nn.Linear``/``nn.BatchNorm1d`` over the folded ``[T*B*N, D]`` batch;
+* ``snntorch``: ``snn.Leaky(beta=0.5, reset_mechanism='zero')`` stepped over T in Python.
+
+Each is trained with the same loop (AdamW, lr 6e-3, batch 64, the same batch order) for ``--epochs``
+epochs, ``--repeats`` times, one after the other; the table gives min / median / max seconds per epoch
+and the ratio of the peers' medians to ours. The per-iteration block figure is in
+``bench_attention_block.py``.
+
+    .venv/bin/python benchmarks/bench_end_to_end.py [--epochs 2] [--repeats 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+T, DIM, DEPTH, HEADS, MLP = 4, 64, 2, 4, 4
+
+
+class Folded(nn.Module):
+    """A Linear followed by BatchNorm over every leading axis folded into the batch."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.linear, self.bn = nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout)
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        return self.bn(self.linear(x.reshape(-1, x.shape[-1]))).reshape(*lead, -1)
+
+
+class PeerClassifier(nn.Module):
+    """The default classifier with ``lif(vth)`` making every population ([T, B, ...] in, spikes out)."""
+
+    def __init__(self, lif, in_features: int = 8, tokens: int = 8, classes: int = 10) -> None:
+        super().__init__()
+        self.embed, self.pos = Folded(in_features, DIM), nn.Parameter(torch.zeros(tokens, DIM))
+        self.blocks = nn.ModuleList()
+        for _ in range(DEPTH):
+            self.blocks.append(nn.ModuleDict({
+                "pre_attn": lif(1.0), "q": Folded(DIM, DIM), "k": Folded(DIM, DIM), "v": Folded(DIM, DIM),
+                "q_lif": lif(1.0), "k_lif": lif(1.0), "v_lif": lif(1.0), "kv_lif": lif(0.5), "out": Folded(DIM, DIM),
+                "pre_mlp": lif(1.0), "fc1": Folded(DIM, MLP * DIM), "fc1_lif": lif(1.0), "fc2": Folded(MLP * DIM, DIM)}))
+        self.head_lif, self.head = lif(1.0), nn.Linear(DIM, classes)
+
+    def forward(self, x):  # x [B, N, F]
+        h = self.embed(x.unsqueeze(0).expand(T, *x.shape)) + self.pos  # [T, B, N, D]
+        for b in self.blocks:
+            s = b["pre_attn"](h)
+            q, k, v = b["q_lif"](b["q"](s)), b["k_lif"](b["k"](s)), b["v_lif"](b["v"](s))
+            kv = b["kv_lif"]((k * v).sum(dim=-2, keepdim=True))
+            h = h + b["out"](q * kv)
+            h = h + b["fc2"](b["fc1_lif"](b["fc1"](b["pre_mlp"](h))))
+        return self.head(self.head_lif(h)).mean(dim=(0, 2))
+
+
+def spikingjelly_lif(vth: float) -> nn.Module:
+    from spikingjelly.activation_based import neuron
+
+    class Node(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.node = neuron.LIFNode(tau=2.0, decay_input=False, v_reset=0.0, v_threshold=vth, step_mode="m")
+
+        def forward(self, x):
+            self.node.reset()
+            return self.node(x)
+
+    return Node()
+
+
+def snntorch_lif(vth: float) -> nn.Module:
+    import snntorch
+
+    class Node(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = snntorch.Leaky(beta=0.5, threshold=vth, reset_mechanism="zero")
+
+        def forward(self, x):
+            mem, out = self.cell.reset_mem(), []
+            for t in range(x.shape[0]):
+                spk, mem = self.cell(x[t], mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    return Node()
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "spiking-attn":
+        from spiking_attn.models import ModelConfig, build_model
+
+        return build_model(ModelConfig(in_features=8, num_tokens=8, num_classes=10, dim=DIM, depth=DEPTH,
+                                       heads=HEADS, timesteps=T, attention="sdsa"))
+    return PeerClassifier(spikingjelly_lif if name == "spikingjelly" else snntorch_lif)
+
+
+def epoch_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-3, weight_decay=0.01)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+    model.train()
+    t0 = time.perf_counter()
+    for start in range(0, len(order), 64):
+        idx = order[start:start + 64]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per repetition (default 2)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    from spiking_attn.data import load_task
+    from spiking_attn.lif_kernel import kernel_status
+
+    data = load_task("digits")
+    names = ("spiking-attn", "spikingjelly", "snntorch")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}; "
+          f"digits, {len(data.x_train)} training samples, batch 64, {args.epochs} epoch(s) x {args.repeats}")
+    times = {n: [] for n in names}
+    for r in range(args.repeats):  # round-robin, so that machine noise hits every library alike
+        for n in names:
+            model = build(n)
+            epoch_seconds(model, data.x_train[:128], data.y_train[:128], -1)  # warm-up (kernel load, allocator)
+            times[n] += [epoch_seconds(model, data.x_train, data.y_train, e) for e in range(args.epochs)]
+    ours = statistics.median(times["spiking-attn"])
+    print(f"{'library':14s} {'min s':>7s} {'median s':>9s} {'max s':>7s} {'median / ours':>14s}")
+    for n in names:
+        ts = times[n]
+        print(f"{n:14s} {min(ts):7.2f} {statistics.median(ts):9.2f} {max(ts):7.2f} {statistics.median(ts) / ours:13.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(times, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
