@@ -244,10 +244,11 @@ def test_reset_by_subtraction_keeps_the_rate_of_the_input():
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("shape", [(3, 5, 410, 16), (3, 7, 300, 20)])
-def test_per_step_modulation_gradient_summed_in_the_kernel_across_threads(threads, shape):
+def test_per_step_modulation_gradient_summed_in_the_kernel_across_threads(threads, shape, monkeypatch):
     # per-step, per-sample-and-channel gain and shift ([T, B, 1, D], as the basal forebrain gives): the
     # kernel sums their gradients over tokens in place, each thread owning whole samples. An odd batch
     # split over 2 and 3 threads; D = 16 reads whole vectors, D = 20 straddles them
+    monkeypatch.setattr(lif_kernel, "MIN_PARALLEL", 1 << 15)  # split these sizes, as a many-core machine would
     T, B, N, D = shape
     assert B * N * D >= lif_kernel.MIN_PARALLEL
     g = torch.Generator().manual_seed(5)
@@ -446,11 +447,12 @@ def test_any_parameters_match_the_step_by_step_reference(du, dv, vth, bias, adap
     assert torch.equal(pop(x), expected)  # float64 runs the compiled kernel: the same operations in order
 
 
-def test_kernel_thread_pool_is_rebuilt_in_a_forked_child():
+def test_kernel_thread_pool_is_rebuilt_in_a_forked_child(monkeypatch):
     # Lava forks its processes; a pool inherited from the parent has no threads in the child. (The
     # child runs no large torch operation of its own: OpenMP's pool does not survive a fork either.)
     import multiprocessing
 
+    monkeypatch.setattr(lif_kernel, "MIN_PARALLEL", 1 << 15)  # the forked child inherits it
     x = torch.randn(4, 70000)
     expected = lif_sequence(x, dv=0.3, vth=0.9)  # 2 chunks when torch has 2 threads
     if len(lif_kernel._chunks(70000)) < 2:
