@@ -73,7 +73,7 @@ def _causal_mask(n_q: int, n_k: int, device) -> torch.Tensor:
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()  # [N, M]
 
 
-CAUSAL_CHUNK = 64  # tokens per block of the causal product: the N x N scores exist only inside a block
+CAUSAL_CHUNK = 32  # tokens per block of the causal product: the N x N scores exist only inside a block
 
 
 def linear_attention_product(q, k, v, causal: bool) -> torch.Tensor:
