@@ -43,9 +43,9 @@ CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "lif_kernel.c", CSRC / "lif_kernel_body.h")
 FLAGS = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
          "-Wno-psabi"]
-# Below this many neurons one thread is faster than handing work to a pool. On this project's 2-core
-# machines one thread won at every size measured, up to [4, 32, 64, 512] (10.4 ms against 14.2 ms for
-# forward+backward), so the split starts at 4M neurons (per step); set it lower where cores are many.
+# Below this many neurons (per step) one thread is faster than handing work to the pool. On this
+# project's 2-core machines one thread won at every size timed, up to [4, 32, 64, 512]; set it lower
+# where cores are many.
 MIN_PARALLEL = 1 << 22
 OPERANDS = ("du", "dv", "vth", "bias", "theta_decay", "theta_step", "gain", "shift")  # slots of operand_t
 F_DECAY_U, F_ADAPTIVE, F_GAIN, F_SHIFT, F_DETACH, F_PARAMS, F_ACC_GAIN, F_ACC_SHIFT = 1, 2, 4, 8, 16, 32, 64, 128
