@@ -20,6 +20,8 @@ RECIPES = {
     "rowcol": {"task": "digits_rowcol"},  # 8 row tokens, then 8 column tokens
     "augment": {"task": "digits", "augment": True},
     "rowcol+dim128": {"task": "digits_rowcol", "dim": 128},
+    "augment+e80": {"task": "digits", "augment": True, "epochs": 80},
+    "rowcol+augment+e80": {"task": "digits_rowcol", "augment": True, "epochs": 80},
 }
 
 
