@@ -507,7 +507,7 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
     setting). Returns the ``deploy.json`` record."""
     from pathlib import Path
 
-    from spiking_attn.checkpoint import config_from_checkpoint, load_model, read_checkpoint
+    from spiking_attn.checkpoint import load_model, spiking_checkpoint
     from spiking_attn.data import checkpoint_test_samples
     from spiking_attn.errors import check_choice, check_int
     from spiking_attn.outputs import write_json
@@ -516,11 +516,7 @@ def deploy_checkpoint(path, *, precision: str = "float", samples: int = 8, profi
     check_int(samples, "samples", low=1)
     if timesteps is not None:
         check_int(timesteps, "timesteps", low=1, high=100000)
-    payload = read_checkpoint(path)
-    config = config_from_checkpoint(payload)
-    if config.model != "spiking":
-        raise SpikingAttnError(f"checkpoint {str(path)!r} holds a dense model; deploy runs spiking models (train with "
-                               f"--model spiking, or convert the dense twin first)")
+    payload, config = spiking_checkpoint(path, "deploy runs spiking models")
     task, data, rows = checkpoint_test_samples(payload, path, samples,
                                                "spiking_attn.hardware.lava.deploy(model, inputs)")
     model = load_model(path) if timesteps is None else load_model(path, timesteps=timesteps)

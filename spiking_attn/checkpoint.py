@@ -92,6 +92,17 @@ def config_from_checkpoint(payload: dict) -> ModelConfig:
         raise CheckpointError(f"checkpoint config is invalid: {exc}") from None
 
 
+def spiking_checkpoint(path, purpose: str) -> tuple:
+    """``(payload, config)`` of a spiking model's checkpoint; a dense twin's is refused, saying ``purpose``
+    (why the command needs a spiking model)."""
+    payload = read_checkpoint(path)
+    config = config_from_checkpoint(payload)
+    if config.model != "spiking":
+        raise SpikingAttnError(f"checkpoint {str(path)!r} holds a dense model; {purpose} (train with --model "
+                               f"spiking, or convert the dense twin first)")
+    return payload, config
+
+
 def load_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
     """``model.load_state_dict(strict=True)`` with mismatches and non-finite values reported as
     ``CheckpointError`` (``source`` names the checkpoint in the message)."""

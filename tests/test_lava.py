@@ -24,6 +24,8 @@ from spiking_attn.hardware.fixed_point import emulate, lif_fixed_step, quantize
 from spiking_attn.hardware.lava import align, build_network, deploy, run_network
 from spiking_attn.models import ModelConfig, build_model
 
+from conftest import small_firing_model
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -150,18 +152,7 @@ def run_on_lava(graph, precision, tmp_path):
     return align(data, sched, graph.timesteps, graph.batch), sched
 
 
-def small_model(mechanism="none", seed=0, **extra):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(in_features=8, num_tokens=4, num_classes=5, dim=8, heads=2, depth=2, mlp_ratio=2.0,
-                      mechanism=mechanism, **extra)
-    model = build_model(cfg)
-    with torch.no_grad():  # trained-like statistics, so that every population fires
-        for mod in model.modules():
-            if isinstance(mod, nn.BatchNorm1d):
-                mod.running_var.uniform_(0.05, 0.2)
-                mod.weight.uniform_(0.5, 2.0)
-                mod.bias.uniform_(0.0, 0.5)
-    return model.eval()
+small_model = small_firing_model  # trained-like statistics, so that every population fires
 
 
 # ---------------------------------------------------------------- the 3.11 shim

@@ -21,19 +21,10 @@ from spiking_attn.interop import nir as snir
 from spiking_attn.models import ModelConfig, build_model
 from spiking_attn.neuron import LIFPopulation, lif_reference
 
+from conftest import small_firing_model
 
-def firing_model(mechanism="none", seed=0, **extra):
-    """A small classifier with trained-like BatchNorm statistics, so that every population fires."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=5, dim=8, heads=2, depth=2,
-                                    mlp_ratio=2.0, mechanism=mechanism, **extra))
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.BatchNorm1d):
-                mod.running_var.uniform_(0.05, 0.2)
-                mod.weight.uniform_(0.5, 2.0)
-                mod.bias.uniform_(0.0, 0.5)
-    return model.eval()
+
+firing_model = small_firing_model
 
 
 def population_spikes(net: snir.NIRNetwork, graph: NetworkGraph) -> dict:

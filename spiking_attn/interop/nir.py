@@ -582,17 +582,13 @@ def round_trip(model, sample_input: torch.Tensor, cue=None, nir_graph=None, *, d
 def export_checkpoint(path, out, *, samples: int = 8, dt: float = DEFAULT_DT, fold_thresholds: bool = False) -> dict:
     """``spiking-attn export --format nir``: the checkpoint's model as a NIR file at ``out``, checked by
     importing it back and running the first ``samples`` test samples of its task through both."""
-    from ..checkpoint import config_from_checkpoint, load_model, read_checkpoint
+    from ..checkpoint import load_model, spiking_checkpoint
     from ..data import checkpoint_test_samples
     from ..errors import check_int
 
     check_int(samples, "samples", low=1, high=100000)
     _check_dt(dt)
-    payload = read_checkpoint(path)
-    config = config_from_checkpoint(payload)
-    if config.model != "spiking":
-        raise SpikingAttnError(f"checkpoint {str(path)!r} holds a dense model; NIR describes spiking networks "
-                               f"(train with --model spiking, or convert the dense twin first)")
+    payload, config = spiking_checkpoint(path, "NIR describes spiking networks")
     task, data, rows = checkpoint_test_samples(payload, path, samples,
                                                "spiking_attn.interop.nir.export(model, sample_input)")
     model = load_model(path)
