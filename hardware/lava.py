@@ -224,8 +224,21 @@ def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0
     anchor = next(iter(sinks.values()))[0]
     use_alarm = threading.current_thread() is threading.main_thread() and timeout > 0
 
+    running, timed_out = [True], []
+    message = f"the Lava run took longer than its timeout of {timeout:g} s and was stopped"
+
     def on_alarm(signum, frame):
-        raise LavaTimeout(f"the Lava run took longer than its timeout of {timeout:g} s and was stopped")
+        if not running[0]:  # already stopping: the runtime is being shut down
+            return
+        timed_out.append(signum)
+        # Raised again shortly, in case this one lands where Python ignores exceptions (a fork hook that
+        # Lava's process start runs, say) and is swallowed.
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        raise LavaTimeout(message)
+
+    def check_timeout() -> None:
+        if timed_out:
+            raise LavaTimeout(message)
 
     interrupted = []
 
@@ -247,13 +260,16 @@ def run_network(procs, sinks, total: int, precision: str, timeout: float = 600.0
     try:
         anchor.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag=tag))
         check_interrupt()
+        check_timeout()
         first = time.perf_counter() - started
         started = time.perf_counter()
         if total > 1:
             anchor.run(condition=RunSteps(num_steps=total - 1), run_cfg=Loihi2SimCfg(select_tag=tag))
             check_interrupt()
+            check_timeout()
         seconds = time.perf_counter() - started
     finally:
+        running[0] = False
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
         try:
