@@ -8,7 +8,8 @@ the token sum), reset to zero. The three versions differ only in who runs the ne
 
 * ``spiking-attn``: ``build_model`` with the library's native engine (``[T, B, N, D]``);
 * ``spikingjelly``: ``neuron.LIFNode(tau=2, decay_input=False, v_reset=0, step_mode='m')`` (2.0.0 runs it in
-  torch on the CPU), with ``nn.Linear``/``nn.BatchNorm1d`` over the folded ``[T*B*N, D]`` batch;
+  torch on the CPU), with the library's ``LinearBN`` (``nn.Linear`` + ``nn.BatchNorm1d`` over the folded ``[T*B*N, D]``
+  batch), so the weight layers are the same code in all three;
 * ``snntorch``: ``snn.Leaky(beta=0.5, reset_mechanism='zero')`` stepped over T in Python.
 
 Each is trained with the same loop (AdamW, lr 6e-3, batch 64, the same batch order) for ``--epochs``
@@ -29,19 +30,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spiking_attn.layers import LinearBN
+
 T, DIM, DEPTH, HEADS, MLP = 4, 64, 2, 4, 4
-
-
-class Folded(nn.Module):
-    """A Linear followed by BatchNorm over every leading axis folded into the batch."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.linear, self.bn = nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout)
-
-    def forward(self, x):
-        lead = x.shape[:-1]
-        return self.bn(self.linear(x.reshape(-1, x.shape[-1]))).reshape(*lead, -1)
 
 
 class PeerClassifier(nn.Module):
@@ -49,13 +40,13 @@ class PeerClassifier(nn.Module):
 
     def __init__(self, lif, in_features: int = 8, tokens: int = 8, classes: int = 10) -> None:
         super().__init__()
-        self.embed, self.pos = Folded(in_features, DIM), nn.Parameter(torch.zeros(tokens, DIM))
+        self.embed, self.pos = LinearBN(in_features, DIM), nn.Parameter(torch.zeros(tokens, DIM))
         self.blocks = nn.ModuleList()
         for _ in range(DEPTH):
             self.blocks.append(nn.ModuleDict({
-                "pre_attn": lif(1.0), "q": Folded(DIM, DIM), "k": Folded(DIM, DIM), "v": Folded(DIM, DIM),
-                "q_lif": lif(1.0), "k_lif": lif(1.0), "v_lif": lif(1.0), "kv_lif": lif(0.5), "out": Folded(DIM, DIM),
-                "pre_mlp": lif(1.0), "fc1": Folded(DIM, MLP * DIM), "fc1_lif": lif(1.0), "fc2": Folded(MLP * DIM, DIM)}))
+                "pre_attn": lif(1.0), "q": LinearBN(DIM, DIM), "k": LinearBN(DIM, DIM), "v": LinearBN(DIM, DIM),
+                "q_lif": lif(1.0), "k_lif": lif(1.0), "v_lif": lif(1.0), "kv_lif": lif(0.5), "out": LinearBN(DIM, DIM),
+                "pre_mlp": lif(1.0), "fc1": LinearBN(DIM, MLP * DIM), "fc1_lif": lif(1.0), "fc2": LinearBN(MLP * DIM, DIM)}))
         self.head_lif, self.head = lif(1.0), nn.Linear(DIM, classes)
 
     def forward(self, x):  # x [B, N, F]

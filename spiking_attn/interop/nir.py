@@ -552,11 +552,17 @@ def round_trip(model, sample_input: torch.Tensor, cue=None, nir_graph=None, *, d
     """Export ``model`` (or take ``nir_graph``), import it back in float64 and run both on the samples:
     ``{"populations", "spike_agreement", "identical", "max_logit_difference", "prediction_agreement"}``,
     the agreement being the fraction of (population, step, sample, neuron) spikes that are equal."""
-    from ..graph import torch_population_spikes
-
     graph = export_graph(model, sample_input, cue)
     if nir_graph is None:
         nir_graph = to_nir(graph, dt, fold_thresholds)
+    return _agreement(model, sample_input, cue, graph, nir_graph)
+
+
+def _agreement(model, sample_input: torch.Tensor, cue, graph: NetworkGraph, nir_graph) -> dict:
+    """``round_trip``'s report for ``nir_graph``, run on the step inputs of ``graph`` (the model's network
+    graph on these samples)."""
+    from ..graph import torch_population_spikes
+
     net = NIRNetwork(nir_graph, dtype=torch.float64)
     with torch.no_grad():
         values = net.run(**{k: torch.from_numpy(v) for k, v in graph.step_inputs().items()})
@@ -593,8 +599,9 @@ def export_checkpoint(path, out, *, samples: int = 8, dt: float = DEFAULT_DT, fo
                                                "spiking_attn.interop.nir.export(model, sample_input)")
     model = load_model(path)
     x, cue = data.x_test[rows], data.context("test", rows).get("cue")
-    graph = export(model, x, cue, dt=dt, fold_thresholds=fold_thresholds)
-    check = round_trip(model, x, cue, graph)
+    network = export_graph(model, x, cue)  # built once: written, and run for the check
+    graph = to_nir(network, dt, fold_thresholds)
+    check = _agreement(model, x, cue, network, graph)
     write(out, graph)
     neurons = sum(1 for n in graph.nodes.values() if type(n).__name__ in ("LIF", "CubaLIF", "IF"))
     return {"checkpoint": str(path), "task": task, "mechanism": config.mechanism, "out": os.fspath(out),
