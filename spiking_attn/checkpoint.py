@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .errors import CheckpointError, DTypeError, SpikingAttnError, check_path
+from .errors import CheckpointError, DTypeError, SpikingAttnError, all_finite, check_path
 from .models import ModelConfig, build_model
 from .outputs import atomic_write, write_json  # noqa: F401  (write_json: part of this module's interface)
 
@@ -107,7 +107,7 @@ def load_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -
     """``model.load_state_dict(strict=True)`` with mismatches and non-finite values reported as
     ``CheckpointError`` (``source`` names the checkpoint in the message)."""
     for name, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not all_finite(value):
             raise CheckpointError(f"{source}: tensor {name!r} holds NaN or Inf")
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))

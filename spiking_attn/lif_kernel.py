@@ -19,6 +19,7 @@ boundaries so that no two threads write one element.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import math
@@ -68,6 +69,8 @@ class _Operand(ctypes.Structure):
 
 
 _OperandArray = _Operand * len(OPERANDS)
+_FlatOperands = ctypes.c_int64 * (6 * len(OPERANDS))
+assert ctypes.sizeof(_FlatOperands) == ctypes.sizeof(_OperandArray)
 _PointerArray = _ptr * len(OPERANDS)
 
 
@@ -146,6 +149,8 @@ def usable(x: torch.Tensor) -> bool:
 
 def _chunks(n: int, align: int = 1) -> list:
     """Column ranges, one per worker, with bounds at multiples of ``align``."""
+    if n < MIN_PARALLEL:
+        return [(0, n)]
     workers = max(1, torch.get_num_threads()) if n >= MIN_PARALLEL else 1
     units = n // align
     bounds = [units * k // workers * align for k in range(workers)] + [n]
@@ -177,7 +182,8 @@ def _run_chunks(fn, n: int, args_for, align: int = 1) -> list:
 # Operands: how a broadcastable tensor is read by column
 
 
-def _pattern(shape: Sequence[int], population: Sequence[int]) -> Optional[tuple]:
+@functools.lru_cache(maxsize=4096)
+def _pattern(shape: tuple, population: tuple) -> Optional[tuple]:
     """``(div, mod, div2, mod2)`` if a contiguous tensor of ``shape`` (right-aligned to ``population``)
     varies over at most two unbroken runs of the population's dims, so column ``c`` reads element
     ``((c // div) % mod) * mod2 + (c // div2) % mod2``; else None."""
@@ -198,12 +204,14 @@ def _pattern(shape: Sequence[int], population: Sequence[int]) -> Optional[tuple]
 
 def _operand(t: torch.Tensor, T: int, population: Sequence[int]) -> tuple:
     """``(data, tstride, div, mod, div2, mod2, per_step)`` for a tensor broadcastable to ``[T, *population]``."""
+    if t.dim() == 0:  # a scalar, the common case: read in place by every column
+        return (t, 0, 1, 1, 1, 1, False)
     n = math.prod(population)
     per_step = t.dim() == len(population) + 1 and t.shape[0] > 1
     if t.dim() == len(population) + 1 and not per_step:
         t = t[0]
     step_shape = t.shape[1:] if per_step else t.shape
-    pattern = _pattern(step_shape, population)
+    pattern = _pattern(tuple(step_shape), tuple(population))
     if pattern is None:
         full = (T, *population) if per_step else tuple(population)
         data, pattern = t.expand(full).contiguous(), (1, n, 1, 1)
@@ -226,7 +234,8 @@ class _KernelLIF(torch.autograd.Function):
         inputs = (du, dv, vth, bias, theta_decay, theta_step, gain, shift)
         operands = [None if t is None else _operand(t, T, population) for t in inputs]
         need = ctx.needs_input_grad[1:9]
-        flags = ((F_DECAY_U if need[0] or not bool((du == 1).all()) else 0)
+        unit_du = du.item() == 1 if du.numel() == 1 else bool((du == 1).all())
+        flags = ((F_DECAY_U if need[0] or not unit_du else 0)
                  | (F_ADAPTIVE if theta_step is not None else 0)
                  | (F_GAIN if gain is not None else 0) | (F_SHIFT if shift is not None else 0)
                  | (F_DETACH if detach_reset else 0) | (F_SUBTRACT if reset == "subtract" else 0))
@@ -246,7 +255,9 @@ class _KernelLIF(torch.autograd.Function):
             raise NonFiniteError(f"x contains {sum(counts)} NaN or Inf value(s)")
         ctx.save_for_backward(x, z, *(None if op is None else op[0] for op in operands))
         layouts = [None if op is None else op[1:] for op in operands]  # (tstride, div, mod, div2, mod2, per_step)
-        ctx.meta = (layouts, flags, kind, surrogate, [None if t is None else t.shape for t in inputs], float(v_init))
+        # the descriptors point at the saved operand tensors, which live as long as ctx: backward reuses them
+        ctx.meta = (layouts, flags, kind, surrogate, [None if t is None else t.shape for t in inputs], float(v_init),
+                    structs)
         if not return_membrane:
             ctx.mark_non_differentiable(membrane)
         return spikes, membrane
@@ -257,7 +268,7 @@ class _KernelLIF(torch.autograd.Function):
             raise SpikingAttnError("the compiled LIF kernel gives first-order gradients only; for a gradient of a "
                                    "gradient (create_graph=True) use engine='spikingjelly', which runs on autograd")
         x, z, *data = ctx.saved_tensors
-        layouts, flags, kind, surrogate, shapes, v_init = ctx.meta
+        layouts, flags, kind, surrogate, shapes, v_init, structs = ctx.meta
         operands = [None if layout is None else (d, *layout) for layout, d in zip(layouts, data)]
         T, population, n = x.shape[0], tuple(x.shape[1:]), x[0].numel()
         need = ctx.needs_input_grad[1:9]
@@ -279,7 +290,6 @@ class _KernelLIF(torch.autograd.Function):
             else:
                 outputs[k] = x.new_empty((T, n)) if op[-1] else x.new_zeros(n)  # every (t, column) is written
         pointers = _PointerArray(*(None if g is None else g.data_ptr() for g in outputs))
-        structs = _structs(operands)
         bwd = getattr(_load(), f"lif_backward_{SUFFIX[x.dtype]}")
         alpha = float(getattr(surrogate, "alpha", 0.0)) if kind != SG_TABLE else 0.0
         status = _run_chunks(bwd, n, lambda lo, hi: (
@@ -306,15 +316,15 @@ def _surrogate_table(surrogate, z: torch.Tensor) -> torch.Tensor:
                          f"which does not broadcast to z's shape {tuple(z.shape)}") from None
 
 
+_ABSENT = (0, 0, 1, 1, 1, 1)  # an operand_t with no data
+
+
 def _structs(operands) -> _OperandArray:
-    array = _OperandArray()
-    for k, op in enumerate(operands):
-        if op is None:
-            array[k] = _Operand(None, 0, 1, 1, 1, 1)
-        else:
-            data, tstride, div, mod, div2, mod2, _ = op
-            array[k] = _Operand(data.data_ptr(), tstride, div, mod, div2, mod2)
-    return array
+    """The kernel's ``operand_t[8]``, filled in one call (``operand_t`` is six 8-byte fields)."""
+    flat = []
+    for op in operands:
+        flat.extend(_ABSENT if op is None else (op[0].data_ptr(), *op[1:6]))
+    return _OperandArray.from_buffer(_FlatOperands(*flat))
 
 
 def _exclusive_run(op: tuple, n: int) -> int:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from .attention import ACTIVATIONS, DENSE_KINDS, SPIKING_KINDS
 from .converters.qcfs import QCFS
 from .encoders import ENCODERS, make_encoder
-from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
+from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, all_finite, check_bool, check_choice,
                      check_fraction, check_int, check_positive_int, check_tensor)
 from .graph import Readout, export_rule
 from .layers import LinearBN
@@ -178,7 +178,7 @@ def cue_vector(cue, batch: int, num_cues: int, dtype: torch.dtype) -> Optional[t
         return F.one_hot(cue.long(), num_cues).to(dtype)
     if cue.dim() != 2 or tuple(cue.shape) != (batch, num_cues):
         raise ShapeError(f"a vector cue must have shape [B, C] = [{batch}, {num_cues}], got {tuple(cue.shape)}")
-    if not bool(torch.isfinite(cue).all()):
+    if not all_finite(cue):
         raise NonFiniteError("cue contains NaN or Inf")
     return cue.to(dtype)
 

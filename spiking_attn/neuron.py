@@ -21,14 +21,14 @@ every step).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
 from . import lif_kernel
-from .errors import (DTypeError, NonFiniteError, ShapeError, SpikingAttnError, check_bool, check_choice,
+from .errors import (DTypeError, ShapeError, SpikingAttnError, check_bool, check_choice,
                      check_tensor)
 from .surrogate import ATan, get_surrogate, surrogate_name
 
@@ -60,12 +60,12 @@ class LIFParams:
     theta_step: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name.startswith("theta_"):
+        for name in PARAM_NAMES:
+            value = getattr(self, name)
+            if value is None and name.startswith("theta_"):
                 continue
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                raise DTypeError(f"LIFParams.{f.name} must be a floating-point tensor, got "
+                raise DTypeError(f"LIFParams.{name} must be a floating-point tensor, got "
                                  f"{type(value).__name__ if not isinstance(value, torch.Tensor) else value.dtype}")
         if (self.theta_decay is None) != (self.theta_step is None):
             raise SpikingAttnError("an adaptive threshold needs both theta_decay and theta_step")
@@ -76,11 +76,15 @@ class LIFParams:
 
     def items(self):
         """``(name, tensor)`` for every parameter that is set."""
-        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+        return [(name, value) for name in PARAM_NAMES if (value := getattr(self, name)) is not None]
 
     def to(self, like: torch.Tensor) -> "LIFParams":
-        """The same parameters in the dtype and on the device of ``like`` (differentiable)."""
-        return replace(self, **{k: v.to(dtype=like.dtype, device=like.device) for k, v in self.items()})
+        """The same parameters in the dtype and on the device of ``like`` (differentiable); ``self`` if
+        they are there already."""
+        items = self.items()
+        if all(v.dtype == like.dtype and v.device == like.device for _, v in items):
+            return self
+        return replace(self, **{k: v.to(dtype=like.dtype, device=like.device) for k, v in items})
 
 
 class LIFState(NamedTuple):
@@ -262,7 +266,7 @@ def check_params(params: LIFParams, where: str = "") -> None:
     for name, value in params.items():
         v = value.detach()
         if v.numel() == 1:
-            extremes = (float(v),)
+            extremes = (v.item(),)
         else:
             lo, hi = torch.aminmax(v)
             extremes = (float(lo), float(hi))
@@ -473,7 +477,14 @@ class LIFPopulation(nn.Module):
 
     def params(self) -> LIFParams:
         """The stored parameters, exactly as every engine and exporter uses them."""
-        return LIFParams(**{name: getattr(self, name) for name in PARAM_NAMES if hasattr(self, name)})
+        found = {}
+        for name in PARAM_NAMES:  # read the module's own tables: nn.Module.__getattr__ is slow per call
+            value = self._parameters.get(name)
+            if value is None:
+                value = self._buffers.get(name)
+            if value is not None:
+                found[name] = value
+        return LIFParams(**found)
 
     @torch.no_grad()
     def constrain_(self) -> None:

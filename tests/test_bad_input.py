@@ -24,7 +24,7 @@ from spiking_attn import (LIFPopulation, ModelConfig, SpikeRecorder, build_model
                           save_checkpoint, spike_driven_report, train)
 from spiking_attn.checkpoint import load_model, read_checkpoint
 from spiking_attn.cli import main
-from spiking_attn.errors import CheckpointError, ResourceError, SpikingAttnError
+from spiking_attn.errors import CheckpointError, ResourceError, SpikingAttnError, check_tensor
 from spiking_attn.mechanisms import MECHANISMS
 
 BASE = ["--task", "cue", "--dim", "16", "--depth", "1", "--heads", "2", "--timesteps", "2", "--epochs", "1",
@@ -350,3 +350,24 @@ def test_interrupt_during_training_keeps_the_last_finished_epoch(tmp_path):
     assert err[0].startswith("spiking-attn: interrupted; the last finished epoch is saved in run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt"]  # no temporary files
     assert load_model(tmp_path / "run" / "checkpoint.pt").config.dim == 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_the_finite_check_finds_every_non_finite_value_and_passes_overflowing_sums(dtype):
+    from spiking_attn.errors import all_finite
+
+    big = torch.finfo(dtype).max
+    assert all_finite(torch.zeros(3, 4, dtype=dtype))
+    assert all_finite(torch.full((1000,), big, dtype=dtype))  # the sum overflows; every value is finite
+    assert all_finite(torch.tensor([big, -big, big], dtype=dtype))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, 57, 999):
+            x = torch.ones(1000, dtype=dtype)
+            x[where] = bad
+            assert not all_finite(x)
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")], dtype=dtype))
+    assert not all_finite(torch.tensor([big, big, float("nan")], dtype=dtype))
+    x = torch.ones(5, requires_grad=True)
+    assert all_finite(x)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        check_tensor(torch.tensor([[1.0, float("nan")]]), "x")

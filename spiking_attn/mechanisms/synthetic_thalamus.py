@@ -54,7 +54,7 @@ from torch.nn import functional as F
 from ..attention import ACTIVATIONS
 from ..block import DenseTransformerBlock, SpikingTransformerBlock
 from ..converters.rules import refuse
-from ..errors import SpikingAttnError, ShapeError, check_int, check_tensor
+from ..errors import SpikingAttnError, ShapeError, all_finite, check_int, check_tensor
 from ..graph import ExportError, export_rule
 from ..layers import LinearBN
 from ..neuron import population
@@ -138,7 +138,7 @@ class _Plasticity:
             r = r.expand(e.shape[0])
         if r.shape != (e.shape[0],):
             raise ShapeError(f"reward must be a number or [B] = [{e.shape[0]}], got {tuple(r.shape)}")
-        if not bool(torch.isfinite(r).all()):
+        if not all_finite(r):
             raise SpikingAttnError("reward contains NaN or Inf")
         change = lr * (r[:, None] * e).mean(0)
         self.salience_weight.add_(change.to(self.salience_weight.dtype))
