@@ -114,6 +114,7 @@ def _child(rank: int, nproc: int, port: int, fn: Callable, args: tuple, results,
     is reported before the group is left: leaving closes the connections, and the others' errors about
     that must reach the parent after the cause."""
     mp._prctl_pr_set_pdeathsig(signal.SIGINT)  # as torch's spawn does: stop if the parent dies
+    sys.unraisablehook = _quiet_stop_in_destructors
     status = 0
     with _exit_on_sigterm():
         if threads is not None:
@@ -141,6 +142,16 @@ def _child(rank: int, nproc: int, port: int, fn: Callable, args: tuple, results,
                 dist.destroy_process_group()
     if status:
         sys.exit(status)
+
+
+def _quiet_stop_in_destructors(unraisable) -> None:
+    """A Ctrl-C or SIGTERM that lands while a destructor runs (a progress bar's ``__del__``, say) cannot
+    propagate; Python prints it as "Exception ignored in ..." with a traceback, on the terminal the
+    processes share. In a spawned process that is noise: the parent stops every process on Ctrl-C and
+    prints the one line, so the interrupt is dropped here. Anything else is printed as usual."""
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, SystemExit)):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _describe(exc: Exception) -> dict:
