@@ -1,6 +1,7 @@
 """End-to-end training time on the digits: this library against the same network in SpikingJelly and in snnTorch.
 
-The network is the default spiking classifier (T=4, D=64, 2 SDSA blocks, MLP ratio 4, 8 row tokens):
+The network is the default spiking classifier (T=4, D=64, 2 SDSA blocks, MLP ratio 4, the digits task's 8
+tokens of 40 pixels, each a window of 5 rows):
 encoding layer (Linear + BatchNorm) plus positions, then per block ``x = x + Attn(LIF(x))`` and
 ``x = x + MLP(LIF(x))``, then a LIF and the head, logits averaged over steps and tokens. SDSA is
 ``kv = LIF(sum_tokens K*V)``, ``Q*kv``. Every LIF is the same neuron: ``v = v/2 + x``, threshold 1 (0.5 after
@@ -93,14 +94,14 @@ def snntorch_lif(vth: float) -> nn.Module:
     return Node()
 
 
-def build(name: str) -> nn.Module:
+def build(name: str, in_features: int = 40) -> nn.Module:
     torch.manual_seed(0)
     if name == "spiking-attn":
         from spiking_attn.models import ModelConfig, build_model
 
-        return build_model(ModelConfig(in_features=8, num_tokens=8, num_classes=10, dim=DIM, depth=DEPTH,
+        return build_model(ModelConfig(in_features=in_features, num_tokens=8, num_classes=10, dim=DIM, depth=DEPTH,
                                        heads=HEADS, timesteps=T, attention="sdsa"))
-    return PeerClassifier(spikingjelly_lif if name == "spikingjelly" else snntorch_lif)
+    return PeerClassifier(spikingjelly_lif if name == "spikingjelly" else snntorch_lif, in_features)
 
 
 def epoch_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
@@ -133,7 +134,7 @@ def main() -> None:
     times = {n: [] for n in names}
     for r in range(args.repeats):  # round-robin, so that machine noise hits every library alike
         for n in names:
-            model = build(n)
+            model = build(n, data.in_features)
             epoch_seconds(model, data.x_train[:128], data.y_train[:128], -1)  # warm-up (kernel load, allocator)
             times[n] += [epoch_seconds(model, data.x_train, data.y_train, e) for e in range(args.epochs)]
     ours = statistics.median(times["spiking-attn"])

@@ -1,6 +1,6 @@
 """The ``spiking-attn`` command line.
 
-    spiking-attn train --task digits --model spiking --timesteps 4 --epochs 40 --seed 0 --out runs/x
+    spiking-attn train --task digits --model spiking --timesteps 4 --epochs 30 --seed 0 --out runs/x
     spiking-attn train --resume runs/x
     spiking-attn train --list-mechanisms
     spiking-attn generate --checkpoint runs/rev/checkpoint.pt --input "3 1 4 1 5"
@@ -43,7 +43,7 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
 
     p.add_argument("--out", default="runs/demo" if demo else None, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
-    p.add_argument("--epochs", type=int, help="total epochs (default: 40 on digits)")
+    p.add_argument("--epochs", type=int, help="total epochs (default: the task's; 30 on digits)")
     p.add_argument("--seed", type=int, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--timesteps", "-T", type=int, help="time steps T of the spiking model (default 4)")
     p.add_argument("--attention", choices=SPIKING_KINDS,

@@ -1,8 +1,10 @@
 """Embedded tasks; nothing is downloaded. Every task is an entry of the ``TASKS`` registry.
 
-* ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package), as a
-  token sequence: ``'rows'`` gives 8 tokens of 8 pixels, ``'patches'`` 16 tokens of 2x2 pixels.
-  Pixels are scaled to [0, 1]. The train/test split is stratified and fixed by ``split_seed``.
+* ``digits``: scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package), as 8
+  tokens, each a window of 5 rows centred on its row (40 pixels; ``digit_tokens(..., 'row_windows')``).
+  ``digits_rows`` (8 row tokens of 8 pixels, the default tokenisation before issue 15) and
+  ``digits_rowcol`` (rows, then columns) use the same split; ``'patches'`` gives 16 tokens of 2x2
+  pixels. Pixels are scaled to [0, 1]. The train/test split is stratified and fixed by ``split_seed``.
 * ``quadrant``: four digits of different classes in a 2x2 grid, as 16 row tokens of 16 pixels; the
   cue names a quadrant and the label is the digit there. Without the cue a model can do no better
   than pick one of the four digits (about 0.25).
@@ -105,22 +107,41 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     return TASKS.register(spec.name, spec, replace=replace)
 
 
-DIGIT_TOKENS = ("rows", "patches", "rows+columns")
+DIGIT_TOKENS = ("rows", "patches", "rows+columns", "row_windows")
+ROW_WINDOW = 5  # rows per token of the "row_windows" tokenisation (the digits task's default)
 
 
 def digit_tokens(images: torch.Tensor, tokens: str) -> torch.Tensor:
-    """``[S, 8, 8]`` images as token sequences: ``[S, 8, 8]`` rows, ``[S, 16, 4]`` 2x2 patches, or
-    ``[S, 16, 8]`` rows+columns (the 8 rows, then the 8 columns, each a token of 8 pixels)."""
+    """``[S, 8, 8]`` images as token sequences:
+
+    * ``rows``: ``[S, 8, 8]``, one token per row;
+    * ``patches``: ``[S, 16, 4]``, one per 2x2 patch;
+    * ``rows+columns``: ``[S, 16, 8]``, the 8 rows, then the 8 columns;
+    * ``row_windows``: ``[S, 8, 40]``, token ``i`` holds the ``ROW_WINDOW`` rows ``i-2 .. i+2`` side by side
+      (zero rows past the edges), so every token sees its row's neighbourhood, as a 5x8 convolution stem
+      would; its own row is the middle 8 values.
+    """
     if tokens == "rows":
         return images
     if tokens == "patches":
         return _patches(images)
+    if tokens == "row_windows":
+        half = ROW_WINDOW // 2
+        padded = torch.nn.functional.pad(images, (0, 0, half, half))  # [S, 8 + 2*half, 8]
+        return torch.cat([padded[:, i:i + images.shape[1]] for i in range(ROW_WINDOW)], dim=-1)  # [S, 8, 40]
     return torch.cat([images, images.transpose(1, 2)], dim=1)
 
 
+def _window_rows(tokens: torch.Tensor) -> torch.Tensor:
+    """The images ``[S, 8, 8]`` back from ``row_windows`` tokens ``[S, 8, 40]`` (each token's middle row)."""
+    half = ROW_WINDOW // 2
+    return tokens[..., half * 8:(half + 1) * 8]
+
+
 def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_seed: int = 0,
-                       name: str = "digits") -> TokenDataset:
-    """scikit-learn digits as token sequences (``digit_tokens``), on the fixed stratified split."""
+                       name: Optional[str] = None) -> TokenDataset:
+    """scikit-learn digits as token sequences (``digit_tokens``), on the fixed stratified split. ``name``
+    defaults to the task registered with these tokens (``digits`` for row windows, ``digits_rows`` for rows)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -132,6 +153,9 @@ def load_digits_tokens(tokens: str = "rows", test_fraction: float = 0.2, split_s
         np.arange(len(x)), test_size=test_fraction, random_state=split_seed, stratify=bunch.target
     )
     y = torch.from_numpy(bunch.target.astype(np.int64))
+    if name is None:
+        name = {"row_windows": "digits", "rows": "digits_rows", "rows+columns": "digits_rowcol"}.get(
+            tokens, "digits_" + tokens)
     return TokenDataset(name, x[idx_train], y[idx_train], x[idx_test], y[idx_test], 10)
 
 
@@ -315,6 +339,8 @@ def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: in
     """Augment digit token sequences by a random translation of up to ``max_shift`` pixels (zero fill)."""
     if tokens.shape[1:] == (16, 8):  # rows+columns: shift the image, then read its rows and columns again
         return digit_tokens(shift_digits(tokens[:, :8], generator, max_shift), "rows+columns")
+    if tokens.shape[1:] == (8, 8 * ROW_WINDOW):  # row windows: shift the image, then window it again
+        return digit_tokens(shift_digits(_window_rows(tokens), generator, max_shift), "row_windows")
     rows = tokens.shape[1:] == (8, 8)
     images = tokens if rows else _unpatch(tokens)  # [B, 8, 8]
     padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # [B, 8+2s, 8+2s]
@@ -326,10 +352,14 @@ def shift_digits(tokens: torch.Tensor, generator: torch.Generator, max_shift: in
     return shifted if rows else _patches(shifted)
 
 
-register_task(TaskSpec("digits", "scikit-learn's 8x8 digits, 8 row tokens of 8 pixels (1437 train / 360 test)",
-                       load_digits_tokens, epochs=40, augment=shift_digits))
+register_task(TaskSpec("digits", f"scikit-learn's 8x8 digits, 8 tokens, each a window of {ROW_WINDOW} rows centred on "
+                       f"its row ({8 * ROW_WINDOW} pixels; 1437 train / 360 test)",
+                       lambda: load_digits_tokens("row_windows"), epochs=30, augment=shift_digits))
+register_task(TaskSpec("digits_rows", "scikit-learn's 8x8 digits, 8 row tokens of 8 pixels (the same split; the "
+                       "default tokenisation before row windows)", load_digits_tokens,
+                       epochs=40, augment=shift_digits))
 register_task(TaskSpec("digits_rowcol", "scikit-learn's 8x8 digits, 8 row tokens then 8 column tokens of 8 pixels "
-                       "(the same split)", lambda: load_digits_tokens("rows+columns", name="digits_rowcol"), epochs=40,
+                       "(the same split)", lambda: load_digits_tokens("rows+columns"), epochs=40,
                        augment=shift_digits))
 register_task(TaskSpec("cue", "synthetic: recall the class of the token whose position the cue names",
                        make_cue_task, epochs=30))

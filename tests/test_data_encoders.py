@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spiking_attn.data import load_digits_tokens, load_task, make_cue_task, shift_digits
+from spiking_attn.data import digit_tokens, load_digits_tokens, load_task, make_cue_task, shift_digits
 from spiking_attn.encoders import LatencyEncoder, RateEncoder, make_encoder
 from spiking_attn.errors import SpikingAttnError
 
@@ -84,7 +84,7 @@ def test_shift_augmentation_keeps_patch_layout():
 def test_digits_as_rows_and_columns():
     from spiking_attn.data import digit_tokens, load_task, shift_digits
 
-    rows, both = load_task("digits"), load_task("digits_rowcol")
+    rows, both = load_task("digits_rows"), load_task("digits_rowcol")
     assert both.x_train.shape == (len(rows.x_train), 16, 8) and both.num_tokens == 16 and both.in_features == 8
     assert torch.equal(both.x_train[:, :8], rows.x_train) and torch.equal(both.y_test, rows.y_test)  # the same split
     assert torch.equal(both.x_test[:, 8:], rows.x_test.transpose(1, 2))  # token 8 + j is column j
@@ -92,3 +92,18 @@ def test_digits_as_rows_and_columns():
     assert torch.equal(shifted, digit_tokens(shifted[:, :8], "rows+columns"))  # rows and columns of one image
     assert not torch.equal(shifted, both.x_train[:32])
     assert torch.equal(shifted[:, :8], shift_digits(rows.x_train[:32], torch.Generator().manual_seed(0)))
+
+
+def test_digits_default_tokens_are_row_windows():
+    windows, rows = load_task("digits"), load_task("digits_rows")
+    assert windows.x_train.shape == (1437, 8, 40) and windows.in_features == 40 and windows.num_tokens == 8
+    assert torch.equal(windows.y_train, rows.y_train) and torch.equal(windows.y_test, rows.y_test)  # the same split
+    img, tokens = rows.x_test[7], windows.x_test[7]  # [8, 8], [8, 40]
+    for i in range(8):  # token i holds rows i-2 .. i+2, zero rows past the edges
+        for j, r in enumerate(range(i - 2, i + 3)):
+            expected = img[r] if 0 <= r < 8 else torch.zeros(8)
+            assert torch.equal(tokens[i, 8 * j:8 * (j + 1)], expected), (i, r)
+    a = shift_digits(windows.x_train[:32], torch.Generator().manual_seed(2))
+    b = shift_digits(rows.x_train[:32], torch.Generator().manual_seed(2))
+    assert a.shape == (32, 8, 40) and not torch.equal(a, windows.x_train[:32])
+    assert torch.equal(a, digit_tokens(b, "row_windows"))  # the same shifts, then windowed again
