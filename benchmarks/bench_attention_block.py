@@ -5,7 +5,9 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
   * a Spikformer-style block written only with SpikingJelly layers (layer.Conv1d, layer.BatchNorm1d,
     neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
-Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
+The ``no-neurons`` row is our block with every population replaced by an identity: the products,
+BatchNorms and attention arithmetic alone, which every variant computes too. Its speed-up over the
+Spikformer block is the most that any neuron engine could give. Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
 per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
 parameters (timed round-robin, so that machine noise hits every layout alike); and token scaling of the
 attention module alone (SSA and SDSA, causal or not) for N in 64..2048; ``--only scaling`` runs that
@@ -75,9 +77,21 @@ def build(variant: str):
 
     if variant == "sj-spikformer":
         return SpikformerReferenceBlock(D, HEADS), (torch.rand(T, B, D, N) < 0.2).float()
-    engine = "native" if variant == "native" else "spikingjelly"
+    engine = "spikingjelly" if variant == "spikingjelly-engine" else "native"
     block = SpikingTransformerBlock(D, HEADS, kind="ssa", lif={"engine": engine})
+    if variant == "no-neurons":  # the floor: every population an identity, the products and BatchNorms kept
+        _remove_neurons(block)
     return block, torch.randn(T, B, N, D)
+
+
+def _remove_neurons(model: nn.Module) -> None:
+    """Replace every LIF population of ``model`` by ``nn.Identity`` (what is left is the rest of the block's work)."""
+    from spiking_attn.neuron import LIFPopulation
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LIFPopulation):
+                setattr(parent, name, nn.Identity())
 
 
 def step(model, x):
@@ -233,7 +247,7 @@ def main() -> None:
         print_scaling(token_scaling(args.repeats))
         return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
-    variants = ("native", "spikingjelly-engine", "sj-spikformer")
+    variants = ("native", "spikingjelly-engine", "sj-spikformer", "no-neurons")
     block = {v: {"ms": 1e3 * time_variant(v, args.repeats), "peak_mib": peak_memory(v)} for v in variants}
     ref = block["sj-spikformer"]["ms"]
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")

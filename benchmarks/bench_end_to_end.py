@@ -13,6 +13,10 @@ the token sum), reset to zero. The three versions differ only in who runs the ne
   batch), so the weight layers are the same code in all three;
 * ``snntorch``: ``snn.Leaky(beta=0.5, reset_mechanism='zero')`` stepped over T in Python.
 
+A fourth row, ``no-neurons``, is the same network with every population an identity: the weight layers,
+BatchNorms, attention arithmetic and optimiser alone, which all three versions compute. The peers'
+time over it is the most that any neuron engine could gain on them.
+
 Each is trained with the same loop (AdamW, lr 6e-3, batch 64, the same batch order) for ``--epochs``
 epochs, ``--repeats`` times, one after the other; the table gives min / median / max seconds per epoch
 and the ratio of the peers' medians to ours. The per-iteration block figure is in
@@ -101,6 +105,8 @@ def build(name: str, in_features: int = 40) -> nn.Module:
 
         return build_model(ModelConfig(in_features=in_features, num_tokens=8, num_classes=10, dim=DIM, depth=DEPTH,
                                        heads=HEADS, timesteps=T, attention="sdsa"))
+    if name == "no-neurons":  # the floor: every population an identity; the weight layers and the rest kept
+        return PeerClassifier(lambda vth: nn.Identity(), in_features)
     return PeerClassifier(spikingjelly_lif if name == "spikingjelly" else snntorch_lif, in_features)
 
 
@@ -128,7 +134,7 @@ def main() -> None:
     from spiking_attn.lif_kernel import kernel_status
 
     data = load_task("digits")
-    names = ("spiking-attn", "spikingjelly", "snntorch")
+    names = ("spiking-attn", "spikingjelly", "snntorch", "no-neurons")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}; "
           f"digits, {len(data.x_train)} training samples, batch 64, {args.epochs} epoch(s) x {args.repeats}")
     times = {n: [] for n in names}
@@ -142,6 +148,9 @@ def main() -> None:
     for n in names:
         ts = times[n]
         print(f"{n:14s} {min(ts):7.2f} {statistics.median(ts):9.2f} {max(ts):7.2f} {statistics.median(ts) / ours:13.2f}x")
+    floor = statistics.median(times["no-neurons"])
+    print("ceiling (peer / no-neurons, the most any neuron engine could gain): " + ", ".join(
+        f"{n} {statistics.median(times[n]) / floor:.2f}x" for n in ("spikingjelly", "snntorch")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(times, f, indent=2)

@@ -151,7 +151,7 @@ def _chunks(n: int, align: int = 1) -> list:
     """Column ranges, one per worker, with bounds at multiples of ``align``."""
     if n < MIN_PARALLEL:
         return [(0, n)]
-    workers = max(1, torch.get_num_threads()) if n >= MIN_PARALLEL else 1
+    workers = max(1, torch.get_num_threads())
     units = n // align
     bounds = [units * k // workers * align for k in range(workers)] + [n]
     return [(bounds[k], bounds[k + 1]) for k in range(workers) if bounds[k] < bounds[k + 1]]
