@@ -84,14 +84,21 @@ def build(variant: str):
     return block, torch.randn(T, B, N, D)
 
 
+class PassThrough(nn.Module):
+    """A population's stand-in that returns its input (and ignores the modulation a population takes)."""
+
+    def forward(self, x, gain=None, threshold_shift=None, return_membrane=False):
+        return x
+
+
 def _remove_neurons(model: nn.Module) -> None:
-    """Replace every LIF population of ``model`` by ``nn.Identity`` (what is left is the rest of the block's work)."""
+    """Replace every LIF population of ``model`` by ``PassThrough`` (what is left is the rest of the block's work)."""
     from spiking_attn.neuron import LIFPopulation
 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LIFPopulation):
-                setattr(parent, name, nn.Identity())
+                setattr(parent, name, PassThrough())
 
 
 def step(model, x):
