@@ -1,6 +1,7 @@
 """Cortico-thalamic attention: the superficial masks of each cortical area, dense twin beside spiking.
 
-Trains the cortico-thalamic model and its dense twin on the digits (8 row tokens), then shows, for one
+Trains the cortico-thalamic model and its dense twin on the digits as 8 row tokens (``digits_rows``: one
+token per row, so that a mask reads as rows attending to rows), then shows, for one
 test image, the mask each area (head) of the first block computes between rows: the dense twin's mask
 values and the spiking mask neurons' firing rates. Row n of an area's mask says which rows' deep
 spikes reach row n in that area.
@@ -37,11 +38,11 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=0, help="index of the test image to show")
     args = parser.parse_args()
     out = Path(args.out)
-    data = load_task("digits")
+    data = load_task("digits_rows")
     x = data.x_test[args.image:args.image + 1]
     found = {}
     for kind in ("dense", "spiking"):
-        metrics = train(task="digits", model=kind, mechanism="cortico_thalamic", epochs=args.epochs, out=out / kind,
+        metrics = train(task="digits_rows", model=kind, mechanism="cortico_thalamic", epochs=args.epochs, out=out / kind,
                         overwrite=True, progress=False, figures=False)
         print(f"digits, {kind} cortico_thalamic: test accuracy {metrics['test_accuracy']:.3f}")
         found[kind] = masks(load_model(out / kind / "checkpoint.pt"), x)[0]  # [H, N, N]
