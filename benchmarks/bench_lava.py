@@ -44,8 +44,14 @@ def checkpoint(label: str, seed: int, kw: dict) -> str:
 
     from spiking_attn.training import train
 
+    from spiking_attn.data import load_task
+
     folder = Path("runs/bench_lava") / f"{label.replace(', ', '_').replace(' ', '_')}_{seed}"
-    if not (folder / "metrics.json").exists():
+    data, fits = load_task(kw["task"]), False
+    if (folder / "metrics.json").exists():  # reuse a finished run only if it was trained on this task's tokens
+        config = json.loads((folder / "metrics.json").read_text()).get("config", {})
+        fits = (config.get("in_features"), config.get("num_tokens")) == (data.in_features, data.num_tokens)
+    if not fits:
         t0 = time.perf_counter()
         metrics = train(model="spiking", attention="sdsa", seed=seed, out=folder, overwrite=True, progress=False,
                         figures=False, **kw)
