@@ -83,9 +83,9 @@ def one_line(exc: BaseException, kind: bool = False) -> str:
 
 def all_finite(x) -> bool:
     """Whether every element of a floating-point tensor is finite. A NaN or an infinity anywhere makes
-    the sum non-finite, so a finite sum settles it in one reduction (about 20x faster than an elementwise
-    test on the CPU); only a non-finite sum, which an overflow of finite values can also give, is
-    checked element by element."""
+    the sum non-finite, so a finite sum settles it in one reduction, with no boolean tensor allocated;
+    only a non-finite sum, which an overflow of finite values can also give, is checked element by
+    element."""
     import torch
 
     return math.isfinite(float(x.detach().sum())) or bool(torch.isfinite(x).all())
