@@ -43,7 +43,7 @@ T, DIM, DEPTH, HEADS, MLP = 4, 64, 2, 4, 4
 class PeerClassifier(nn.Module):
     """The default classifier with ``lif(vth)`` making every population ([T, B, ...] in, spikes out)."""
 
-    def __init__(self, lif, in_features: int = 8, tokens: int = 8, classes: int = 10) -> None:
+    def __init__(self, lif, in_features: int, tokens: int = 8, classes: int = 10) -> None:
         super().__init__()
         self.embed, self.pos = LinearBN(in_features, DIM), nn.Parameter(torch.zeros(tokens, DIM))
         self.blocks = nn.ModuleList()
@@ -98,7 +98,7 @@ def snntorch_lif(vth: float) -> nn.Module:
     return Node()
 
 
-def build(name: str, in_features: int = 40) -> nn.Module:
+def build(name: str, in_features: int) -> nn.Module:
     torch.manual_seed(0)
     if name == "spiking-attn":
         from spiking_attn.models import ModelConfig, build_model

@@ -39,15 +39,14 @@ MODELS = {
 }
 
 
-def checkpoint(label: str, seed: int, kw: dict) -> str:
+def checkpoint(label: str, seed: int, kw: dict, data) -> str:
+    """The checkpoint of ``label`` for ``seed``, trained now unless a finished run on ``data``'s tokens exists."""
     from pathlib import Path
 
     from spiking_attn.training import train
 
-    from spiking_attn.data import load_task
-
     folder = Path("runs/bench_lava") / f"{label.replace(', ', '_').replace(' ', '_')}_{seed}"
-    data, fits = load_task(kw["task"]), False
+    fits = False
     if (folder / "metrics.json").exists():  # reuse a finished run only if it was trained on this task's tokens
         config = json.loads((folder / "metrics.json").read_text()).get("config", {})
         fits = (config.get("in_features"), config.get("num_tokens")) == (data.in_features, data.num_tokens)
@@ -60,19 +59,15 @@ def checkpoint(label: str, seed: int, kw: dict) -> str:
     return str(folder / "checkpoint.pt")
 
 
-def whole_test_set(path: str, weight_bits: int) -> dict:
-    """Fixed-point emulator against the float torch model over the whole test set."""
-    from spiking_attn.checkpoint import load_model, read_checkpoint
-    from spiking_attn.data import load_task
-    from spiking_attn.graph import export_graph, simulate, torch_population_spikes
+def whole_test_set(path: str, weight_bits: int, data) -> dict:
+    """Fixed-point emulator against the float torch model over the whole test set of ``data`` (its task's)."""
+    from spiking_attn.checkpoint import load_model
+    from spiking_attn.graph import export_graph, torch_population_spikes
     from spiking_attn.hardware.fixed_point import emulate, peak_currents, quantize
 
-    settings = read_checkpoint(path)["training"]["settings"]
-    data = load_task(settings["task"])
     model = load_model(path)
     cue = data.context("test").get("cue")
     graph = export_graph(model, data.x_test, cue)
-    reference = simulate(graph)
     _, torch_logits = torch_population_spikes(model, data.x_test, cue)
     cal = slice(0, CALIBRATION_SAMPLES)
     fixed = quantize(graph, peak_currents(export_graph(model, data.x_train[cal], data.context("train", cal).get("cue"))),
@@ -97,7 +92,7 @@ def main() -> None:
     parser.add_argument("--weight-bits", type=int, nargs="+", default=[16, 8])
     parser.add_argument("--json")
     args = parser.parse_args()
-    from spiking_attn.checkpoint import load_model, read_checkpoint
+    from spiking_attn.checkpoint import load_model
     from spiking_attn.data import load_task
     from spiking_attn.hardware.lava import deploy
 
@@ -106,9 +101,9 @@ def main() -> None:
     for label, kw in MODELS.items():
         if args.only and label not in args.only:
             continue
+        data = load_task(kw["task"])
         for seed in args.seeds:
-            path = checkpoint(label, seed, kw)
-            data = load_task(read_checkpoint(path)["training"]["settings"]["task"])
+            path = checkpoint(label, seed, kw, data)
             model = load_model(path)
             rows_ = slice(0, args.samples)
             x, cue, y = data.x_test[rows_], data.context("test", rows_).get("cue"), data.y_test[rows_].numpy()
@@ -119,7 +114,7 @@ def main() -> None:
                   f"Lava {flt.steps_per_second:.1f} steps/s", flush=True)
             for bits in args.weight_bits:
                 fix = deploy(model, x, cue, precision="fixed", labels=y, calibration=calibration, weight_bits=bits)
-                whole = whole_test_set(path, bits)
+                whole = whole_test_set(path, bits, data)
                 row = {"model": label, "seed": seed, "weight_bits": bits,
                        "float_spike_agreement": flt.spike_agreement(), "fixed_spike_agreement": fix.spike_agreement(),
                        "fixed_prediction_agreement_lava": fix.prediction_agreement(),
