@@ -121,6 +121,7 @@ def digit_tokens(images: torch.Tensor, tokens: str) -> torch.Tensor:
       (zero rows past the edges), so every token sees its row's neighbourhood, as a 5x8 convolution stem
       would; its own row is the middle 8 values.
     """
+    check_choice(tokens, "tokens", DIGIT_TOKENS)
     if tokens == "rows":
         return images
     if tokens == "patches":

@@ -107,3 +107,5 @@ def test_digits_default_tokens_are_row_windows():
     b = shift_digits(rows.x_train[:32], torch.Generator().manual_seed(2))
     assert a.shape == (32, 8, 40) and not torch.equal(a, windows.x_train[:32])
     assert torch.equal(a, digit_tokens(b, "row_windows"))  # the same shifts, then windowed again
+    with pytest.raises(SpikingAttnError, match="tokens"):
+        digit_tokens(rows.x_test[:2], "columns")
