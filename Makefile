@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps --ignore-requires-python lava-nc==0.10.0
 	$(VPY) -c "import torch, spikingjelly.activation_based.neuron, snntorch, spiking_attn; print('torch', torch.__version__)"
 	$(VPY) -c "from spiking_attn.lif_kernel import kernel_status; print('LIF kernel:', kernel_status())"
+	$(VPY) -c "from spiking_attn.native_ops import status; print('LIF torch operator:', status())"
 	touch $(STAMP)
 
 demo: $(STAMP)

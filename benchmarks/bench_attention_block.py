@@ -1,7 +1,9 @@
 """Spiking attention block: forward + backward time and peak memory on CPU, side by side.
 
 Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA, 4 heads):
-  * spiking-attn block, native engine (compiled fused LIF kernel);
+  * spiking-attn block, native engine (compiled fused LIF kernel, called as a torch operator);
+  * the same block with that operator off (``native-ctypes``: the same kernel through ctypes and a Python
+    autograd.Function, the path before the operator existed);
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
   * a Spikformer-style block written only with SpikingJelly layers (layer.Conv1d, layer.BatchNorm1d,
     neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
@@ -73,7 +75,12 @@ class SpikformerReferenceBlock(nn.Module):
 
 
 def build(variant: str):
+    """The block of ``variant`` and its input. ``native`` runs plain populations as the compiled torch operator
+    (``native_ops``); ``native-ctypes`` is the same block with the operator off (the kernel through ctypes)."""
+    from spiking_attn import native_ops
     from spiking_attn.block import SpikingTransformerBlock
+
+    native_ops.set_enabled(variant != "native-ctypes")
 
     if variant == "sj-spikformer":
         return SpikformerReferenceBlock(D, HEADS), (torch.rand(T, B, D, N) < 0.2).float()
@@ -248,13 +255,15 @@ def main() -> None:
         peak_memory_child(args.memory_child)
         return
     from spiking_attn.lif_kernel import kernel_status
+    from spiking_attn.native_ops import status as operator_status
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}, "
+          f"torch operator: {operator_status()}")
     if args.only == "scaling":
         print_scaling(token_scaling(args.repeats))
         return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
-    variants = ("native", "spikingjelly-engine", "sj-spikformer", "no-neurons")
+    variants = ("native", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons")
     block = {v: {"ms": 1e3 * time_variant(v, args.repeats), "peak_mib": peak_memory(v)} for v in variants}
     ref = block["sj-spikformer"]["ms"]
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")

@@ -7,7 +7,10 @@ encoding layer (Linear + BatchNorm) plus positions, then per block ``x = x + Att
 ``kv = LIF(sum_tokens K*V)``, ``Q*kv``. Every LIF is the same neuron: ``v = v/2 + x``, threshold 1 (0.5 after
 the token sum), reset to zero. The three versions differ only in who runs the neurons and the layout:
 
-* ``spiking-attn``: ``build_model`` with the library's native engine (``[T, B, N, D]``);
+* ``spiking-attn``: ``build_model`` with the library's native engine (``[T, B, N, D]``), its populations run
+  as the compiled torch operator (``native_ops``);
+* ``spiking-attn (ctypes)``: the same with that operator off: the same kernel through ctypes and a Python
+  ``autograd.Function`` (the path before the operator existed), to show what the operator buys;
 * ``spikingjelly``: ``neuron.LIFNode(tau=2, decay_input=False, v_reset=0, step_mode='m')`` (2.0.0 runs it in
   torch on the CPU), with the library's ``LinearBN`` (``nn.Linear`` + ``nn.BatchNorm1d`` over the folded ``[T*B*N, D]``
   batch), so the weight layers are the same code in all three;
@@ -100,7 +103,7 @@ def snntorch_lif(vth: float) -> nn.Module:
 
 def build(name: str, in_features: int) -> nn.Module:
     torch.manual_seed(0)
-    if name == "spiking-attn":
+    if name.startswith("spiking-attn"):
         from spiking_attn.models import ModelConfig, build_model
 
         return build_model(ModelConfig(in_features=in_features, num_tokens=8, num_classes=10, dim=DIM, depth=DEPTH,
@@ -131,23 +134,26 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     from spiking_attn.data import load_task
+    from spiking_attn import native_ops
     from spiking_attn.lif_kernel import kernel_status
 
     data = load_task("digits")
-    names = ("spiking-attn", "spikingjelly", "snntorch", "no-neurons")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}; "
+    names = ("spiking-attn", "spiking-attn (ctypes)", "spikingjelly", "snntorch", "no-neurons")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}, "
+          f"torch operator: {native_ops.status()}; "
           f"digits, {len(data.x_train)} training samples, batch 64, {args.epochs} epoch(s) x {args.repeats}")
     times = {n: [] for n in names}
     for r in range(args.repeats):  # round-robin, so that machine noise hits every library alike
         for n in names:
+            native_ops.set_enabled(n != "spiking-attn (ctypes)")
             model = build(n, data.in_features)
             epoch_seconds(model, data.x_train[:128], data.y_train[:128], -1)  # warm-up (kernel load, allocator)
             times[n] += [epoch_seconds(model, data.x_train, data.y_train, e) for e in range(args.epochs)]
     ours = statistics.median(times["spiking-attn"])
-    print(f"{'library':14s} {'min s':>7s} {'median s':>9s} {'max s':>7s} {'median / ours':>14s}")
+    print(f"{'library':22s} {'min s':>7s} {'median s':>9s} {'max s':>7s} {'median / ours':>14s}")
     for n in names:
         ts = times[n]
-        print(f"{n:14s} {min(ts):7.2f} {statistics.median(ts):9.2f} {max(ts):7.2f} {statistics.median(ts) / ours:13.2f}x")
+        print(f"{n:22s} {min(ts):7.2f} {statistics.median(ts):9.2f} {max(ts):7.2f} {statistics.median(ts) / ours:13.2f}x")
     floor = statistics.median(times["no-neurons"])
     print("ceiling (peer / no-neurons, the most any neuron engine could gain): " + ", ".join(
         f"{n} {statistics.median(times[n]) / floor:.2f}x" for n in ("spikingjelly", "snntorch")))

@@ -525,7 +525,8 @@ def test_spikingjelly_engine_gradient_at_zero_voltage_decay():
 
 def test_gradient_of_the_gradient_is_refused_by_the_kernel_and_given_by_autograd():
     x = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(SpikingAttnError, match="first-order gradients only"):
+    # the compiled operator raises from autograd's C++ engine (RuntimeError), the ctypes path its own error
+    with pytest.raises((SpikingAttnError, RuntimeError), match="first-order gradients only"):
         torch.autograd.grad(LIFPopulation(learn_threshold=True).double()(x).sum(), x, create_graph=True)
     pop = LIFPopulation(learn_threshold=True, engine="spikingjelly").double()
     (g,) = torch.autograd.grad(pop(x * 3).sum(), x, create_graph=True)

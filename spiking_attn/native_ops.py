@@ -1,0 +1,156 @@
+"""The LIF kernel as a torch operator (``csrc/torch_ops.cpp``): ``torch.ops.spiking_attn.lif``.
+
+The C kernel (``lif_kernel.c``) is the one ``lif_kernel.py`` drives through ctypes; here it is linked into
+a library with a C++ autograd node, so that a call and its backward pass cost a few microseconds of
+bookkeeping instead of a Python ``autograd.Function`` (tens of microseconds per call, as much as the
+arithmetic of a small population), and its column chunks run on torch's intra-op thread pool.
+
+The library is compiled on first use (about 15 s with g++) against the installed torch's headers, into the
+same cache as the LIF kernel (``lif_kernel.build_library``'s directory), keyed by a hash of the sources,
+the flags and the torch version; ``make install`` builds it once. If it cannot be built (no C++ compiler,
+no torch headers), every call runs the ctypes path and ``status()`` says why. ``SPIKING_ATTN_TORCH_OPS=0``
+in the environment, or ``set_enabled(False)``, turns the operator off, for comparisons.
+
+Which calls take the operator is decided by ``lif_eligible`` (a plain population); every other call runs
+the ctypes path. Results never depend on the choice: the same kernel runs either way, so spikes and
+gradients are identical bit for bit.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from .lif_kernel import CSRC, FLAGS, SURROGATE_KINDS, _cache_dir
+
+log = logging.getLogger(__name__)
+
+C_SOURCES = (CSRC / "lif_kernel.c",)
+HEADERS = (CSRC / "lif_kernel_body.h",)
+CXX_SOURCE = CSRC / "torch_ops.cpp"
+CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-Wno-c++20-extensions"]
+
+_lock = threading.Lock()
+_state: dict = {"ops": None, "tried": False, "error": None,
+                "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", "")}
+
+
+def _library_path() -> Path:
+    digest = hashlib.sha256()
+    for source in (*C_SOURCES, *HEADERS, CXX_SOURCE):
+        digest.update(source.read_bytes())
+    digest.update(" ".join(FLAGS + CXX_FLAGS).encode() + platform.machine().encode() + torch.__version__.encode())
+    return _cache_dir() / f"torch_ops_{digest.hexdigest()[:16]}.so"
+
+
+def _run(command: list) -> None:
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(command[0]).name} failed: {proc.stderr.strip()[-800:]}")
+
+
+def build() -> Path:
+    """Compile the operator library (once: it is cached) and return its path."""
+    target = _library_path()
+    if target.exists():
+        return target
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cc is None or cxx is None:
+        raise RuntimeError("no C and C++ compiler found")
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent))
+    try:
+        objects = []
+        for source in C_SOURCES:
+            obj = work / (source.stem + ".o")
+            _run([cc, *[f for f in FLAGS if f != "-shared"], "-c", str(source), "-o", str(obj)])
+            objects.append(str(obj))
+        abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+        lib_dirs = library_paths()
+        tmp = work / "torch_ops.so"
+        _run([cxx, *CXX_FLAGS, "-shared", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+              *[f"-I{p}" for p in include_paths()], str(CXX_SOURCE), *objects, "-o", str(tmp),
+              *[f"-L{p}" for p in lib_dirs], "-ltorch_cpu", "-lc10", "-ltorch", "-lm",
+              *[f"-Wl,-rpath,{p}" for p in lib_dirs]])
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def ops():
+    """``torch.ops.spiking_attn`` once the library is loaded, else None (see ``status()``)."""
+    if not _state["enabled"]:
+        return None
+    if _state["tried"]:
+        return _state["ops"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                torch.ops.load_library(str(build()))
+                _state["ops"] = torch.ops.spiking_attn
+            except (OSError, RuntimeError) as exc:
+                _state["error"] = str(exc)
+                log.warning("compiled torch operator unavailable (%s); the LIF kernel runs through ctypes", exc)
+            _state["tried"] = True
+    return _state["ops"]
+
+
+def status() -> str:
+    """'compiled', 'disabled' (``set_enabled(False)`` or ``SPIKING_ATTN_TORCH_OPS=0``), or 'unavailable (<reason>)'."""
+    if not _state["enabled"]:
+        return "disabled"
+    return "compiled" if ops() is not None else f"unavailable ({_state['error']})"
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turn the operator on or off for every later call; returns the previous setting."""
+    previous, _state["enabled"] = _state["enabled"], bool(enabled)
+    return previous
+
+
+# ---------------------------------------------------------------------------------------------------
+# LIF
+
+
+def _per_channel_or_scalar(p: torch.Tensor, channels: int) -> bool:
+    if p.numel() == 1:
+        return True
+    return p.shape[-1] == channels and p.numel() == channels
+
+
+def lif_eligible(x: torch.Tensor, params, gain, shift, surrogate, return_membrane: bool) -> bool:
+    """Whether ``lif`` can run this call: a plain population (scalar or per-channel parameters, no
+    modulation, no adaptive threshold, no membrane output) and a surrogate the kernel knows."""
+    if gain is not None or shift is not None or return_membrane or params.theta_step is not None:
+        return False
+    if type(surrogate) not in SURROGATE_KINDS or x.dim() < 2:
+        return False
+    channels = x.shape[-1]
+    return all(_per_channel_or_scalar(p, channels) for p in (params.du, params.dv, params.vth, params.bias))
+
+
+def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_init: float) -> torch.Tensor:
+    """The spikes of a plain population (``lif_eligible`` must hold), through ``torch.ops.spiking_attn.lif``."""
+    from .errors import NonFiniteError
+
+    try:
+        return _state["ops"].lif(x, params.du, params.dv, params.vth, params.bias, SURROGATE_KINDS[type(surrogate)],
+                                 float(getattr(surrogate, "alpha", 0.0)), bool(detach_reset), reset == "subtract",
+                                 float(v_init))
+    except RuntimeError as exc:
+        message = str(exc)
+        if "spiking_attn-nonfinite: " in message:
+            raise NonFiniteError(message.split("spiking_attn-nonfinite: ", 1)[1].splitlines()[0]) from None
+        raise

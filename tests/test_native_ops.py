@@ -1,0 +1,114 @@
+"""The LIF kernel as a torch operator (native_ops): same results as the ctypes path, and the right calls."""
+import itertools
+
+import pytest
+import torch
+
+from spiking_attn import native_ops
+from spiking_attn.errors import NonFiniteError, SpikingAttnError
+from spiking_attn.neuron import LIFPopulation
+
+
+@pytest.fixture
+def op_switch():
+    previous = native_ops.set_enabled(True)
+    yield native_ops.set_enabled
+    native_ops.set_enabled(previous)
+
+
+def test_operator_is_built_on_this_machine():
+    # the Makefile's install step builds it; a failure here means users silently get the slower path
+    assert native_ops.status() == "compiled"
+
+
+def _run_both(make_pop, x, op_switch):
+    """Spikes and gradients (input and every learnable parameter) through the operator and through ctypes."""
+    results = []
+    for enabled in (True, False):
+        op_switch(enabled)
+        torch.manual_seed(0)
+        pop = make_pop().to(x.dtype)
+        xi = x.detach().clone().requires_grad_()
+        spikes = pop(xi)
+        weights = torch.linspace(-1, 1, spikes.numel(), dtype=x.dtype).reshape(spikes.shape)
+        (spikes * weights).sum().backward()
+        grads = {name: p.grad for name, p in pop.named_parameters()}
+        results.append((spikes, xi.grad, grads))
+    return results
+
+
+CASES = {
+    "scalar": lambda: LIFPopulation(),
+    "per-channel learned": lambda: LIFPopulation(vth=torch.linspace(0.5, 1.5, 8), dv=torch.linspace(0.2, 0.8, 8),
+                                                 learn_threshold=True, learn_bias=True, learn_decay=True),
+    "current decay": lambda: LIFPopulation(du=0.7, dv=0.4, bias=0.05),
+    "detach, subtract, v_init": lambda: LIFPopulation(detach_reset=True, reset="subtract", v_init=0.3),
+    "sigmoid": lambda: LIFPopulation(surrogate="sigmoid", learn_threshold=True),
+    "fast_sigmoid": lambda: LIFPopulation(surrogate="fast_sigmoid", alpha=10.0),
+}
+
+
+@pytest.mark.parametrize("case,dtype", list(itertools.product(CASES, (torch.float32, torch.float64))))
+def test_operator_equals_ctypes_path(case, dtype, op_switch):
+    x = torch.randn(5, 3, 4, 8, generator=torch.Generator().manual_seed(1), dtype=dtype) * 1.5
+    (s_op, gx_op, gp_op), (s_ct, gx_ct, gp_ct) = _run_both(CASES[case], x, op_switch)
+    assert s_op.dtype == dtype and 0 < s_op.mean() < 1
+    assert torch.equal(s_op, s_ct)  # the same kernel: bit for bit
+    assert torch.equal(gx_op, gx_ct)
+    assert gp_op.keys() == gp_ct.keys()
+    for name in gp_op:  # per-column values summed to the parameter's shape: equal up to summation order
+        torch.testing.assert_close(gp_op[name], gp_ct[name], rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+        assert gp_op[name].shape == gp_ct[name].shape
+
+
+def test_large_population_split_across_threads_equals_one_chunk(op_switch):
+    # 1M neurons: the operator splits the columns into chunks on torch's thread pool, ctypes runs one chunk
+    x = torch.randn(4, 32, 64, 128, generator=torch.Generator().manual_seed(2))
+    (s_op, gx_op, gp_op), (s_ct, gx_ct, gp_ct) = _run_both(
+        lambda: LIFPopulation(vth=torch.linspace(0.5, 1.5, 128), learn_threshold=True), x, op_switch)
+    assert torch.equal(s_op, s_ct) and torch.equal(gx_op, gx_ct)
+    torch.testing.assert_close(gp_op["vth"], gp_ct["vth"], rtol=1e-5, atol=1e-6)
+
+
+def test_only_plain_populations_take_the_operator(monkeypatch, op_switch):
+    calls = []
+    real = native_ops.lif
+    monkeypatch.setattr(native_ops, "lif", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(3, 2, 4, 6) * 2
+    LIFPopulation()(x)
+    LIFPopulation(vth=torch.ones(6))(x)
+    assert len(calls) == 2
+    LIFPopulation()(x, gain=torch.ones(1, 2, 1, 1))  # modulation
+    LIFPopulation()(x, threshold_shift=torch.zeros(6))
+    LIFPopulation(theta_decay=0.5, theta_step=0.5)(x)  # adaptive threshold
+    LIFPopulation()(x, return_membrane=True)
+    LIFPopulation(vth=torch.ones(4, 6))(x)  # per token and channel
+    LIFPopulation(surrogate=type("Triangle", (), {"name": "t", "grad": lambda self, z: (1 - z.abs()).clamp(0)})())(x)
+    assert len(calls) == 2
+    op_switch(False)
+    LIFPopulation()(x)
+    assert len(calls) == 2
+
+
+def test_operator_reports_non_finite_input(op_switch):
+    x = torch.rand(3, 2, 5)
+    x[1, 0, 2] = float("nan")
+    x[2, 1, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="2 NaN or Inf"):
+        LIFPopulation()(x)
+
+
+def test_operator_refuses_second_order_gradients(op_switch):
+    x = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises((SpikingAttnError, RuntimeError), match="first-order gradients only"):
+        torch.autograd.grad(LIFPopulation(learn_threshold=True).double()(x).sum(), x, create_graph=True)
+
+
+def test_environment_switch_turns_the_operator_off(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from spiking_attn import native_ops; print(native_ops.status())"
+    env = {**__import__("os").environ, "SPIKING_ATTN_TORCH_OPS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "disabled"
