@@ -9,7 +9,9 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
     neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
 The ``no-neurons`` row is our block with every population replaced by an identity: the products,
 BatchNorms and attention arithmetic alone, which every variant computes too. Its speed-up over the
-Spikformer block is the most that any neuron engine could give. Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
+Spikformer block is the most that any neuron engine could give. The ``products-only`` row is the block's six
+weight products alone (no BatchNorm, neurons or attention): the Spikformer block's time over it bounds what
+any block with dense float32 products could reach. Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
 per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
 parameters (timed round-robin, so that machine noise hits every layout alike); and token scaling of the
 attention module alone (SSA and SDSA, causal or not) for N in 64..2048; ``--only scaling`` runs that
@@ -81,6 +83,8 @@ def build(variant: str):
     from spiking_attn.block import SpikingTransformerBlock
 
     native_ops.set_enabled(variant != "native-ctypes")
+    if variant == "products-only":
+        return ProductsOnly(D), torch.randn(T, B, N, D)
 
     if variant == "sj-spikformer":
         return SpikformerReferenceBlock(D, HEADS), (torch.rand(T, B, D, N) < 0.2).float()
@@ -89,6 +93,23 @@ def build(variant: str):
     if variant == "no-neurons":  # the floor: every population an identity, the products and BatchNorms kept
         _remove_neurons(block)
     return block, torch.randn(T, B, N, D)
+
+
+class ProductsOnly(nn.Module):
+    """The block's six weight products alone (q, k, v, out: D x D; fc1: D x 4D; fc2: 4D x D) on its
+    [T*B*N, D] rows, with nothing else: no BatchNorm, no neurons, no attention. Every variant computes these
+    products, in float32, so the Spikformer block's time over this one bounds the speed-up of any block
+    that keeps them dense."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x):
+        h = x.reshape(-1, x.shape[-1])
+        h = h + self.out(self.q(h) + self.k(h) + self.v(h))
+        return (h + self.fc2(self.fc1(h))).reshape(x.shape)
 
 
 class PassThrough(nn.Module):
@@ -263,7 +284,7 @@ def main() -> None:
         print_scaling(token_scaling(args.repeats))
         return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
-    variants = ("native", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons")
+    variants = ("native", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons", "products-only")
     block = {v: {"ms": 1e3 * time_variant(v, args.repeats), "peak_mib": peak_memory(v)} for v in variants}
     ref = block["sj-spikformer"]["ms"]
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")

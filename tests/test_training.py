@@ -147,3 +147,25 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit_the_task(finished_run, tm
     torch.save(payload, folder / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="does not fit task 'cue'.*in_features=12 .*num_cues=0"):
         train(task="cue", resume=folder, progress=False, figures=False)
+
+
+def test_foreach_adamw_equals_the_per_tensor_loop_bit_for_bit():
+    # training uses AdamW(foreach=True) for speed; the values must be those of the plain loop
+    from spiking_attn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    nets = [build_model(ModelConfig(in_features=8, num_tokens=8, num_classes=10, dim=16, depth=1, heads=2))
+            for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    opts = [torch.optim.AdamW(net.parameters(), lr=6e-3, weight_decay=0.01, foreach=foreach)
+            for net, foreach in zip(nets, (False, True))]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            g = torch.randn(a.shape, generator=gen)
+            a.grad, b.grad = g.clone(), g.clone()
+        for opt in opts:
+            opt.step()
+    for a, b, a0 in zip(nets[0].parameters(), nets[1].parameters(), start):
+        assert torch.equal(a, b) and not torch.equal(a, a0)
