@@ -355,12 +355,8 @@ def _reduce(g: torch.Tensor, full: Sequence[int], shape: torch.Size) -> torch.Te
 def run(x: torch.Tensor, params, *, gain=None, shift=None, surrogate=None, detach_reset=False,
         return_membrane=False, reset="zero", v_init=0.0) -> tuple:
     """Run the kernel on checked inputs (``params`` already in ``x``'s dtype); ``(spikes, membrane or None)``.
-    A plain population runs as the compiled torch operator (``native_ops.lif``: the same kernel, with its
-    autograd node in C++) when that is built; every other call, and every call without it, runs here."""
-    from . import native_ops
-
-    if native_ops.ops() is not None and native_ops.lif_eligible(x, params, gain, shift, surrogate, return_membrane):
-        return native_ops.lif(x, params, surrogate, detach_reset, reset, v_init), None
+    (``neuron.run_lif`` sends plain populations to the torch operator, ``native_ops.lif``, instead when it
+    is built: the same kernel with its autograd node in C++.)"""
     spikes, membrane = _KernelLIF.apply(x, params.du, params.dv, params.vth, params.bias, params.theta_decay,
                                         params.theta_step, gain, shift,
                                         (surrogate, detach_reset, return_membrane, reset, v_init))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .lif_kernel import CSRC, FLAGS, SURROGATE_KINDS, _cache_dir
+from .lif_kernel import CSRC, FLAGS, SUFFIX, SURROGATE_KINDS, _cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,24 @@ def _per_channel_or_scalar(p: torch.Tensor, channels: int) -> bool:
 
 
 def lif_eligible(x: torch.Tensor, params, gain, shift, surrogate, return_membrane: bool) -> bool:
-    """Whether ``lif`` can run this call: a plain population (scalar or per-channel parameters, no
-    modulation, no adaptive threshold, no membrane output) and a surrogate the kernel knows."""
+    """Whether ``lif`` can run this call: a CPU float32/float64 input, a plain population (parameters
+    that are scalars or one per channel of the last axis, no modulation, no adaptive threshold, no
+    membrane output) and a surrogate the kernel knows."""
     if gain is not None or shift is not None or return_membrane or params.theta_step is not None:
         return False
-    if type(surrogate) not in SURROGATE_KINDS or x.dim() < 2:
+    if type(surrogate) not in SURROGATE_KINDS or x.dim() < 2 or x.dtype not in SUFFIX or x.device.type != "cpu":
         return False
-    channels = x.shape[-1]
-    return all(_per_channel_or_scalar(p, channels) for p in (params.du, params.dv, params.vth, params.bias))
+    channels, ndim = x.shape[-1], x.dim() - 1
+    return all(p.dim() <= ndim and _per_channel_or_scalar(p, channels)
+               for p in (params.du, params.dv, params.vth, params.bias))
 
 
-def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_init: float) -> torch.Tensor:
-    """The spikes of a plain population (``lif_eligible`` must hold), through ``torch.ops.spiking_attn.lif``."""
-    from .errors import NonFiniteError
+def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_init: float,
+        where: str = "") -> torch.Tensor:
+    """The spikes of a plain population (``lif_eligible`` must hold), through ``torch.ops.spiking_attn.lif``.
+    The operator checks the parameters' values against their domains; ``where`` prefixes the message."""
+    from .errors import NonFiniteError, SpikingAttnError
+    from .neuron import check_params
 
     try:
         return _state["ops"].lif(x, params.du, params.dv, params.vth, params.bias, SURROGATE_KINDS[type(surrogate)],
@@ -153,4 +158,12 @@ def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_in
         message = str(exc)
         if "spiking_attn-nonfinite: " in message:
             raise NonFiniteError(message.split("spiking_attn-nonfinite: ", 1)[1].splitlines()[0]) from None
+        if "spiking_attn-params: " in message:
+            error = None
+            try:
+                check_params(params, where)  # the general path's own message
+            except SpikingAttnError as found:
+                error = found
+            if error is not None:
+                raise error from None
         raise

@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from . import lif_kernel
+from . import lif_kernel, native_ops
 from .errors import (DTypeError, ShapeError, SpikingAttnError, check_bool, check_choice,
                      check_tensor)
 from .surrogate import ATan, get_surrogate, surrogate_name
@@ -341,13 +341,18 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
     v_init = check_v_init(v_init)
     # NaN/Inf in x are caught inside the engines: the compiled kernel counts them in its own pass
     check_tensor(x, "x", ndim=range(2, 9), finite=False)
+    surrogate = ATan() if surrogate is None else get_surrogate(surrogate)
+    if engine == "native" and native_ops.ops() is not None and native_ops.lif_eligible(
+            x, params, gain, threshold_shift, surrogate, return_membrane):
+        # a plain population, as the compiled torch operator: its parameters broadcast (lif_eligible
+        # checked their shapes) and the operator checks their values, so the checks below are not repeated
+        return native_ops.lif(x, params.to(x), surrogate, detach_reset, reset, v_init, where)
     population = x.shape[1:]
     for name, value in params.items():
         _check_broadcast(f"{where}{name}", value, population, "the population shape")
     check_params(params, where)
     gain = _check_modulation("gain", gain, x)
     threshold_shift = _check_modulation("threshold_shift", threshold_shift, x)
-    surrogate = ATan() if surrogate is None else get_surrogate(surrogate)
     params = params.to(x)
     if engine == "spikingjelly":
         from .spikingjelly_engine import run_spikingjelly

@@ -112,3 +112,26 @@ def test_environment_switch_turns_the_operator_off(tmp_path):
     env = {**__import__("os").environ, "SPIKING_ATTN_TORCH_OPS": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "disabled"
+
+
+@pytest.mark.parametrize("name,value", [("dv", 1.5), ("du", -0.1), ("vth", 0.0), ("vth", float("nan")),
+                                        ("bias", float("inf"))])
+def test_operator_checks_parameter_values_like_the_general_path(name, value, op_switch):
+    x = torch.rand(3, 2, 6)
+    messages = []
+    for enabled in (True, False):
+        op_switch(enabled)
+        pop = LIFPopulation(vth=torch.ones(6), learn_threshold=True)
+        with torch.no_grad():  # set after construction, as a careless update would
+            getattr(pop, name).view(-1)[-1] = value
+        with pytest.raises(SpikingAttnError, match=f"LIFPopulation: {name} must be") as info:
+            pop(x)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_operator_refuses_parameters_that_do_not_broadcast(op_switch):
+    pop = LIFPopulation()
+    pop.vth = torch.ones(1, 1, 1, 6)  # one axis more than the population [B, D]
+    with pytest.raises(SpikingAttnError, match="vth of shape"):
+        pop(torch.rand(3, 2, 6))

@@ -10,7 +10,8 @@
 //       the plain population: parameters that are scalars or one per channel (x's last axis), a
 //       surrogate the kernel knows (kind 0..2), no modulation, no adaptive threshold, no membrane output.
 //       native_ops.py checks that before calling; every other case runs the ctypes path, which handles
-//       them all. The spikes and gradients are those of the ctypes path bit for bit (the same kernel,
+//       them all. The parameters' values are checked here against their domains (cheaper than from
+//       Python, on every call). The spikes and gradients are those of the ctypes path bit for bit (the same kernel,
 //       called on the same column ranges' data).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -18,6 +19,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -80,6 +82,21 @@ operand_t describe(const at::Tensor &p, int64_t channels) {
     return op;
 }
 
+// Whether every value of the parameters lies in its domain (lif_step's): du, dv in [0, 1]; vth > 0;
+// bias finite. NaN fails every test. native_ops.py turns a failure into neuron.check_params' message.
+template <typename scalar_t>
+bool params_in_domain(const std::vector<at::Tensor> &params) {
+    for (int k = 0; k < 4; ++k) {
+        const scalar_t *p = params[k].data_ptr<scalar_t>();
+        for (int64_t i = 0, m = params[k].numel(); i < m; ++i) {
+            const scalar_t v = p[i];
+            const bool ok = k <= 1 ? (v >= 0 && v <= 1) : k == 2 ? (v > 0 && std::isfinite(v)) : std::isfinite(v);
+            if (!ok) return false;
+        }
+    }
+    return true;
+}
+
 template <typename F>
 void for_columns(int64_t n, int64_t per_column, F &&body) {
     // Chunks of whole columns; at::parallel_for runs them on torch's intra-op pool.
@@ -96,6 +113,10 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
         const int64_t T = x.size(0), n = T ? x.numel() / T : 0, channels = x.size(-1);
         std::vector<at::Tensor> params{du.to(x.scalar_type()).contiguous(), dv.to(x.scalar_type()).contiguous(),
                                        vth.to(x.scalar_type()).contiguous(), bias.to(x.scalar_type()).contiguous()};
+        bool in_domain = true;
+        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spiking_attn::lif_params",
+                                   [&] { in_domain = params_in_domain<scalar_t>(params); });
+        TORCH_CHECK(in_domain, "spiking_attn-params: a parameter lies outside its domain");
         const bool du_grad = du.requires_grad();  // (grad mode is off inside forward)
         const bool unit_du = params[0].numel() == 1 ? params[0].item<double>() == 1.0 : params[0].eq(1).all().item<bool>();
         const int flags = ((du_grad || !unit_du) ? F_DECAY_U : 0) | (detach_reset ? F_DETACH : 0) |
