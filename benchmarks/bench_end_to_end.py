@@ -25,7 +25,10 @@ epochs, ``--repeats`` times, one after the other; the table gives min / median /
 and the ratio of the peers' medians to ours. The per-iteration block figure is in
 ``bench_attention_block.py``.
 
-    .venv/bin/python benchmarks/bench_end_to_end.py [--epochs 2] [--repeats 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_end_to_end.py [--epochs 2] [--repeats 3] [--json out.json] [--compile]
+
+With ``--compile`` every model runs under ``torch.compile`` (inductor, CPU). Our populations then take the
+ctypes path, which torch.compile cannot trace into: the graph breaks at each of them.
 """
 from __future__ import annotations
 
@@ -132,6 +135,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per repetition (default 2)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--compile", action="store_true",
+                        help="wrap every model in torch.compile (the warm-up is then a whole epoch, so that both "
+                             "batch shapes are compiled before timing)")
     args = parser.parse_args()
     from spiking_attn.data import load_task
     from spiking_attn import native_ops
@@ -140,14 +146,18 @@ def main() -> None:
     data = load_task("digits")
     names = ("spiking-attn", "spiking-attn (ctypes)", "spikingjelly", "snntorch", "no-neurons")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}, "
-          f"torch operator: {native_ops.status()}; "
+          f"torch operator: {native_ops.status()}{', torch.compile' if args.compile else ''}; "
           f"digits, {len(data.x_train)} training samples, batch 64, {args.epochs} epoch(s) x {args.repeats}")
     times = {n: [] for n in names}
     for r in range(args.repeats):  # round-robin, so that machine noise hits every library alike
         for n in names:
             native_ops.set_enabled(n != "spiking-attn (ctypes)")
             model = build(n, data.in_features)
-            epoch_seconds(model, data.x_train[:128], data.y_train[:128], -1)  # warm-up (kernel load, allocator)
+            if args.compile:
+                model = torch.compile(model)
+                epoch_seconds(model, data.x_train, data.y_train, -1)  # compiles both batch shapes
+            else:
+                epoch_seconds(model, data.x_train[:128], data.y_train[:128], -1)  # warm-up (kernel load, allocator)
             times[n] += [epoch_seconds(model, data.x_train, data.y_train, e) for e in range(args.epochs)]
     ours = statistics.median(times["spiking-attn"])
     print(f"{'library':22s} {'min s':>7s} {'median s':>9s} {'max s':>7s} {'median / ours':>14s}")

@@ -21,6 +21,9 @@ from typing import Dict, Iterator, List, Optional
 import torch
 
 _ACTIVE: ContextVar[Optional[Dict[str, List[torch.Tensor]]]] = ContextVar("spiking_attn_auxiliary", default=None)
+# How many collect() blocks are open, in any thread: while none is, report() returns before reading the
+# context variable, which torch.compile cannot trace (it would split the graph at every report).
+_OPEN = [0]
 
 
 @contextmanager
@@ -28,14 +31,18 @@ def collect() -> Iterator[Dict[str, List[torch.Tensor]]]:
     """Gather every ``report`` made inside the block, by name."""
     store: Dict[str, List[torch.Tensor]] = defaultdict(list)
     token = _ACTIVE.set(store)
+    _OPEN[0] += 1
     try:
         yield store
     finally:
+        _OPEN[0] -= 1
         _ACTIVE.reset(token)
 
 
 def report(name: str, value: torch.Tensor) -> None:
     """Hand ``value`` to the active collector, if there is one."""
+    if not _OPEN[0]:
+        return
     store = _ACTIVE.get()
     if store is not None:
         store[name].append(value)

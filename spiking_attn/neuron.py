@@ -288,12 +288,12 @@ def _check_broadcast(name: str, t: torch.Tensor, target: Sequence[int], what: st
         raise ShapeError(f"{name} of shape {tuple(t.shape)} does not broadcast to {what} {tuple(target)}")
 
 
-def _check_modulation(name: str, mod, x: torch.Tensor) -> Optional[torch.Tensor]:
+def _check_modulation(name: str, mod, x: torch.Tensor, finite: bool = True) -> Optional[torch.Tensor]:
     if mod is None:
         return None
     if isinstance(mod, (int, float)) and not isinstance(mod, bool):
         mod = torch.tensor(float(mod), dtype=x.dtype, device=x.device)
-    check_tensor(mod, name, ndim=range(0, x.dim() + 1))
+    check_tensor(mod, name, ndim=range(0, x.dim() + 1), finite=finite)
     _check_broadcast(name, mod, x.shape, "the input shape [T, B, ...]")
     return mod.to(dtype=x.dtype)
 
@@ -342,7 +342,11 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
     # NaN/Inf in x are caught inside the engines: the compiled kernel counts them in its own pass
     check_tensor(x, "x", ndim=range(2, 9), finite=False)
     surrogate = ATan() if surrogate is None else get_surrogate(surrogate)
-    if engine == "native" and native_ops.ops() is not None and native_ops.lif_eligible(
+    # Under torch.compile the native engine runs lif_step in torch ops, which inductor fuses with the
+    # layers around them; the value checks (parameter domains, NaN) would read tensors on the host and
+    # break the graph at every population, so they are left out there (shapes and dtypes are checked).
+    compiling = torch.compiler.is_compiling()
+    if engine == "native" and not compiling and native_ops.ops() is not None and native_ops.lif_eligible(
             x, params, gain, threshold_shift, surrogate, return_membrane):
         # a plain population, as the compiled torch operator: its parameters broadcast (lif_eligible
         # checked their shapes) and the operator checks their values, so the checks below are not repeated
@@ -350,9 +354,10 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
     population = x.shape[1:]
     for name, value in params.items():
         _check_broadcast(f"{where}{name}", value, population, "the population shape")
-    check_params(params, where)
-    gain = _check_modulation("gain", gain, x)
-    threshold_shift = _check_modulation("threshold_shift", threshold_shift, x)
+    if not compiling:
+        check_params(params, where)
+    gain = _check_modulation("gain", gain, x, finite=not compiling)
+    threshold_shift = _check_modulation("threshold_shift", threshold_shift, x, finite=not compiling)
     params = params.to(x)
     if engine == "spikingjelly":
         from .spikingjelly_engine import run_spikingjelly
@@ -360,12 +365,13 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
         spikes, membrane = run_spikingjelly(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
                                             detach_reset=detach_reset, return_membrane=return_membrane,
                                             reset=reset, v_init=v_init)
-    elif lif_kernel.usable(x):
+    elif not compiling and lif_kernel.usable(x):
         spikes, membrane = lif_kernel.run(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
                                           detach_reset=detach_reset, return_membrane=return_membrane,
                                           reset=reset, v_init=v_init)
     else:
-        check_tensor(x, "x")
+        if not compiling:
+            check_tensor(x, "x")
         spikes, membrane = run_reference(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
                                          detach_reset=detach_reset, return_membrane=return_membrane,
                                          reset=reset, v_init=v_init)

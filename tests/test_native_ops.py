@@ -135,3 +135,27 @@ def test_operator_refuses_parameters_that_do_not_broadcast(op_switch):
     pop.vth = torch.ones(1, 1, 1, 6)  # one axis more than the population [B, D]
     with pytest.raises(SpikingAttnError, match="vth of shape"):
         pop(torch.rand(3, 2, 6))
+
+
+def test_model_compiles_without_graph_breaks_and_matches_eager():
+    # under torch.compile populations run lif_step in torch ops (the operator is opaque to the tracer),
+    # and no check reads a tensor on the host, so the whole forward is one graph
+    from spiking_attn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(in_features=8, num_tokens=4, num_classes=3, dim=16, depth=1, heads=2,
+                                    timesteps=3, attention="sdsa")).double()
+    x = torch.rand(5, 4, 8, dtype=torch.float64) * 2
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    eager = model(x)
+    eager.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager")(x)
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled, eager)
+    for name, g in grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, g)
+    torch._dynamo.reset()
