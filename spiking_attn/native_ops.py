@@ -5,15 +5,15 @@ a library with a C++ autograd node, so that a call and its backward pass cost a 
 bookkeeping instead of a Python ``autograd.Function`` (tens of microseconds per call, as much as the
 arithmetic of a small population), and its column chunks run on torch's intra-op thread pool.
 
-The library is compiled on first use (about 15 s with g++) against the installed torch's headers, into the
-same cache as the LIF kernel (``lif_kernel.build_library``'s directory), keyed by a hash of the sources,
+The library is compiled on first use (about 20 s with g++) against the installed torch's headers, into the
+LIF kernel's cache directory (``lif_kernel._cache_dir()``), keyed by a hash of the sources,
 the flags and the torch version; ``make install`` builds it once. If it cannot be built (no C++ compiler,
 no torch headers), every call runs the ctypes path and ``status()`` says why. ``SPIKING_ATTN_TORCH_OPS=0``
 in the environment, or ``set_enabled(False)``, turns the operator off, for comparisons.
 
 Which calls take the operator is decided by ``lif_eligible`` (a plain population); every other call runs
-the ctypes path. Results never depend on the choice: the same kernel runs either way, so spikes and
-gradients are identical bit for bit.
+the ctypes path. Results do not depend on the choice: the same kernel runs either way, so spikes and
+input gradients are identical bit for bit (parameter gradients up to the order of their final sums).
 """
 from __future__ import annotations
 

@@ -288,12 +288,12 @@ def _check_broadcast(name: str, t: torch.Tensor, target: Sequence[int], what: st
         raise ShapeError(f"{name} of shape {tuple(t.shape)} does not broadcast to {what} {tuple(target)}")
 
 
-def _check_modulation(name: str, mod, x: torch.Tensor, finite: bool = True) -> Optional[torch.Tensor]:
+def _check_modulation(name: str, mod, x: torch.Tensor) -> Optional[torch.Tensor]:
     if mod is None:
         return None
     if isinstance(mod, (int, float)) and not isinstance(mod, bool):
         mod = torch.tensor(float(mod), dtype=x.dtype, device=x.device)
-    check_tensor(mod, name, ndim=range(0, x.dim() + 1), finite=finite)
+    check_tensor(mod, name, ndim=range(0, x.dim() + 1))
     _check_broadcast(name, mod, x.shape, "the input shape [T, B, ...]")
     return mod.to(dtype=x.dtype)
 
@@ -356,8 +356,8 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
         _check_broadcast(f"{where}{name}", value, population, "the population shape")
     if not compiling:
         check_params(params, where)
-    gain = _check_modulation("gain", gain, x, finite=not compiling)
-    threshold_shift = _check_modulation("threshold_shift", threshold_shift, x, finite=not compiling)
+    gain = _check_modulation("gain", gain, x)  # (check_tensor skips the NaN test while tracing)
+    threshold_shift = _check_modulation("threshold_shift", threshold_shift, x)
     params = params.to(x)
     if engine == "spikingjelly":
         from .spikingjelly_engine import run_spikingjelly
@@ -370,8 +370,7 @@ def run_lif(x: torch.Tensor, params: LIFParams, *, gain=None, threshold_shift=No
                                           detach_reset=detach_reset, return_membrane=return_membrane,
                                           reset=reset, v_init=v_init)
     else:
-        if not compiling:
-            check_tensor(x, "x")
+        check_tensor(x, "x")
         spikes, membrane = run_reference(x, params, gain=gain, shift=threshold_shift, surrogate=surrogate,
                                          detach_reset=detach_reset, return_membrane=return_membrane,
                                          reset=reset, v_init=v_init)
