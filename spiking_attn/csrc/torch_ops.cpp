@@ -11,8 +11,8 @@
 //       surrogate the kernel knows (kind 0..2), no modulation, no adaptive threshold, no membrane output.
 //       native_ops.py checks that before calling; every other case runs the ctypes path, which handles
 //       them all. The parameters' values are checked here against their domains (cheaper than from
-//       Python, on every call). The spikes and gradients are those of the ctypes path bit for bit (the same kernel,
-//       called on the same column ranges' data).
+//       Python, on every call). Spikes and input gradients equal the ctypes path's bit for bit (the same
+//       kernel; every column is computed alone); parameter gradients are summed here, by torch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -67,7 +67,8 @@ inline int lif_backward(const double *g, const double *x, double *gx, double *co
 // Feature flags and operand slots of lif_kernel.c.
 constexpr int F_DECAY_U = 1, F_DETACH = 16, F_PARAMS = 32, F_SUBTRACT = 256;
 constexpr int N_OPS = 8;
-// Work below this many elements runs on one thread (the kernels' own grain on this project's machines).
+// Work below this many elements (columns x steps) runs on one thread; above it, torch's pool takes chunks
+// of at least this size. On this project's 2-core machines splitting or not made no difference beyond noise.
 constexpr int64_t GRAIN = 1 << 16;
 
 // The operand descriptor of a parameter broadcast over the population: a scalar, or one value per
