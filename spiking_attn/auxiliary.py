@@ -13,6 +13,7 @@ and two models running at once do not see each other's signals.
 """
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,8 +23,10 @@ import torch
 
 _ACTIVE: ContextVar[Optional[Dict[str, List[torch.Tensor]]]] = ContextVar("spiking_attn_auxiliary", default=None)
 # How many collect() blocks are open, in any thread: while none is, report() returns before reading the
-# context variable, which torch.compile cannot trace (it would split the graph at every report).
+# context variable, which torch.compile cannot trace (it would split the graph at every report). The
+# count changes under a lock, so that blocks opened at once in several threads are all counted.
 _OPEN = [0]
+_OPEN_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -31,11 +34,13 @@ def collect() -> Iterator[Dict[str, List[torch.Tensor]]]:
     """Gather every ``report`` made inside the block, by name."""
     store: Dict[str, List[torch.Tensor]] = defaultdict(list)
     token = _ACTIVE.set(store)
-    _OPEN[0] += 1
+    with _OPEN_LOCK:
+        _OPEN[0] += 1
     try:
         yield store
     finally:
-        _OPEN[0] -= 1
+        with _OPEN_LOCK:
+            _OPEN[0] -= 1
         _ACTIVE.reset(token)
 
 

@@ -90,15 +90,26 @@ def _cache_dir() -> Path:
     return Path(base) / "spiking-attn"
 
 
+def _c_compiler() -> Optional[str]:
+    """The C compiler to use: ``$CC`` (default ``cc``), else ``gcc``; None if there is none."""
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _cached_library(stem: str, sources: Sequence[Path], extra: str = "") -> Path:
+    """The cache path of a library built from ``sources``: named by a hash of their bytes, ``FLAGS``, the
+    machine and ``extra`` (whatever else the build depends on), so a change of any of them rebuilds it."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
+    digest.update(" ".join(FLAGS).encode() + platform.machine().encode() + extra.encode())
+    return _cache_dir() / f"{stem}_{digest.hexdigest()[:16]}.so"
+
+
 def _build() -> Path:
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    compiler = _c_compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found")
-    digest = hashlib.sha256()
-    for source in SOURCES:
-        digest.update(source.read_bytes())
-    digest.update(" ".join(FLAGS).encode() + platform.machine().encode())
-    target = _cache_dir() / f"lif_kernel_{digest.hexdigest()[:16]}.so"
+    target = _cached_library("lif_kernel", SOURCES)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

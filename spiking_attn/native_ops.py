@@ -6,7 +6,7 @@ bookkeeping instead of a Python ``autograd.Function`` (tens of microseconds per 
 arithmetic of a small population), and its column chunks run on torch's intra-op thread pool.
 
 The library is compiled on first use (about 20 s with g++) against the installed torch's headers, into the
-LIF kernel's cache directory (``lif_kernel._cache_dir()``), keyed by a hash of the sources,
+LIF kernel's cache directory (``lif_kernel._cached_library``), keyed by a hash of the sources,
 the flags and the torch version; ``make install`` builds it once. If it cannot be built (no C++ compiler,
 no torch headers), every call runs the ctypes path and ``status()`` says why. ``SPIKING_ATTN_TORCH_OPS=0``
 in the environment, or ``set_enabled(False)``, turns the operator off, for comparisons.
@@ -17,10 +17,8 @@ input gradients are identical bit for bit (parameter gradients up to the order o
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .lif_kernel import CSRC, FLAGS, SUFFIX, SURROGATE_KINDS, _cache_dir
+from .lif_kernel import CSRC, FLAGS, SUFFIX, SURROGATE_KINDS, _c_compiler, _cached_library
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +41,6 @@ _state: dict = {"ops": None, "tried": False, "error": None,
                 "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", "")}
 
 
-def _library_path() -> Path:
-    digest = hashlib.sha256()
-    for source in (*C_SOURCES, *HEADERS, CXX_SOURCE):
-        digest.update(source.read_bytes())
-    digest.update(" ".join(FLAGS + CXX_FLAGS).encode() + platform.machine().encode() + torch.__version__.encode())
-    return _cache_dir() / f"torch_ops_{digest.hexdigest()[:16]}.so"
-
-
 def _run(command: list) -> None:
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -59,10 +49,11 @@ def _run(command: list) -> None:
 
 def build() -> Path:
     """Compile the operator library (once: it is cached) and return its path."""
-    target = _library_path()
+    target = _cached_library("torch_ops", (*C_SOURCES, *HEADERS, CXX_SOURCE),
+                             " ".join(CXX_FLAGS) + " torch " + torch.__version__)
     if target.exists():
         return target
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    cc = _c_compiler()
     cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if cc is None or cxx is None:
         raise RuntimeError("no C and C++ compiler found")
@@ -159,11 +150,8 @@ def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_in
         if "spiking_attn-nonfinite: " in message:
             raise NonFiniteError(message.split("spiking_attn-nonfinite: ", 1)[1].splitlines()[0]) from None
         if "spiking_attn-params: " in message:
-            error = None
             try:
                 check_params(params, where)  # the general path's own message
             except SpikingAttnError as found:
-                error = found
-            if error is not None:
-                raise error from None
+                raise found from None
         raise

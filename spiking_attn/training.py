@@ -363,7 +363,7 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures, te
     if team.active:
         convert_batchnorm(net)  # the global batch's statistics (the same parameters and state-dict keys)
     # foreach: one call per step for all tensors instead of a Python loop over them; on the CPU it computes
-    # the same values bit for bit (tests/test_training.py checks) in a third less time
+    # the same values bit for bit (tests/test_training.py checks), in less time
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                                   foreach=True)
     attach_constraints(optimizer, net)  # learned neuron parameters stay in their domains

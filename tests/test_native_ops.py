@@ -1,5 +1,8 @@
 """The LIF kernel as a torch operator (native_ops): same results as the ctypes path, and the right calls."""
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,12 +107,9 @@ def test_operator_refuses_second_order_gradients(op_switch):
         torch.autograd.grad(LIFPopulation(learn_threshold=True).double()(x).sum(), x, create_graph=True)
 
 
-def test_environment_switch_turns_the_operator_off(tmp_path):
-    import subprocess
-    import sys
-
+def test_environment_switch_turns_the_operator_off():
     code = "from spiking_attn import native_ops; print(native_ops.status())"
-    env = {**__import__("os").environ, "SPIKING_ATTN_TORCH_OPS": "0"}
+    env = {**os.environ, "SPIKING_ATTN_TORCH_OPS": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "disabled"
 

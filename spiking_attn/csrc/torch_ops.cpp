@@ -119,8 +119,9 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
                                    [&] { in_domain = params_in_domain<scalar_t>(params); });
         TORCH_CHECK(in_domain, "spiking_attn-params: a parameter lies outside its domain");
         const bool du_grad = du.requires_grad();  // (grad mode is off inside forward)
-        const bool unit_du = params[0].numel() == 1 ? params[0].item<double>() == 1.0 : params[0].eq(1).all().item<bool>();
-        const int flags = ((du_grad || !unit_du) ? F_DECAY_U : 0) | (detach_reset ? F_DETACH : 0) |
+        const bool decay_u = du_grad || (params[0].numel() == 1 ? params[0].item<double>() != 1.0
+                                                               : !params[0].eq(1).all().item<bool>());
+        const int flags = (decay_u ? F_DECAY_U : 0) | (detach_reset ? F_DETACH : 0) |
                           (subtract ? F_SUBTRACT : 0);
         at::Tensor spikes = at::empty_like(x);
         std::atomic<int64_t> bad{0}, failed{0};
@@ -143,12 +144,6 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
         ctx->saved_data["kind"] = kind;
         ctx->saved_data["alpha"] = alpha;
         ctx->saved_data["v_init"] = v_init;
-        std::vector<int64_t> shapes;  // the parameters' own shapes, flattened: ndim, sizes..., per parameter
-        for (const auto *p : {&du, &dv, &vth, &bias}) {
-            shapes.push_back(p->dim());
-            for (int64_t s : p->sizes()) shapes.push_back(s);
-        }
-        ctx->saved_data["shapes"] = shapes;
         return spikes;
     }
 
@@ -162,7 +157,6 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
         int flags = static_cast<int>(ctx->saved_data["flags"].toInt());
         const int kind = static_cast<int>(ctx->saved_data["kind"].toInt());
         const double alpha = ctx->saved_data["alpha"].toDouble(), v_init = ctx->saved_data["v_init"].toDouble();
-        const auto shapes = ctx->saved_data["shapes"].toIntVector();
         bool need[4];
         bool any = false;
         for (int k = 0; k < 4; ++k) any |= (need[k] = ctx->needs_input_grad(1 + k));
@@ -189,21 +183,17 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
         });
         TORCH_CHECK(failed.load() == 0, "spiking_attn::lif: the kernel could not allocate its work buffer");
         variable_list result{grad_x};
-        size_t at = 0;
         for (int k = 0; k < 4; ++k) {
-            const int64_t ndim = shapes[at];
-            std::vector<int64_t> shape(shapes.begin() + at + 1, shapes.begin() + at + 1 + ndim);
-            at += 1 + ndim;
             if (!need[k]) {
                 result.push_back(at::Tensor());
                 continue;
             }
-            // one value per column: sum over everything but the channel, then to the parameter's shape
+            // one value per column: sum over everything but the channel, then to the parameter's shape (the
+            // saved parameter has the input's shape: forward only changed its dtype and layout)
+            const at::Tensor &param = saved[1 + k];
             at::Tensor per_column = outputs[k].view({n / channels, channels});
-            int64_t values = 1;
-            for (int64_t s : shape) values *= s;
-            at::Tensor reduced = values == 1 ? per_column.sum().reshape(shape) : per_column.sum(0).reshape(shape);
-            result.push_back(reduced.to(saved[1 + k].scalar_type()));
+            at::Tensor reduced = param.numel() == 1 ? per_column.sum() : per_column.sum(0);
+            result.push_back(reduced.reshape(param.sizes()));
         }
         for (int k = 0; k < 5; ++k) result.push_back(at::Tensor());
         return result;
