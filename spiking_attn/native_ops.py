@@ -107,7 +107,9 @@ def status() -> str:
 
 def set_enabled(enabled: bool) -> bool:
     """Turn the operator on or off for every later call; returns the previous setting."""
-    previous, _state["enabled"] = _state["enabled"], bool(enabled)
+    from .errors import check_bool
+
+    previous, _state["enabled"] = _state["enabled"], check_bool(enabled, "enabled")
     return previous
 
 

@@ -107,6 +107,12 @@ def test_operator_refuses_second_order_gradients(op_switch):
         torch.autograd.grad(LIFPopulation(learn_threshold=True).double()(x).sum(), x, create_graph=True)
 
 
+def test_set_enabled_takes_only_a_bool():
+    with pytest.raises(SpikingAttnError, match="enabled must be True or False, got 'no'"):
+        native_ops.set_enabled("no")
+    assert native_ops.status() == "compiled"  # unchanged by the refused call
+
+
 def test_environment_switch_turns_the_operator_off():
     code = "from spiking_attn import native_ops; print(native_ops.status())"
     env = {**os.environ, "SPIKING_ATTN_TORCH_OPS": "0"}
