@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 C_SOURCES = (CSRC / "lif_kernel.c",)
 HEADERS = (CSRC / "lif_kernel_body.h",)
 CXX_SOURCE = CSRC / "torch_ops.cpp"
-CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-Wno-c++20-extensions"]
+CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-c++20-extensions"]
 
 _lock = threading.Lock()
 _state: dict = {"ops": None, "tried": False, "error": None,

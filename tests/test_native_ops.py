@@ -73,6 +73,23 @@ def test_large_population_split_across_threads_equals_one_chunk(op_switch):
     torch.testing.assert_close(gp_op["vth"], gp_ct["vth"], rtol=1e-5, atol=1e-6)
 
 
+def _operator_spike_total(x_np):
+    # (summed by numpy: torch's own reduction of this size would also wait on the pool)
+    return int(LIFPopulation(dv=0.3, vth=0.9)(torch.from_numpy(x_np)).numpy().sum())
+
+
+def test_operator_runs_in_a_forked_child(op_switch):
+    # The operator splits large populations on torch's OpenMP pool, whose threads do not exist in a forked
+    # child (Lava forks its processes): there it must run on the calling thread instead of waiting forever.
+    import multiprocessing
+
+    x = torch.randn(4, 64, 8, 256, generator=torch.Generator().manual_seed(3))  # several chunks
+    expected = int(LIFPopulation(dv=0.3, vth=0.9)(x).sum())  # the parent's pool has run
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        total = pool.apply_async(_operator_spike_total, (x.numpy(),)).get(timeout=60)
+    assert total == expected > 0
+
+
 def test_only_plain_populations_take_the_operator(monkeypatch, op_switch):
     calls = []
     real = native_ops.lif

@@ -452,15 +452,45 @@ def test_kernel_thread_pool_is_rebuilt_in_a_forked_child(monkeypatch):
     # child runs no large torch operation of its own: OpenMP's pool does not survive a fork either.)
     import multiprocessing
 
+    from spiking_attn import native_ops
+
     monkeypatch.setattr(lif_kernel, "MIN_PARALLEL", 1 << 15)  # the forked child inherits it
-    x = torch.randn(4, 70000)
-    expected = lif_sequence(x, dv=0.3, vth=0.9)  # 2 chunks when torch has 2 threads
-    if len(lif_kernel._chunks(70000)) < 2:
-        pytest.skip("one thread: the pool is not used")
-    assert lif_kernel._pool["executor"] is not None
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        total = pool.apply_async(_kernel_spike_total, (x.numpy(),)).get(timeout=60)
+    previous = native_ops.set_enabled(False)  # the ctypes path, whose pool this is (test_native_ops forks the operator)
+    try:
+        x = torch.randn(4, 70000)
+        expected = lif_sequence(x, dv=0.3, vth=0.9)  # 2 chunks when torch has 2 threads
+        if len(lif_kernel._chunks(70000)) < 2:
+            pytest.skip("one thread: the pool is not used")
+        assert lif_kernel._pool["executor"] is not None
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            total = pool.apply_async(_kernel_spike_total, (x.numpy(),)).get(timeout=60)
+    finally:
+        native_ops.set_enabled(previous)
     assert total == int(expected.numpy().sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 3, 1000), (7, 5, 13), (2, 1, 40)])  # strips, a group tail, blocks of 512
+@pytest.mark.parametrize("surrogate, detach", [("atan", False), ("atan", True), ("sigmoid", False)])
+def test_plain_kernel_path_equals_general_path(dtype, shape, surrogate, detach):
+    # A plain population runs the kernel's forward_plain / backward_plain (groups side by side); a learnable
+    # bias sends the same population through the general per-group path. Spikes and input gradients must
+    # agree bit for bit (same operations, same order), with per-channel parameters and partial blocks.
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=dtype) * 1.5
+    vth = torch.linspace(0.6, 1.4, shape[-1], dtype=dtype)
+    weights = torch.randn(*shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    results = []
+    for learn_bias in (False, True):
+        pop = LIFPopulation(dv=0.4, vth=vth, surrogate=surrogate, detach_reset=detach, learn_bias=learn_bias,
+                            v_init=0.2).to(dtype)
+        xi = x.clone().requires_grad_()
+        spikes = pop(xi)
+        (spikes * weights).sum().backward()
+        results.append((spikes, xi.grad))
+    (s_plain, g_plain), (s_general, g_general) = results
+    assert 0.05 < float(s_plain.mean()) < 0.8
+    assert torch.equal(s_plain, s_general)
+    assert torch.equal(g_plain, g_general)
 
 
 def _kernel_spike_total(x_np):

@@ -21,6 +21,7 @@ typedef REAL SFX(vec) __attribute__((vector_size(32), aligned(sizeof(REAL)), may
 typedef MASKINT SFX(mask) __attribute__((vector_size(32), aligned(sizeof(REAL)), may_alias));
 #define VEC SFX(vec)
 #define MASK SFX(mask)
+#define STRIP 4  /* groups the plain paths run side by side (forward_plain) */
 
 /* Load / store the first w lanes (w == W except at the end of a block). */
 INLINE VEC SFX(ld)(const REAL *p, int64_t w) {
@@ -232,6 +233,41 @@ INLINE void SFX(forward_group)(const REAL *x, REAL *spikes, REAL *membrane, REAL
     }
 }
 
+/* The plain population (no decay of u, adaptive threshold, modulation, reset by subtraction, membrane
+ * or z output) over the m columns of the block at column i0, STRIP groups at a time: their parameters
+ * and membranes stay in registers while time runs, and the STRIP independent chains of dependent steps
+ * overlap (one group alone leaves the core waiting on its chain's latency when T is small). The
+ * operations per element and their order are forward_group's: the same bits. */
+INLINE void SFX(forward_plain)(const REAL *x, REAL *spikes, int64_t T, int64_t n, int64_t i0, int64_t m,
+                               const SFX(block_consts) *c, MASK *bad) {
+    MASK nonfinite = {0};  /* local: *bad may alias the spike stores, which would chain every iteration */
+    int64_t j0 = 0;
+    for (; j0 + STRIP * W <= m; j0 += STRIP * W) {
+        VEC kv[STRIP], vth[STRIP], bias[STRIP], v[STRIP];
+        for (int q = 0; q < STRIP; ++q) {
+            kv[q] = *(const VEC *)(c->kv + j0 + q * W);
+            vth[q] = *(const VEC *)(c->vth + j0 + q * W);
+            bias[q] = *(const VEC *)(c->bias + j0 + q * W);
+            v[q] = vth[q] * c->v_init;
+        }
+        for (int64_t t = 0; t < T; ++t)
+            for (int q = 0; q < STRIP; ++q) {
+                const int64_t o = t * n + i0 + j0 + q * W;
+                const VEC xt = *(const VEC *)(x + o);
+                nonfinite -= (xt - xt) != 0;
+                const VEC h = (xt + v[q] * kv[q]) + bias[q];
+                const VEC s = SFX(ones)(h > vth[q]);
+                *(VEC *)(spikes + o) = s;
+                v[q] = h * (1 - s);
+            }
+    }
+    *bad += nonfinite;
+    for (; j0 < m; j0 += W) {
+        const int64_t w = (m - j0) < W ? (m - j0) : W;
+        SFX(forward_group)(x, spikes, 0, 0, T, n, i0 + j0, j0, w, c, 0, bad);
+    }
+}
+
 /* Returns the number of non-finite inputs in the columns [lo, hi), or -1 if memory ran out. */
 MULTIVERSION
 int64_t SFX(lif_forward)(const REAL *x, REAL *spikes, REAL *membrane, REAL *zout, int64_t T, int64_t n,
@@ -243,12 +279,13 @@ int64_t SFX(lif_forward)(const REAL *x, REAL *spikes, REAL *membrane, REAL *zout
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
         SFX(load_consts)(c, ops, i0, flags);
+        if ((flags & (15 | F_SUBTRACT)) == 0 && !membrane && !zout) { /* the plain case */
+            SFX(forward_plain)(x, spikes, T, n, i0, m, c, &bad);
+            continue;
+        }
         for (int64_t j0 = 0; j0 < m; j0 += W) {
             const int64_t w = (m - j0) < W ? (m - j0) : W;
-            if ((flags & (15 | F_SUBTRACT)) == 0 && !membrane && !zout) /* the plain case, options inlined */
-                SFX(forward_group)(x, spikes, 0, 0, T, n, i0 + j0, j0, w, c, 0, &bad);
-            else
-                SFX(forward_group)(x, spikes, membrane, zout, T, n, i0 + j0, j0, w, c, flags, &bad);
+            SFX(forward_group)(x, spikes, membrane, zout, T, n, i0 + j0, j0, w, c, flags, &bad);
         }
     }
     free(c);
@@ -380,6 +417,52 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
     if (shift && !c->shift_ts && pg[OP_SHIFT]) SFX(st)(pg[OP_SHIFT] + col, a_shift, w);
 }
 
+/* Backward of the plain population (forward_plain's, with fixed parameters and no membrane gradient)
+ * over the block's m columns, STRIP groups at a time as in forward_plain: the forward is re-run into
+ * h_loc ([T, STRIP * W]), then time runs back with dL/dv in registers. The operations per element are
+ * backward_group's. */
+INLINE void SFX(backward_plain)(const REAL *grad_spikes, const REAL *x, REAL *grad_x, REAL *const *pg, REAL *h_loc,
+                                int64_t T, int64_t n, int64_t i0, int64_t m, const SFX(block_consts) *c,
+                                const int detach, const int kind, const REAL alpha, const REAL atan_k) {
+    int64_t j0 = 0;
+    for (; j0 + STRIP * W <= m; j0 += STRIP * W) {
+        VEC kv[STRIP], vth[STRIP], bias[STRIP], v[STRIP];
+        for (int q = 0; q < STRIP; ++q) {
+            kv[q] = *(const VEC *)(c->kv + j0 + q * W);
+            vth[q] = *(const VEC *)(c->vth + j0 + q * W);
+            bias[q] = *(const VEC *)(c->bias + j0 + q * W);
+            v[q] = vth[q] * c->v_init;
+        }
+        for (int64_t t = 0; t < T; ++t)
+            for (int q = 0; q < STRIP; ++q) {
+                const VEC h = (*(const VEC *)(x + t * n + i0 + j0 + q * W) + v[q] * kv[q]) + bias[q];
+                const VEC s = SFX(ones)(h > vth[q]);
+                *(VEC *)(h_loc + (t * STRIP + q) * W) = h;
+                v[q] = h * (1 - s);
+            }
+        VEC gv[STRIP];
+        for (int q = 0; q < STRIP; ++q) gv[q] = (VEC){0};
+        for (int64_t t = T - 1; t >= 0; --t)
+            for (int q = 0; q < STRIP; ++q) {
+                const int64_t o = t * n + i0 + j0 + q * W;
+                const VEC h = *(const VEC *)(h_loc + (t * STRIP + q) * W);
+                const VEC s = SFX(ones)(h > vth[q]);
+                const VEC sg = SFX(surrogate)(h - vth[q], kind, alpha, atan_k);
+                VEC g_spike = *(const VEC *)(grad_spikes + o);
+                if (!detach) g_spike = g_spike - gv[q] * h;
+                const VEC gh = g_spike * sg + gv[q] * (1 - s);
+                gv[q] = gh * kv[q];
+                *(VEC *)(grad_x + o) = gh;
+            }
+    }
+    for (; j0 < m; j0 += W) {
+        const int64_t w = (m - j0) < W ? (m - j0) : W;
+        /* (h_loc holds T * W values and more; the other buffers are not read without those options) */
+        SFX(backward_group)(grad_spikes, 0, x, 0, grad_x, pg, h_loc, h_loc, h_loc, h_loc, T, n, i0 + j0, j0, w, c,
+                            detach ? F_DETACH : 0, kind, alpha, atan_k);
+    }
+}
+
 /* Returns 0 on success, -1 if the local buffers could not be allocated. */
 MULTIVERSION
 int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const REAL *x, const REAL *table,
@@ -396,23 +479,33 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
         return -1;
     }
     REAL *h_loc = buf, *thr_loc = buf + T * W, *th_loc = buf + 2 * T * W, *u_loc = buf + 3 * T * W;
+    REAL *plain_h = fast ? malloc(sizeof(REAL) * T * STRIP * W) : NULL;  /* backward_plain's h */
+    if (fast && !plain_h) {
+        free(buf);
+        free(c);
+        return -1;
+    }
     c->v_init = (REAL)v_init;
 #define GROUP_ARGS grad_x, pg, h_loc, thr_loc, th_loc, u_loc, T, n, i0 + j0, j0, w, c
+#define PLAIN_ARGS grad_spikes, x, grad_x, pg, plain_h, T, n, i0, m, c
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
         SFX(load_consts)(c, ops, i0, flags);
+        if (fast) { /* the common training case (fixed parameters, no modulation); atan's options inlined */
+            const int detach = (flags & F_DETACH) != 0;
+            if (kind == SG_ATAN && !detach) SFX(backward_plain)(PLAIN_ARGS, 0, SG_ATAN, alpha, atan_k);
+            else if (kind == SG_ATAN) SFX(backward_plain)(PLAIN_ARGS, 1, SG_ATAN, alpha, atan_k);
+            else SFX(backward_plain)(PLAIN_ARGS, detach, kind, alpha, atan_k);
+            continue;
+        }
         for (int64_t j0 = 0; j0 < m; j0 += W) {
             const int64_t w = (m - j0) < W ? (m - j0) : W;
-            /* the common training case (fixed parameters, no modulation) gets its options inlined */
-            if (fast && kind == SG_ATAN && !(flags & F_DETACH))
-                SFX(backward_group)(grad_spikes, 0, x, 0, GROUP_ARGS, 0, SG_ATAN, alpha, atan_k);
-            else if (fast && kind == SG_ATAN)
-                SFX(backward_group)(grad_spikes, 0, x, 0, GROUP_ARGS, F_DETACH, SG_ATAN, alpha, atan_k);
-            else
-                SFX(backward_group)(grad_spikes, grad_membrane, x, table, GROUP_ARGS, flags, kind, alpha, atan_k);
+            SFX(backward_group)(grad_spikes, grad_membrane, x, table, GROUP_ARGS, flags, kind, alpha, atan_k);
         }
     }
 #undef GROUP_ARGS
+#undef PLAIN_ARGS
+    free(plain_h);
     free(buf);
     free(c);
     return 0;
@@ -423,3 +516,4 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
 #undef VEC
 #undef MASK
 #undef W
+#undef STRIP

@@ -18,6 +18,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -68,7 +70,7 @@ inline int lif_backward(const double *g, const double *x, double *gx, double *co
 constexpr int F_DECAY_U = 1, F_DETACH = 16, F_PARAMS = 32, F_SUBTRACT = 256;
 constexpr int N_OPS = 8;
 // Work below this many elements (columns x steps) runs on one thread; above it, torch's pool takes chunks
-// of at least this size. On this project's 2-core machines splitting or not made no difference beyond noise.
+// of at least this size.
 constexpr int64_t GRAIN = 1 << 16;
 
 // The operand descriptor of a parameter broadcast over the population: a scalar, or one value per
@@ -98,9 +100,20 @@ bool params_in_domain(const std::vector<at::Tensor> &params) {
     return true;
 }
 
+// Set in a child process made by fork(). torch's intra-op pool is OpenMP's (the library is built with
+// -fopenmp, so at::parallel_for really splits), and GNU OpenMP's threads do not exist in a forked child:
+// a parallel region there waits for them forever. Lava forks its processes, so in a child the operator
+// runs its columns on the calling thread.
+std::atomic<bool> in_forked_child{false};
+const int fork_handler_registered = pthread_atfork(nullptr, nullptr, [] { in_forked_child = true; });
+
 template <typename F>
 void for_columns(int64_t n, int64_t per_column, F &&body) {
     // Chunks of whole columns; at::parallel_for runs them on torch's intra-op pool.
+    if (in_forked_child.load()) {
+        body(0, n);
+        return;
+    }
     const int64_t grain = std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, per_column));
     at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) { body(lo, hi); });
 }
