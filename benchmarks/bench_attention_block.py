@@ -13,9 +13,10 @@ Spikformer block is the most that any neuron engine could give. The ``products-o
 weight products alone (no BatchNorm, neurons or attention): the Spikformer block's time over it bounds what
 any block with dense float32 products could reach. Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
 per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
-parameters (timed round-robin, so that machine noise hits every layout alike); and token scaling of the
-attention module alone (SSA and SDSA, causal or not) for N in 64..2048; ``--only scaling`` runs that
-part alone.
+parameters; and token scaling of the attention module alone (SSA and SDSA, causal or not) for N in
+64..2048; ``--only scaling`` runs that part alone. Every table is timed round-robin (one step of each row in
+turn, medians per row), so that a slow spell of this shared machine hits every row alike and the ratios
+are taken within one spell.
 
     .venv/bin/python benchmarks/bench_attention_block.py [--repeats 10] [--json out.json]
 
@@ -134,22 +135,52 @@ def step(model, x):
     model(x).sum().backward()
 
 
-def median_step_time(model, x, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of one forward+backward of ``model`` on ``x``, after ``warmup`` untimed steps."""
-    for _ in range(warmup):
-        step(model, x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(model, x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def round_robin(cases: dict, repeats: int, rounds: int = 3, settle: int = 2, before=None) -> dict:
+    """Median seconds of one forward+backward per case (name -> (model, x)), over ``repeats`` timed steps
+    split into ``rounds`` rounds; in each round every case runs ``settle`` untimed steps, then its timed
+    ones, before the next case. So a slow spell of this shared machine falls on several cases alike
+    rather than on whichever ran during it, and the steps right after another case are not timed (a small
+    step right after a large one ran up to 6x slower here for two steps, the allocator and the operating
+    system settling). ``before(name)``, if given, runs before each case's turn."""
+    per_round = -(-repeats // rounds)  # (so rounds * per_round >= repeats steps are timed: timed_steps())
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (model, x) in cases.items():
+            if before is not None:
+                before(name)
+            for _ in range(settle):
+                step(model, x)
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                step(model, x)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def time_variant(variant: str, repeats: int) -> float:
-    torch.manual_seed(0)
-    model, x = build(variant)
-    return median_step_time(model, x, repeats)
+def timed_steps(repeats: int, rounds: int = 3) -> str:
+    """How ``round_robin`` times ``repeats``, for the tables' headers."""
+    return f"median of {rounds * -(-repeats // rounds)} steps in {rounds} rounds, round-robin"
+
+
+def time_variants(variants, repeats: int) -> dict:
+    """Median seconds per block variant, round-robin (the torch operator switched for each step)."""
+    from spiking_attn import native_ops
+
+    cases = {}
+    for v in variants:
+        torch.manual_seed(0)
+        cases[v] = build(v)
+    try:
+        return round_robin(cases, repeats, before=lambda v: native_ops.set_enabled(v != "native-ctypes"))
+    finally:
+        native_ops.set_enabled(True)
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident size (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from
+    the parent through fork and exec, so a parent holding many models would set every child's figure."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
 def _rss_kib() -> int:
@@ -163,8 +194,7 @@ def peak_memory_child(variant: str) -> None:
     base = _rss_kib()
     for _ in range(3):
         step(model, x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+    print(json.dumps({"peak_mib": (_peak_rss_kib() - base) / 1024}))
 
 
 def peak_memory(variant: str) -> float:
@@ -204,7 +234,8 @@ def lif_alone(repeats: int) -> dict:
 
     x = torch.randn(T, B, N, 4 * D)
     models = {"native": LIFPopulation(), "spikingjelly LIFNode": SpikingJellyLIF(), "snntorch Leaky": SnnTorchLeaky()}
-    return {name: 1e3 * median_step_time(model, x, repeats) for name, model in models.items()}
+    times = round_robin({name: (model, x) for name, model in models.items()}, repeats)
+    return {name: 1e3 * t for name, t in times.items()}
 
 
 def lif_layouts(repeats: int) -> dict:
@@ -251,15 +282,13 @@ def token_scaling(repeats: int) -> dict:
                                 ("sdsa-causal", "sdsa", True)):
         torch.manual_seed(0)
         attn = SpikingSelfAttention(D, HEADS, kind=kind, causal=causal)
-        results[label] = {}
-        for n in (64, 256, 1024, 2048):
-            x = (torch.rand(T, 4, n, D) < 0.2).float()
-            results[label][n] = median_step_time(attn, x, max(3, repeats // 2), warmup=2)
+        cases = {n: (attn, (torch.rand(T, 4, n, D) < 0.2).float()) for n in (64, 256, 1024, 2048)}
+        results[label] = round_robin(cases, repeats)  # the lengths in turn: a ratio within one spell
     return results
 
 
-def print_scaling(scaling: dict) -> None:
-    print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms)")
+def print_scaling(scaling: dict, repeats: int) -> None:
+    print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms, {timed_steps(repeats)})")
     print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
     for label, row in scaling.items():
         print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
@@ -281,16 +310,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}, "
           f"torch operator: {operator_status()}")
     if args.only == "scaling":
-        print_scaling(token_scaling(args.repeats))
+        print_scaling(token_scaling(args.repeats), args.repeats)
         return
-    print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} (median of {args.repeats})")
+    print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} "
+          f"({timed_steps(args.repeats)})")
     variants = ("native", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons", "products-only")
-    block = {v: {"ms": 1e3 * time_variant(v, args.repeats), "peak_mib": peak_memory(v)} for v in variants}
+    times = time_variants(variants, args.repeats)
+    block = {v: {"ms": 1e3 * times[v], "peak_mib": peak_memory(v)} for v in variants}
     ref = block["sj-spikformer"]["ms"]
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")
     for v, r in block.items():
         print(f"{v:24s} {r['ms']:9.1f} {r['peak_mib']:9.0f} {ref / r['ms']:25.2f}x")
-    print(f"\nOne LIF population forward+backward, [T, B, N, 4D] = [{T}, {B}, {N}, {4 * D}] (median of {args.repeats})")
+    print(f"\nOne LIF population forward+backward, [T, B, N, 4D] = [{T}, {B}, {N}, {4 * D}] "
+          f"({timed_steps(args.repeats)})")
     lif = lif_alone(args.repeats)
     print(f"{'population':24s} {'time ms':>9s} {'native speed-up':>16s}")
     for name, ms in lif.items():
@@ -303,7 +335,7 @@ def main() -> None:
     for name, ms in layouts.items():
         print(f"{name:34s} {ms:9.2f} {ms / base:9.2f}x")
     scaling = token_scaling(args.repeats)
-    print_scaling(scaling)
+    print_scaling(scaling, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"block": block, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling}, f,

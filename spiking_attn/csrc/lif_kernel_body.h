@@ -13,7 +13,10 @@
  * Loop order: blocks of BLOCK columns, whose operand values are gathered once; inside a block, groups
  * of W columns (one 32-byte vector, written with GCC's vector extensions) whose parameters and state
  * stay in registers while time runs. A per-channel parameter therefore costs the same as a scalar one,
- * and the options are tested once per vector and step, not per element.
+ * and the options are tested once per vector and step, not per element. The plain population (the
+ * common training case) runs STRIP groups side by side (forward_plain, backward_plain): the T steps of
+ * one group form a chain of dependent operations, and with T = 4 a single chain leaves the core
+ * waiting on its latency.
  */
 
 #define W ((int64_t)(32 / sizeof(REAL)))
@@ -21,7 +24,7 @@ typedef REAL SFX(vec) __attribute__((vector_size(32), aligned(sizeof(REAL)), may
 typedef MASKINT SFX(mask) __attribute__((vector_size(32), aligned(sizeof(REAL)), may_alias));
 #define VEC SFX(vec)
 #define MASK SFX(mask)
-#define STRIP 4  /* groups the plain paths run side by side (forward_plain) */
+#define STRIP 4  /* groups the plain paths run side by side */
 
 /* Load / store the first w lanes (w == W except at the end of a block). */
 INLINE VEC SFX(ld)(const REAL *p, int64_t w) {
