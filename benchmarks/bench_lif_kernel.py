@@ -1,12 +1,15 @@
 """The LIF kernel alone: one population's forward and forward+backward, by path and thread count.
 
-A plain population (scalar dv and vth, atan surrogate, T=4) of the sizes the default digits model and the
+A population (scalar dv and vth, atan surrogate, T=4) of the sizes the default digits model and the
 block benchmark use, timed through
 
   * the torch operator (``torch.ops.spiking_attn.lif``, what ``LIFPopulation`` calls for plain populations),
   * the ctypes path (the same C kernel through a Python autograd.Function; ``native_ops`` off),
-  * the kernel's general backward (the same population with a learnable bias, which also sums the bias
-    gradient: the path every population that is not plain takes backward; its forward is the plain one),
+  * the operator with a learned threshold and bias (the kernel's plain path, which then also sums their
+    gradients per column),
+  * the kernel's general path: the population with a per-channel threshold shift (of zeros, so the
+    arithmetic is the same), which every population with modulation, an adaptive threshold, a decaying
+    current or reset by subtraction takes (through ctypes),
 
 each with torch limited to 1 thread and with all of them, round-robin within each thread count. Medians
 in microseconds per call, the Python call through ``LIFPopulation`` included.
@@ -34,12 +37,16 @@ def main() -> None:
 
     threads_all = torch.get_num_threads()
     print(f"torch {torch.__version__}, LIF kernel: {kernel_status()}, torch operator: {native_ops.status()}")
-    paths = {"operator": (True, False), "ctypes": (False, False), "general (learned bias)": (True, True)}
+    paths = {"operator": (True, False), "ctypes": (False, False), "learned vth and bias": (True, True),
+             "general (shift)": (True, False)}
     print(f"{'shape':18s} {'threads':>7s} {'path':24s} {'forward us':>11s} {'fwd+bwd us':>11s}")
     for label, shape in SHAPES.items():
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 1.5
         grad = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-        pops = {name: LIFPopulation(dv=0.5, vth=1.0, learn_bias=learned) for name, (_, learned) in paths.items()}
+        pops = {name: LIFPopulation(dv=0.5, vth=1.0, learn_threshold=learned, learn_bias=learned)
+                for name, (_, learned) in paths.items()}
+        shift = {name: {"threshold_shift": torch.zeros(shape[-1])} if name.startswith("general") else {}
+                 for name in paths}
         for threads in sorted({1, threads_all}):
             torch.set_num_threads(threads)
             fwd = {name: [] for name in paths}
@@ -49,11 +56,11 @@ def main() -> None:
                     native_ops.set_enabled(operator)
                     with torch.no_grad():
                         t0 = time.perf_counter()
-                        pops[name](x)
+                        pops[name](x, **shift[name])
                         t1 = time.perf_counter()
                     xi = x.clone().requires_grad_()
                     t2 = time.perf_counter()
-                    pops[name](xi).backward(grad)
+                    pops[name](xi, **shift[name]).backward(grad)
                     t3 = time.perf_counter()
                     if r >= 10:  # the first ten rounds warm up
                         fwd[name].append(t1 - t0)

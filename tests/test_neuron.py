@@ -471,26 +471,40 @@ def test_kernel_thread_pool_is_rebuilt_in_a_forked_child(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(4, 3, 1000), (7, 5, 13), (2, 1, 40)])  # strips, a group tail, blocks of 512
-@pytest.mark.parametrize("surrogate, detach", [("atan", False), ("atan", True), ("sigmoid", False)])
-def test_plain_kernel_path_equals_general_path(dtype, shape, surrogate, detach):
-    # A plain population runs the kernel's forward_plain / backward_plain (groups side by side); a learnable
-    # bias sends the same population through the general per-group path. Spikes and input gradients must
-    # agree bit for bit (same operations, same order), with per-channel parameters and partial blocks.
+@pytest.mark.parametrize("surrogate, detach, learned", [("atan", False, False), ("atan", True, False),
+                                                        ("sigmoid", False, False), ("atan", False, True),
+                                                        ("fast_sigmoid", True, True)])
+def test_plain_kernel_path_equals_general_path(dtype, shape, surrogate, detach, learned):
+    # A plain population runs the kernel's forward_plain / backward_plain (groups side by side); a threshold
+    # shift of zeros (thr = vth + 0 = vth exactly) sends the same population through the general per-group
+    # path. Spikes, input gradients and the per-column sums of the learned parameters' gradients must agree
+    # bit for bit (same operations, same order), with per-channel parameters and partial blocks. Both run
+    # through ctypes, so that the parameter gradients are reduced by the same code.
+    from spiking_attn import native_ops
+
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=dtype) * 1.5
     vth = torch.linspace(0.6, 1.4, shape[-1], dtype=dtype)
     weights = torch.randn(*shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
     results = []
-    for learn_bias in (False, True):
-        pop = LIFPopulation(dv=0.4, vth=vth, surrogate=surrogate, detach_reset=detach, learn_bias=learn_bias,
-                            v_init=0.2).to(dtype)
-        xi = x.clone().requires_grad_()
-        spikes = pop(xi)
-        (spikes * weights).sum().backward()
-        results.append((spikes, xi.grad))
-    (s_plain, g_plain), (s_general, g_general) = results
+    previous = native_ops.set_enabled(False)
+    try:
+        for shift in (None, torch.zeros(shape[-1], dtype=dtype)):
+            pop = LIFPopulation(dv=torch.linspace(0.2, 0.7, shape[-1]), vth=vth, surrogate=surrogate,
+                                detach_reset=detach, learn_threshold=learned, learn_bias=learned,
+                                v_init=0.2).to(dtype)
+            xi = x.clone().requires_grad_()
+            spikes = pop(xi, threshold_shift=shift)
+            (spikes * weights).sum().backward()
+            results.append((spikes, xi.grad, {name: q.grad for name, q in pop.named_parameters()}))
+    finally:
+        native_ops.set_enabled(previous)
+    (s_plain, g_plain, p_plain), (s_general, g_general, p_general) = results
     assert 0.05 < float(s_plain.mean()) < 0.8
     assert torch.equal(s_plain, s_general)
     assert torch.equal(g_plain, g_general)
+    assert p_plain.keys() == p_general.keys() == ({"vth", "bias"} if learned else set())
+    for name in p_plain:
+        assert torch.equal(p_plain[name], p_general[name]), name
 
 
 def _kernel_spike_total(x_np):

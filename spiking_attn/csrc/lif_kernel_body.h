@@ -420,13 +420,15 @@ INLINE void SFX(backward_group)(const REAL *grad_spikes, const REAL *grad_membra
     if (shift && !c->shift_ts && pg[OP_SHIFT]) SFX(st)(pg[OP_SHIFT] + col, a_shift, w);
 }
 
-/* Backward of the plain population (forward_plain's, with fixed parameters and no membrane gradient)
- * over the block's m columns, STRIP groups at a time as in forward_plain: the forward is re-run into
- * h_loc ([T, STRIP * W]), then time runs back with dL/dv in registers. The operations per element are
- * backward_group's. */
+/* Backward of the plain population (forward_plain's, with no membrane gradient) over the block's m
+ * columns, STRIP groups at a time as in forward_plain: the forward is re-run into h_loc
+ * ([T, STRIP * W]), then time runs back with dL/dv in registers. With params, the per-column
+ * gradients of dv, vth and bias are summed too (learned parameters). The operations per element, and
+ * the order of the sums over time, are backward_group's. */
 INLINE void SFX(backward_plain)(const REAL *grad_spikes, const REAL *x, REAL *grad_x, REAL *const *pg, REAL *h_loc,
                                 int64_t T, int64_t n, int64_t i0, int64_t m, const SFX(block_consts) *c,
-                                const int detach, const int kind, const REAL alpha, const REAL atan_k) {
+                                const int detach, const int params, const int kind, const REAL alpha,
+                                const REAL atan_k) {
     int64_t j0 = 0;
     for (; j0 + STRIP * W <= m; j0 += STRIP * W) {
         VEC kv[STRIP], vth[STRIP], bias[STRIP], v[STRIP];
@@ -443,8 +445,8 @@ INLINE void SFX(backward_plain)(const REAL *grad_spikes, const REAL *x, REAL *gr
                 *(VEC *)(h_loc + (t * STRIP + q) * W) = h;
                 v[q] = h * (1 - s);
             }
-        VEC gv[STRIP];
-        for (int q = 0; q < STRIP; ++q) gv[q] = (VEC){0};
+        VEC gv[STRIP], a_dv[STRIP], a_vth[STRIP], a_bias[STRIP];
+        for (int q = 0; q < STRIP; ++q) gv[q] = a_dv[q] = a_vth[q] = a_bias[q] = (VEC){0};
         for (int64_t t = T - 1; t >= 0; --t)
             for (int q = 0; q < STRIP; ++q) {
                 const int64_t o = t * n + i0 + j0 + q * W;
@@ -453,16 +455,34 @@ INLINE void SFX(backward_plain)(const REAL *grad_spikes, const REAL *x, REAL *gr
                 const VEC sg = SFX(surrogate)(h - vth[q], kind, alpha, atan_k);
                 VEC g_spike = *(const VEC *)(grad_spikes + o);
                 if (!detach) g_spike = g_spike - gv[q] * h;
-                const VEC gh = g_spike * sg + gv[q] * (1 - s);
+                const VEC via_spike = g_spike * sg;
+                const VEC gh = via_spike + gv[q] * (1 - s);
+                if (params) {
+                    a_vth[q] += -via_spike;
+                    VEC v_prev = vth[q] * c->v_init;  /* the membrane after step t - 1 */
+                    if (t > 0) {
+                        const VEC hp = *(const VEC *)(h_loc + ((t - 1) * STRIP + q) * W);
+                        v_prev = hp * (1 - SFX(ones)(hp > vth[q]));
+                    }
+                    a_dv[q] += -gh * v_prev;
+                    a_bias[q] += gh;
+                }
                 gv[q] = gh * kv[q];
                 *(VEC *)(grad_x + o) = gh;
+            }
+        if (params)
+            for (int q = 0; q < STRIP; ++q) {
+                const int64_t col = i0 + j0 + q * W;
+                if (pg[OP_DV]) *(VEC *)(pg[OP_DV] + col) = a_dv[q];
+                if (pg[OP_VTH]) *(VEC *)(pg[OP_VTH] + col) = a_vth[q];
+                if (pg[OP_BIAS]) *(VEC *)(pg[OP_BIAS] + col) = a_bias[q];
             }
     }
     for (; j0 < m; j0 += W) {
         const int64_t w = (m - j0) < W ? (m - j0) : W;
         /* (h_loc holds T * W values and more; the other buffers are not read without those options) */
         SFX(backward_group)(grad_spikes, 0, x, 0, grad_x, pg, h_loc, h_loc, h_loc, h_loc, T, n, i0 + j0, j0, w, c,
-                            detach ? F_DETACH : 0, kind, alpha, atan_k);
+                            (detach ? F_DETACH : 0) | (params ? F_PARAMS : 0), kind, alpha, atan_k);
     }
 }
 
@@ -472,8 +492,8 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
                       REAL *grad_x, REAL *const *pg, int64_t T, int64_t n, int64_t lo, int64_t hi,
                       const operand_t *ops, int flags, int kind, double alpha_d, double v_init) {
     const REAL alpha = (REAL)alpha_d, atan_k = (REAL)(3.14159265358979323846 / 2 * alpha_d);
-    const int fast = !(flags & (F_DECAY_U | F_ADAPTIVE | F_GAIN | F_SHIFT | F_PARAMS | F_SUBTRACT)) && !grad_membrane
-                     && kind != SG_TABLE;
+    const int fast = !(flags & (F_DECAY_U | F_ADAPTIVE | F_GAIN | F_SHIFT | F_SUBTRACT)) && !grad_membrane
+                     && kind != SG_TABLE;  /* the plain population: backward_plain, learned parameters or not */
     SFX(block_consts) *c = SFX(new_consts)();
     REAL *buf = malloc(sizeof(REAL) * T * W * 4);
     if (!buf || !c) {
@@ -494,11 +514,11 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
         SFX(load_consts)(c, ops, i0, flags);
-        if (fast) { /* the common training case (fixed parameters, no modulation); atan's options inlined */
-            const int detach = (flags & F_DETACH) != 0;
-            if (kind == SG_ATAN && !detach) SFX(backward_plain)(PLAIN_ARGS, 0, SG_ATAN, alpha, atan_k);
-            else if (kind == SG_ATAN) SFX(backward_plain)(PLAIN_ARGS, 1, SG_ATAN, alpha, atan_k);
-            else SFX(backward_plain)(PLAIN_ARGS, detach, kind, alpha, atan_k);
+        if (fast) { /* the common training cases (no modulation); atan's options inlined */
+            const int detach = (flags & F_DETACH) != 0, params = (flags & F_PARAMS) != 0;
+            if (kind == SG_ATAN && !detach && !params) SFX(backward_plain)(PLAIN_ARGS, 0, 0, SG_ATAN, alpha, atan_k);
+            else if (kind == SG_ATAN && !detach) SFX(backward_plain)(PLAIN_ARGS, 0, 1, SG_ATAN, alpha, atan_k);
+            else SFX(backward_plain)(PLAIN_ARGS, detach, params, kind, alpha, atan_k);
             continue;
         }
         for (int64_t j0 = 0; j0 < m; j0 += W) {
