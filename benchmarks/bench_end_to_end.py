@@ -27,8 +27,8 @@ and the ratio of the peers' medians to ours. The per-iteration block figure is i
 
     .venv/bin/python benchmarks/bench_end_to_end.py [--epochs 2] [--repeats 3] [--json out.json] [--compile]
 
-With ``--compile`` every model runs under ``torch.compile`` (inductor, CPU). Our populations then take the
-ctypes path, which torch.compile cannot trace into: the graph breaks at each of them.
+With ``--compile`` every model runs under ``torch.compile`` (inductor, CPU). Our native engine then runs
+``lif_step`` in torch ops (the kernel is opaque to the tracer), so our model compiles into one graph.
 """
 from __future__ import annotations
 
