@@ -520,7 +520,10 @@ def test_ctrl_c_during_a_lava_run_leaves_no_process(trained_checkpoints, tmp_pat
     cmd = [sys.executable, "-m", "spiking_attn.cli", "deploy", "--checkpoint",
            str(trained_checkpoints / "spiking" / "checkpoint.pt"), "--samples", "300", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # SIGINT back to its default in the child: a test run started in the background by a
+                            # non-interactive shell ignores SIGINT, and the child would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(_processes_mentioning(str(out))) < 5:  # Lava's runtime is up
         time.sleep(0.5)
