@@ -236,6 +236,17 @@ INLINE void SFX(forward_group)(const REAL *x, REAL *spikes, REAL *membrane, REAL
     }
 }
 
+/* The parameters of the STRIP groups from column j0 of a block, and their membranes before the first
+ * step (the plain paths below). */
+INLINE void SFX(strip_setup)(const SFX(block_consts) *c, int64_t j0, VEC *kv, VEC *vth, VEC *bias, VEC *v) {
+    for (int q = 0; q < STRIP; ++q) {
+        kv[q] = *(const VEC *)(c->kv + j0 + q * W);
+        vth[q] = *(const VEC *)(c->vth + j0 + q * W);
+        bias[q] = *(const VEC *)(c->bias + j0 + q * W);
+        v[q] = vth[q] * c->v_init;
+    }
+}
+
 /* The plain population (no decay of u, adaptive threshold, modulation, reset by subtraction, membrane
  * or z output) over the m columns of the block at column i0, STRIP groups at a time: their parameters
  * and membranes stay in registers while time runs, and the STRIP independent chains of dependent steps
@@ -247,12 +258,7 @@ INLINE void SFX(forward_plain)(const REAL *x, REAL *spikes, int64_t T, int64_t n
     int64_t j0 = 0;
     for (; j0 + STRIP * W <= m; j0 += STRIP * W) {
         VEC kv[STRIP], vth[STRIP], bias[STRIP], v[STRIP];
-        for (int q = 0; q < STRIP; ++q) {
-            kv[q] = *(const VEC *)(c->kv + j0 + q * W);
-            vth[q] = *(const VEC *)(c->vth + j0 + q * W);
-            bias[q] = *(const VEC *)(c->bias + j0 + q * W);
-            v[q] = vth[q] * c->v_init;
-        }
+        SFX(strip_setup)(c, j0, kv, vth, bias, v);
         for (int64_t t = 0; t < T; ++t)
             for (int q = 0; q < STRIP; ++q) {
                 const int64_t o = t * n + i0 + j0 + q * W;
@@ -432,12 +438,7 @@ INLINE void SFX(backward_plain)(const REAL *grad_spikes, const REAL *x, REAL *gr
     int64_t j0 = 0;
     for (; j0 + STRIP * W <= m; j0 += STRIP * W) {
         VEC kv[STRIP], vth[STRIP], bias[STRIP], v[STRIP];
-        for (int q = 0; q < STRIP; ++q) {
-            kv[q] = *(const VEC *)(c->kv + j0 + q * W);
-            vth[q] = *(const VEC *)(c->vth + j0 + q * W);
-            bias[q] = *(const VEC *)(c->bias + j0 + q * W);
-            v[q] = vth[q] * c->v_init;
-        }
+        SFX(strip_setup)(c, j0, kv, vth, bias, v);
         for (int64_t t = 0; t < T; ++t)
             for (int q = 0; q < STRIP; ++q) {
                 const VEC h = (*(const VEC *)(x + t * n + i0 + j0 + q * W) + v[q] * kv[q]) + bias[q];
