@@ -140,8 +140,8 @@ def round_robin(cases: dict, repeats: int, rounds: int = 3, settle: int = 2, bef
     split into ``rounds`` rounds; in each round every case runs ``settle`` untimed steps, then its timed
     ones, before the next case. So a slow spell of this shared machine falls on several cases alike
     rather than on whichever ran during it, and the steps right after another case are not timed (a small
-    step right after a large one ran up to 6x slower here for two steps, the allocator and the operating
-    system settling). ``before(name)``, if given, runs before each case's turn."""
+    step right after a large one runs slower for a step or two, the allocator and the operating system
+    settling: see the README). ``before(name)``, if given, runs before each case's turn."""
     per_round = -(-repeats // rounds)  # (so rounds * per_round >= repeats steps are timed: timed_steps())
     times = {name: [] for name in cases}
     for _ in range(rounds):
