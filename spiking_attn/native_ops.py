@@ -5,6 +5,10 @@ a library with a C++ autograd node, so that a call and its backward pass cost a 
 bookkeeping instead of a Python ``autograd.Function`` (tens of microseconds per call, as much as the
 arithmetic of a small population), and its column chunks run on torch's intra-op thread pool.
 
+Importing this module registers a fork hook: in a child made by ``fork``, torch runs on one thread
+(``_one_thread_in_forked_child``), since OpenMP's pool does not survive a fork and a parallel region there,
+the operator's or torch's around it, would wait forever.
+
 The library is compiled on first use (about 20 s with g++) against the installed torch's headers, into the
 LIF kernel's cache directory (``lif_kernel._cached_library``), keyed by a hash of the sources,
 the flags and the torch version; ``make install`` builds it once. If it cannot be built (no C++ compiler,
@@ -39,6 +43,18 @@ CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-c++20-extensions"]
 _lock = threading.Lock()
 _state: dict = {"ops": None, "tried": False, "error": None,
                 "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", "")}
+
+
+def _one_thread_in_forked_child() -> None:
+    # torch's intra-op pool is OpenMP's, and GNU OpenMP's threads do not exist in a child made by fork: any
+    # parallel region there (the operator's own column split, or a copy or sum torch makes for it) would
+    # wait forever once the parent has used the pool. Lava forks its processes. One thread in the child,
+    # as torch's DataLoader sets for its workers.
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_in_forked_child)
 
 
 def _run(command: list) -> None:

@@ -73,21 +73,37 @@ def test_large_population_split_across_threads_equals_one_chunk(op_switch):
     torch.testing.assert_close(gp_op["vth"], gp_ct["vth"], rtol=1e-5, atol=1e-6)
 
 
-def _operator_spike_total(x_np):
-    # (summed by numpy: torch's own reduction of this size would also wait on the pool)
-    return int(LIFPopulation(dv=0.3, vth=0.9)(torch.from_numpy(x_np)).numpy().sum())
+def _operator_runs(x_np):
+    """Spike totals of a plain population on x and on a non-contiguous view of it (the operator copies that),
+    and the threshold and bias gradients of a learned one: everything the operator does that could start a
+    parallel region. Sums by numpy, so that torch's own reductions are not what the test exercises."""
+    x = torch.from_numpy(x_np)
+    plain = LIFPopulation(dv=0.3, vth=0.9)
+    total = int(plain(x).numpy().sum())
+    transposed = int(plain(x.transpose(1, 2)).numpy().sum())
+    learned = LIFPopulation(dv=0.3, vth=torch.full((x.shape[-1],), 0.9), learn_threshold=True, learn_bias=True)
+    xi = x.clone().requires_grad_()
+    learned(xi).backward(torch.ones_like(xi))
+    return total, transposed, learned.vth.grad.numpy().copy(), learned.bias.grad.numpy().copy()
 
 
 def test_operator_runs_in_a_forked_child(op_switch):
     # The operator splits large populations on torch's OpenMP pool, whose threads do not exist in a forked
-    # child (Lava forks its processes): there it must run on the calling thread instead of waiting forever.
+    # child (Lava forks its processes): a parallel region there waits forever. In a child the operator runs
+    # its columns on the calling thread, and native_ops sets torch to one thread there, which covers the
+    # copies and sums the operator leaves to torch (a non-contiguous input, learned parameters' gradients).
     import multiprocessing
 
     x = torch.randn(4, 64, 8, 256, generator=torch.Generator().manual_seed(3))  # several chunks
-    expected = int(LIFPopulation(dv=0.3, vth=0.9)(x).sum())  # the parent's pool has run
+    expected = _operator_runs(x.numpy())  # the parent's pool has run
+    threads = torch.get_num_threads()
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        total = pool.apply_async(_operator_spike_total, (x.numpy(),)).get(timeout=60)
-    assert total == expected > 0
+        total, transposed, vth_grad, bias_grad = pool.apply_async(_operator_runs, (x.numpy(),)).get(timeout=60)
+        child_threads = pool.apply_async(torch.get_num_threads).get(timeout=60)
+    assert total == transposed == expected[0] > 0 and expected[1] == expected[0]
+    torch.testing.assert_close(torch.from_numpy(vth_grad), torch.from_numpy(expected[2]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(bias_grad), torch.from_numpy(expected[3]), rtol=1e-5, atol=1e-6)
+    assert child_threads == 1 and torch.get_num_threads() == threads  # the parent keeps its threads
 
 
 def test_only_plain_populations_take_the_operator(monkeypatch, op_switch):

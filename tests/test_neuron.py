@@ -470,44 +470,54 @@ def test_kernel_thread_pool_is_rebuilt_in_a_forked_child(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(4, 3, 1000), (7, 5, 13), (2, 1, 40)])  # strips, a group tail, blocks of 512
+# several blocks of 512 columns and strips; a partial vector group (13 columns); one block shorter than a strip
+@pytest.mark.parametrize("shape", [(4, 3, 1000), (7, 5, 13), (2, 1, 40)])
 @pytest.mark.parametrize("surrogate, detach, learned", [("atan", False, False), ("atan", True, False),
                                                         ("sigmoid", False, False), ("atan", False, True),
                                                         ("fast_sigmoid", True, True)])
 def test_plain_kernel_path_equals_general_path(dtype, shape, surrogate, detach, learned):
     # A plain population runs the kernel's forward_plain / backward_plain (groups side by side); a threshold
     # shift of zeros (thr = vth + 0 = vth exactly) sends the same population through the general per-group
-    # path. Spikes, input gradients and the per-column sums of the learned parameters' gradients must agree
-    # bit for bit (same operations, same order), with per-channel parameters and partial blocks. Both run
-    # through ctypes, so that the parameter gradients are reduced by the same code.
+    # path. Spikes, input gradients and the per-column sums of the learned parameters' gradients (dv, vth and
+    # bias, with du fixed at 1 so that the population stays plain, and a starting membrane) must agree bit
+    # for bit (same operations, same order), with per-channel parameters and partial blocks. Both run through
+    # ctypes, so that the parameter gradients are reduced by the same code.
     from spiking_attn import native_ops
 
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=dtype) * 1.5
-    vth = torch.linspace(0.6, 1.4, shape[-1], dtype=dtype)
     weights = torch.randn(*shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
     results = []
     previous = native_ops.set_enabled(False)
     try:
         for shift in (None, torch.zeros(shape[-1], dtype=dtype)):
-            pop = LIFPopulation(dv=torch.linspace(0.2, 0.7, shape[-1]), vth=vth, surrogate=surrogate,
-                                detach_reset=detach, learn_threshold=learned, learn_bias=learned,
-                                v_init=0.2).to(dtype)
+            params = {"dv": torch.linspace(0.2, 0.7, shape[-1], dtype=dtype),
+                      "vth": torch.linspace(0.6, 1.4, shape[-1], dtype=dtype),
+                      "bias": torch.linspace(-0.1, 0.1, shape[-1], dtype=dtype)}
+            if learned:
+                params = {name: value.requires_grad_() for name, value in params.items()}
             xi = x.clone().requires_grad_()
-            spikes = pop(xi, threshold_shift=shift)
+            spikes = lif_sequence(xi, du=1.0, surrogate=surrogate, detach_reset=detach, v_init=0.2,
+                                  threshold_shift=shift, **params)
             (spikes * weights).sum().backward()
-            results.append((spikes, xi.grad, {name: q.grad for name, q in pop.named_parameters()}))
+            results.append((spikes, xi.grad, {name: value.grad for name, value in params.items() if learned}))
     finally:
         native_ops.set_enabled(previous)
     (s_plain, g_plain, p_plain), (s_general, g_general, p_general) = results
     assert 0.05 < float(s_plain.mean()) < 0.8
     assert torch.equal(s_plain, s_general)
     assert torch.equal(g_plain, g_general)
-    assert p_plain.keys() == p_general.keys() == ({"vth", "bias"} if learned else set())
+    assert p_plain.keys() == p_general.keys() == ({"dv", "vth", "bias"} if learned else set())
     for name in p_plain:
+        assert p_plain[name].abs().sum() > 0, name
         assert torch.equal(p_plain[name], p_general[name]), name
 
 
 def _kernel_spike_total(x_np):
+    # native_ops sets torch to one thread in a forked child, and with one thread the ctypes path would not
+    # use its pool; two threads again, so that the rebuilt pool is what runs (no torch operation here
+    # starts an OpenMP region)
+    torch.set_num_threads(2)
+    assert len(lif_kernel._chunks(x_np.shape[1])) >= 2
     return int(lif_sequence(torch.from_numpy(x_np), dv=0.3, vth=0.9).numpy().sum())
 
 

@@ -103,7 +103,8 @@ bool params_in_domain(const std::vector<at::Tensor> &params) {
 // Set in a child process made by fork(). torch's intra-op pool is OpenMP's (the library is built with
 // -fopenmp, so at::parallel_for really splits), and GNU OpenMP's threads do not exist in a forked child:
 // a parallel region there waits for them forever. Lava forks its processes, so in a child the operator
-// runs its columns on the calling thread.
+// runs its columns on the calling thread. (That covers only this split: the copies and sums torch makes
+// for the operator are covered by native_ops.py, which sets torch to one thread in a forked child.)
 std::atomic<bool> in_forked_child{false};
 const int fork_handler_registered = pthread_atfork(nullptr, nullptr, [] { in_forked_child = true; });
 
