@@ -24,7 +24,8 @@ typedef REAL SFX(vec) __attribute__((vector_size(32), aligned(sizeof(REAL)), may
 typedef MASKINT SFX(mask) __attribute__((vector_size(32), aligned(sizeof(REAL)), may_alias));
 #define VEC SFX(vec)
 #define MASK SFX(mask)
-#define STRIP 4  /* groups the plain paths run side by side */
+#define STRIP 4  /* groups the plain paths run side by side (at most 4: lif_backward's buffer) */
+_Static_assert(STRIP <= 4, "lif_backward's work buffer holds [T, 4, W] values");
 
 /* Load / store the first w lanes (w == W except at the end of a block). */
 INLINE VEC SFX(ld)(const REAL *p, int64_t w) {
@@ -247,6 +248,15 @@ INLINE void SFX(strip_setup)(const SFX(block_consts) *c, int64_t j0, VEC *kv, VE
     }
 }
 
+/* One step of a plain population: h = (x + v * kv) + bias, s = h > vth, v = h * (1 - s) (LIF_STEP's
+ * operations without its options); returns h, sets *s and *v. */
+INLINE VEC SFX(plain_step)(VEC x, VEC *v, VEC kv, VEC vth, VEC bias, VEC *s) {
+    const VEC h = (x + *v * kv) + bias;
+    *s = SFX(ones)(h > vth);
+    *v = h * (1 - *s);
+    return h;
+}
+
 /* The plain population (no decay of u, adaptive threshold, modulation, reset by subtraction, membrane
  * or z output) over the m columns of the block at column i0, STRIP groups at a time: their parameters
  * and membranes stay in registers while time runs, and the STRIP independent chains of dependent steps
@@ -264,10 +274,9 @@ INLINE void SFX(forward_plain)(const REAL *x, REAL *spikes, int64_t T, int64_t n
                 const int64_t o = t * n + i0 + j0 + q * W;
                 const VEC xt = *(const VEC *)(x + o);
                 nonfinite -= (xt - xt) != 0;
-                const VEC h = (xt + v[q] * kv[q]) + bias[q];
-                const VEC s = SFX(ones)(h > vth[q]);
+                VEC s;
+                SFX(plain_step)(xt, &v[q], kv[q], vth[q], bias[q], &s);
                 *(VEC *)(spikes + o) = s;
-                v[q] = h * (1 - s);
             }
     }
     *bad += nonfinite;
@@ -441,10 +450,9 @@ INLINE void SFX(backward_plain)(const REAL *grad_spikes, const REAL *x, REAL *gr
         SFX(strip_setup)(c, j0, kv, vth, bias, v);
         for (int64_t t = 0; t < T; ++t)
             for (int q = 0; q < STRIP; ++q) {
-                const VEC h = (*(const VEC *)(x + t * n + i0 + j0 + q * W) + v[q] * kv[q]) + bias[q];
-                const VEC s = SFX(ones)(h > vth[q]);
-                *(VEC *)(h_loc + (t * STRIP + q) * W) = h;
-                v[q] = h * (1 - s);
+                VEC s;
+                *(VEC *)(h_loc + (t * STRIP + q) * W) =
+                    SFX(plain_step)(*(const VEC *)(x + t * n + i0 + j0 + q * W), &v[q], kv[q], vth[q], bias[q], &s);
             }
         VEC gv[STRIP], a_dv[STRIP], a_vth[STRIP], a_bias[STRIP];
         for (int q = 0; q < STRIP; ++q) gv[q] = a_dv[q] = a_vth[q] = a_bias[q] = (VEC){0};
@@ -496,6 +504,7 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
     const int fast = !(flags & (F_DECAY_U | F_ADAPTIVE | F_GAIN | F_SHIFT | F_SUBTRACT)) && !grad_membrane
                      && kind != SG_TABLE;  /* the plain population: backward_plain, learned parameters or not */
     SFX(block_consts) *c = SFX(new_consts)();
+    /* backward_group's four [T, W] buffers, or backward_plain's h ([T, STRIP, W]: STRIP <= 4) */
     REAL *buf = malloc(sizeof(REAL) * T * W * 4);
     if (!buf || !c) {
         free(buf);
@@ -503,15 +512,9 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
         return -1;
     }
     REAL *h_loc = buf, *thr_loc = buf + T * W, *th_loc = buf + 2 * T * W, *u_loc = buf + 3 * T * W;
-    REAL *plain_h = fast ? malloc(sizeof(REAL) * T * STRIP * W) : NULL;  /* backward_plain's h */
-    if (fast && !plain_h) {
-        free(buf);
-        free(c);
-        return -1;
-    }
     c->v_init = (REAL)v_init;
 #define GROUP_ARGS grad_x, pg, h_loc, thr_loc, th_loc, u_loc, T, n, i0 + j0, j0, w, c
-#define PLAIN_ARGS grad_spikes, x, grad_x, pg, plain_h, T, n, i0, m, c
+#define PLAIN_ARGS grad_spikes, x, grad_x, pg, buf, T, n, i0, m, c
     for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
         const int64_t m = (hi - i0) < BLOCK ? (hi - i0) : BLOCK;
         SFX(load_consts)(c, ops, i0, flags);
@@ -529,7 +532,6 @@ int SFX(lif_backward)(const REAL *grad_spikes, const REAL *grad_membrane, const 
     }
 #undef GROUP_ARGS
 #undef PLAIN_ARGS
-    free(plain_h);
     free(buf);
     free(c);
     return 0;

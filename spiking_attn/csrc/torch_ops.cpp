@@ -18,8 +18,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <pthread.h>
-
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -100,21 +98,11 @@ bool params_in_domain(const std::vector<at::Tensor> &params) {
     return true;
 }
 
-// Set in a child process made by fork(). torch's intra-op pool is OpenMP's (the library is built with
-// -fopenmp, so at::parallel_for really splits), and GNU OpenMP's threads do not exist in a forked child:
-// a parallel region there waits for them forever. Lava forks its processes, so in a child the operator
-// runs its columns on the calling thread. (That covers only this split: the copies and sums torch makes
-// for the operator are covered by native_ops.py, which sets torch to one thread in a forked child.)
-std::atomic<bool> in_forked_child{false};
-const int fork_handler_registered = pthread_atfork(nullptr, nullptr, [] { in_forked_child = true; });
-
 template <typename F>
 void for_columns(int64_t n, int64_t per_column, F &&body) {
-    // Chunks of whole columns; at::parallel_for runs them on torch's intra-op pool.
-    if (in_forked_child.load()) {
-        body(0, n);
-        return;
-    }
+    // Chunks of whole columns; at::parallel_for runs them on torch's intra-op pool (OpenMP: the library is
+    // built with -fopenmp). In a child made by fork, whose OpenMP threads do not exist, native_ops.py has
+    // set torch to one thread, and at::parallel_for then runs the body on the calling thread.
     const int64_t grain = std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, per_column));
     at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) { body(lo, hi); });
 }
