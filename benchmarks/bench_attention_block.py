@@ -301,6 +301,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("scaling",), help="run one part: the token scaling")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.memory_child:
         peak_memory_child(args.memory_child)
         return
