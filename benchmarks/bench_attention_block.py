@@ -14,7 +14,8 @@ weight products alone (no BatchNorm, neurons or attention): the Spikformer block
 any block with dense float32 products could reach. Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
 per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
 parameters; and token scaling of the attention module alone (SSA and SDSA, causal or not) for N in
-64..2048; ``--only scaling`` runs that part alone. Every table is timed round-robin (one step of each row in
+64..2048, with the causal SSA product alone by path (the compiled scan the spiking attention runs, against
+torch's products over blocks of tokens); ``--only scaling`` runs that part alone. Every table is timed round-robin (one step of each row in
 turn, medians per row), so that a slow spell of this shared machine hits every row alike and the ratios
 are taken within one spell.
 
@@ -287,6 +288,56 @@ def token_scaling(repeats: int) -> dict:
     return results
 
 
+class CausalProduct(nn.Module):
+    """The causal SSA product alone on stacked spikes ``[3, T, B, H, N, Dh]`` (q, k, v): ``blocks`` is
+    ``attention.linear_attention_product`` (torch's products over blocks of 32 tokens), ``scan`` the
+    compiled running-state scan (``native_ops.causal_scan``) that the spiking attention runs."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from spiking_attn import native_ops
+        from spiking_attn.attention import linear_attention_product
+
+        q, k, v = x.unbind(0)
+        return native_ops.causal_scan(q, k, v) if self.path == "scan" else linear_attention_product(q, k, v, True)
+
+
+PRODUCT_LENGTHS = (256, 1024, 2048)
+
+
+def causal_product(repeats: int) -> dict:
+    """Median seconds of the causal product's forward+backward by path and tokens (spikes at rate 0.2)."""
+    from spiking_attn import native_ops
+
+    if native_ops.ops() is None:
+        return {}
+    cases = {}
+    for n in PRODUCT_LENGTHS:
+        x = (torch.rand(3, T, 4, HEADS, n, D // HEADS, generator=torch.Generator().manual_seed(n)) < 0.2).float()
+        for path in ("blocks", "scan"):
+            cases[(path, n)] = (CausalProduct(path), x)
+    times = round_robin(cases, repeats)
+    return {path: {n: times[(path, n)] for n in PRODUCT_LENGTHS} for path in ("blocks", "scan")}
+
+
+def print_causal_product(product: dict, repeats: int) -> None:
+    if not product:
+        print("
+Causal product: the torch operator is not built, so only the blocks exist")
+        return
+    print(f"
+Causal SSA product alone, forward+backward, [T, B, H, N, Dh] = [{T}, 4, {HEADS}, N, {D // HEADS}], "
+          f"spikes at rate 0.2 (ms, {timed_steps(repeats)})")
+    print(f"{'path':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in PRODUCT_LENGTHS) + f"{'t(2048)/t(256)':>16s}")
+    for path, row in product.items():
+        print(f"{path:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
+    print(f"{'scan speed-up':12s}" + "".join(f"{product['blocks'][n] / product['scan'][n]:9.2f}x"
+                                          for n in PRODUCT_LENGTHS))
+
+
 def print_scaling(scaling: dict, repeats: int) -> None:
     print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms, {timed_steps(repeats)})")
     print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
@@ -313,6 +364,7 @@ def main() -> None:
           f"torch operator: {operator_status()}")
     if args.only == "scaling":
         print_scaling(token_scaling(args.repeats), args.repeats)
+        print_causal_product(causal_product(args.repeats), args.repeats)
         return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} "
           f"({timed_steps(args.repeats)})")
@@ -338,10 +390,12 @@ def main() -> None:
         print(f"{name:34s} {ms:9.2f} {ms / base:9.2f}x")
     scaling = token_scaling(args.repeats)
     print_scaling(scaling, args.repeats)
+    product = causal_product(args.repeats)
+    print_causal_product(product, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"block": block, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling}, f,
-                      indent=2)
+            json.dump({"block": block, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling,
+                       "causal_product_s": product}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Spiking kinds (chosen by ``kind``):
   head split does not change the result; ``heads`` is kept for a common interface.
 
 Both accept a ``context`` (cross-attention: queries from ``x``, keys/values from ``context``) and a
-causal mask (token ``i`` sees keys ``j <= i``; SDSA uses a running sum over tokens).
+causal mask (token ``i`` sees keys ``j <= i``; SDSA uses a running sum over tokens; causal SSA runs
+the compiled running-state scan ``native_ops.causal_scan`` where it is built, and blocks of tokens
+otherwise, both in time linear in the tokens and both exact on spikes).
 
 The dense twin ``DenseSelfAttention`` has the same layers under the same names (``q``, ``k``, ``v``,
 ``out``), activations (``*_act``) where the spiking version has populations (``*_lif``), and
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import auxiliary
+from . import auxiliary, native_ops
 from .errors import ShapeError, SpikingAttnError, check_choice, check_tensor
 from .graph import ExportError, export_rule
 from .layers import LinearBN
@@ -108,6 +110,18 @@ def _causal_blocks(q, k, v, chunk: int) -> torch.Tensor:
     return out.reshape(*lead, blocks * chunk, out.shape[-1])[..., :n, :]
 
 
+def spike_attention_product(q, k, v, causal: bool, compiled: bool = True) -> torch.Tensor:
+    """``linear_attention_product`` for spike trains. Causal and ``compiled``, it runs the compiled
+    running-state scan (``native_ops.causal_scan``: one pass over the tokens, skipping silent neurons)
+    when the operator is loaded, and the blocks otherwise. Both are exact on spikes, so the output does
+    not depend on the path; gradients agree to rounding. The scan, like the compiled LIF kernel, gives
+    first-order gradients only: the attention passes ``compiled=False`` when its populations run on
+    SpikingJelly's engine (the autograd path, for a gradient of a gradient)."""
+    if causal and compiled and native_ops.scan_eligible(q, k, v):
+        return native_ops.causal_scan(q, k, v)
+    return linear_attention_product(q, k, v, causal)
+
+
 def token_sum(kv: torch.Tensor, causal: bool) -> torch.Tensor:
     """Sum ``[..., M, D]`` over tokens: ``[..., 1, D]``, or a running sum ``[..., M, D]`` if causal."""
     return kv.cumsum(dim=-2) if causal else kv.sum(dim=-2, keepdim=True)
@@ -174,7 +188,7 @@ class SpikingSelfAttention(nn.Module):
         v = fire(self.v_lif, self.v(source))  # [T, B, M, D]
         if self.kind == "ssa":
             qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
-            mixed = _merge_heads(linear_attention_product(qh, kh, vh, self.causal))  # [T, B, N, D]
+            mixed = _merge_heads(spike_attention_product(qh, kh, vh, self.causal, self.q_lif.engine == "native"))
             routed = self.attn_lif(mixed * self.scale)  # [T, B, N, D]
         else:
             kv = self.attn_lif(token_sum(k * v, self.causal))  # [T, B, 1|N, D]

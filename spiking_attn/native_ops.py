@@ -1,4 +1,5 @@
-"""The LIF kernel as a torch operator (``csrc/torch_ops.cpp``): ``torch.ops.spiking_attn.lif``.
+"""The LIF kernel as a torch operator (``csrc/torch_ops.cpp``): ``torch.ops.spiking_attn.lif``; and causal
+linear attention on spikes as a running-state scan (``csrc/causal_scan.cpp``): ``torch.ops.spiking_attn.causal_scan``.
 
 The C kernel (``lif_kernel.c``) is the one ``lif_kernel.py`` drives through ctypes; here it is linked into
 a library with a C++ autograd node, so that a call and its backward pass cost a few microseconds of
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 C_SOURCES = (CSRC / "lif_kernel.c",)
 HEADERS = (CSRC / "lif_kernel_body.h",)
-CXX_SOURCE = CSRC / "torch_ops.cpp"
+CXX_SOURCES = (CSRC / "torch_ops.cpp", CSRC / "causal_scan.cpp")
 CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-c++20-extensions"]
 
 _lock = threading.Lock()
@@ -65,7 +66,7 @@ def _run(command: list) -> None:
 
 def build() -> Path:
     """Compile the operator library (once: it is cached) and return its path."""
-    target = _cached_library("torch_ops", (*C_SOURCES, *HEADERS, CXX_SOURCE),
+    target = _cached_library("torch_ops", (*C_SOURCES, *HEADERS, *CXX_SOURCES),
                              " ".join(CXX_FLAGS) + " torch " + torch.__version__)
     if target.exists():
         return target
@@ -87,7 +88,7 @@ def build() -> Path:
         lib_dirs = library_paths()
         tmp = work / "torch_ops.so"
         _run([cxx, *CXX_FLAGS, "-shared", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-              *[f"-I{p}" for p in include_paths()], str(CXX_SOURCE), *objects, "-o", str(tmp),
+              *[f"-I{p}" for p in include_paths()], *map(str, CXX_SOURCES), *objects, "-o", str(tmp),
               *[f"-L{p}" for p in lib_dirs], "-ltorch_cpu", "-lc10", "-ltorch", "-lm",
               *[f"-Wl,-rpath,{p}" for p in lib_dirs]])
         os.replace(tmp, target)
@@ -173,3 +174,26 @@ def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_in
             except SpikingAttnError as found:
                 raise found from None
         raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Causal linear attention on spikes
+
+
+def scan_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether ``causal_scan`` can run these operands: the operator is loaded, and q, k, v are CPU tensors
+    of one float dtype, ``[..., N, D]`` with q and k of one shape and v matching them but in the last
+    axis; not while ``torch.compile`` traces (the operator has no fake-tensor rule)."""
+    if torch.compiler.is_compiling() or ops() is None:
+        return False
+    return (q.dim() >= 2 and q.shape == k.shape and v.dim() == q.dim() and v.shape[:-1] == q.shape[:-1]
+            and q.dtype in SUFFIX and q.dtype == k.dtype == v.dtype
+            and q.device.type == k.device.type == v.device.type == "cpu")
+
+
+def causal_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out_i = sum_{j <= i} (q_i . k_j) v_j`` over ``[..., N, D]`` heads, through
+    ``torch.ops.spiking_attn.causal_scan`` (``csrc/causal_scan.cpp``: one pass over the tokens with the
+    running state ``sum_j k_j^T v_j``, skipping zero entries; ``scan_eligible`` must hold). On spikes the
+    output equals the masked quadratic product bit for bit."""
+    return _state["ops"].causal_scan(q, k, v)

@@ -52,8 +52,9 @@ def _measure(config) -> tuple:
 
     Token-pair maps are the score matrices of attention that forms them, per head: ``N x N`` for the
     dense twin's softmax attention, and ``N x CAUSAL_CHUNK`` for causal SSA (its scores exist only
-    inside blocks of tokens; ``attention.linear_attention_product``). Returned as the pair-map width
-    per token.
+    inside blocks of tokens; ``attention.linear_attention_product``). The spiking version's compiled
+    scan (``native_ops.causal_scan``) keeps no scores at all, so for it this is an upper bound (the
+    blocks are its path when the operator is not built). Returned as the pair-map width per token.
     """
     from .attention import CAUSAL_CHUNK, DenseSelfAttention, SpikingSelfAttention
     from .models import build_model
