@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -357,9 +358,33 @@ def _team_folder(team: Team, out, overwrite: bool, resume: bool):
     folder.__exit__(None, None, None)
 
 
+BATCHNORM_START_WEIGHT = 0.05  # warn when the running statistics keep more of their start than this
+
+
+def warn_if_batchnorm_stays_at_its_start(net: nn.Module, steps: int) -> Optional[float]:
+    """Log a warning if ``steps`` optimiser steps are too few for the BatchNorm running statistics to leave
+    their initial values (mean 0, variance 1): after ``s`` steps at momentum ``m`` the start still weighs
+    ``(1 - m)^s`` in them, and evaluation reads them, so the test accuracy can sit at chance while the
+    training accuracy (batch statistics) is high. Returns that weight when it warns, else None."""
+    momenta = [m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats and m.momentum is not None]
+    if not momenta:
+        return None
+    weight = (1.0 - min(momenta)) ** steps
+    if weight <= BATCHNORM_START_WEIGHT:
+        return None
+    log.warning("%d optimiser steps leave %.0f%% of the BatchNorm running statistics at their start (momentum "
+                "%g); evaluation uses them, so test accuracy can stay near chance while training accuracy rises. "
+                "Train more steps: more epochs or a smaller batch size (at least %d steps).", steps, 100 * weight,
+                min(momenta), math.ceil(math.log(BATCHNORM_START_WEIGHT) / math.log(1.0 - min(momenta))))
+    return weight
+
+
 def _run(config, settings, data, out, payload, stop_after, progress, figures, team: Team = SOLO) -> dict:
     torch.manual_seed(settings.seed)
     net = build_model(config)
+    if team.leader:
+        warn_if_batchnorm_stays_at_its_start(net, settings.epochs * -(-len(data.x_train) // settings.batch_size))
     if team.active:
         convert_batchnorm(net)  # the global batch's statistics (the same parameters and state-dict keys)
     # foreach: one call per step for all tensors instead of a Python loop over them; on the CPU it computes

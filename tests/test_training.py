@@ -169,3 +169,23 @@ def test_foreach_adamw_equals_the_per_tensor_loop_bit_for_bit():
             opt.step()
     for a, b, a0 in zip(nets[0].parameters(), nets[1].parameters(), start):
         assert torch.equal(a, b) and not torch.equal(a, a0)
+
+
+def test_too_few_steps_for_batchnorm_statistics_warn(tmp_path, caplog):
+    # 2 epochs of one batch each: the running statistics keep 0.9^2 = 81 % of their start, and the
+    # evaluation reads them; a user should hear it before the test accuracy sits at chance
+    from spiking_attn.training import warn_if_batchnorm_stays_at_its_start
+
+    with caplog.at_level("WARNING", logger="spiking_attn.training"):
+        train(**TINY, epochs=2, batch_size=100000, out=tmp_path / "few")
+    messages = [r.getMessage() for r in caplog.records if r.name == "spiking_attn.training"]
+    assert len(messages) == 1 and "2 optimiser steps leave 81% of the BatchNorm running statistics" in messages[0]
+    assert "at least 29 steps" in messages[0]
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    assert warn_if_batchnorm_stays_at_its_start(net, 28) == pytest.approx(0.9 ** 28)
+    assert warn_if_batchnorm_stays_at_its_start(net, 29) is None  # 0.9^29 = 0.047
+    assert warn_if_batchnorm_stays_at_its_start(torch.nn.Linear(3, 3), 1) is None  # no BatchNorm
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spiking_attn.training"):
+        train(**TINY, epochs=2, out=tmp_path / "enough")
+    assert not [r for r in caplog.records if r.name == "spiking_attn.training"]
