@@ -111,13 +111,15 @@ def _causal_blocks(q, k, v, chunk: int) -> torch.Tensor:
 
 
 def spike_attention_product(q, k, v, causal: bool, compiled: bool = True) -> torch.Tensor:
-    """``linear_attention_product`` for spike trains. Causal and ``compiled``, it runs the compiled
-    running-state scan (``native_ops.causal_scan``: one pass over the tokens, skipping silent neurons)
-    when the operator is loaded, and the blocks otherwise. Both are exact on spikes, so the output does
-    not depend on the path; gradients agree to rounding. The scan, like the compiled LIF kernel, gives
-    first-order gradients only: the attention passes ``compiled=False`` when its populations run on
-    SpikingJelly's engine (the autograd path, for a gradient of a gradient)."""
-    if causal and compiled and native_ops.scan_eligible(q, k, v):
+    """``linear_attention_product`` for spike trains. Causal and ``compiled``, with more tokens than one
+    block (``CAUSAL_CHUNK``), it runs the compiled running-state scan (``native_ops.causal_scan``: one
+    pass over the tokens, skipping silent neurons) when the operator is loaded, and the blocks otherwise;
+    up to one block, the masked product of that block is the faster of the two
+    (``benchmarks/bench_attention_block.py``). Both are exact on spikes, so the output does not depend on
+    the path; gradients agree to rounding. The scan, like the compiled LIF kernel, gives first-order
+    gradients only: the attention passes ``compiled=False`` when its populations run on SpikingJelly's
+    engine (the autograd path, for a gradient of a gradient)."""
+    if causal and compiled and q.shape[-2] > CAUSAL_CHUNK and native_ops.scan_eligible(q, k, v):
         return native_ops.causal_scan(q, k, v)
     return linear_attention_product(q, k, v, causal)
 

@@ -136,9 +136,16 @@ def test_spiking_causal_ssa_takes_the_scan_and_gives_the_blocks_result(op_switch
     assert p1.keys() == p2.keys() and len(p1) >= 6  # q, k, v weights and BatchNorms
     for name in p1:
         torch.testing.assert_close(p1[name], p2[name], rtol=1e-4, atol=1e-5)
-    # not causal, and the dense twin's products, keep torch's products
-    assert spike_attention_product(*(spikes(2, 9, 4, seed=s) for s in range(3)), causal=False).shape == (2, 9, 4)
+    # not causal, or one block of tokens (where the block's masked product is faster), keep torch's products
+    op_switch(True)
+    assert spike_attention_product(*(spikes(2, 40, 4, seed=s) for s in range(3)), causal=False).shape == (2, 40, 4)
+    n = attention.CAUSAL_CHUNK
+    q, k, v = (spikes(2, n, 4, seed=s) for s in range(3))
+    assert torch.equal(spike_attention_product(q, k, v, causal=True), masked_quadratic(q, k, v))
     assert calls == [1]
+    q, k, v = (spikes(2, n + 1, 4, seed=s) for s in range(3))
+    assert torch.equal(spike_attention_product(q, k, v, causal=True), masked_quadratic(q, k, v))
+    assert calls == [1, 1]
 
 
 def _scan_total(n):
