@@ -325,11 +325,9 @@ def causal_product(repeats: int) -> dict:
 
 def print_causal_product(product: dict, repeats: int) -> None:
     if not product:
-        print("
-Causal product: the torch operator is not built, so only the blocks exist")
+        print("\nCausal product: the torch operator is not built, so only the blocks exist")
         return
-    print(f"
-Causal SSA product alone, forward+backward, [T, B, H, N, Dh] = [{T}, 4, {HEADS}, N, {D // HEADS}], "
+    print(f"\nCausal SSA product alone, forward+backward, [T, B, H, N, Dh] = [{T}, 4, {HEADS}, N, {D // HEADS}], "
           f"spikes at rate 0.2 (ms, {timed_steps(repeats)})")
     print(f"{'path':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in PRODUCT_LENGTHS) + f"{'t(2048)/t(256)':>16s}")
     for path, row in product.items():
