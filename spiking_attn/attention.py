@@ -190,7 +190,8 @@ class SpikingSelfAttention(nn.Module):
         v = fire(self.v_lif, self.v(source))  # [T, B, M, D]
         if self.kind == "ssa":
             qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
-            mixed = _merge_heads(spike_attention_product(qh, kh, vh, self.causal, self.q_lif.engine == "native"))
+            native = getattr(self.q_lif, "engine", "native") == "native"  # (converted models may hold other units)
+            mixed = _merge_heads(spike_attention_product(qh, kh, vh, self.causal, native))
             routed = self.attn_lif(mixed * self.scale)  # [T, B, N, D]
         else:
             kv = self.attn_lif(token_sum(k * v, self.causal))  # [T, B, 1|N, D]

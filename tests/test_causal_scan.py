@@ -158,3 +158,12 @@ def test_scan_runs_in_a_forked_child(op_switch):
     expected = _scan_total(512)
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_scan_total, (512,)).get(timeout=60) == expected
+
+
+def test_attention_with_its_populations_replaced_still_runs(op_switch):
+    # the benchmarks' no-neurons block and converted models put other modules where the populations were
+    attn = SpikingSelfAttention(16, heads=2, kind="ssa", causal=True)
+    for name in ("q_lif", "k_lif", "v_lif"):
+        setattr(attn, name, torch.nn.Identity())
+    x = spikes(2, 1, 40, 16, seed=11)
+    assert attn(x).shape == (2, 1, 40, 16)
