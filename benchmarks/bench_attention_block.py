@@ -2,6 +2,8 @@
 
 Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA, 4 heads):
   * spiking-attn block, native engine (compiled fused LIF kernel, called as a torch operator);
+  * the same with sparse products on (``native-sparse``: ``native_ops.set_sparse_products``, opt-in; every
+    weight layer's forward product adds the weight rows its input spikes select, ``csrc/spike_linear.cpp``);
   * the same block with that operator off (``native-ctypes``: the same kernel through ctypes and a Python
     autograd.Function, the path before the operator existed);
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
@@ -85,6 +87,7 @@ def build(variant: str):
     from spiking_attn.block import SpikingTransformerBlock
 
     native_ops.set_enabled(variant != "native-ctypes")
+    native_ops.set_sparse_products(variant == "native-sparse")
     if variant == "products-only":
         return ProductsOnly(D), torch.randn(T, B, N, D)
 
@@ -171,10 +174,15 @@ def time_variants(variants, repeats: int) -> dict:
     for v in variants:
         torch.manual_seed(0)
         cases[v] = build(v)
+    def switch(v):
+        native_ops.set_enabled(v != "native-ctypes")
+        native_ops.set_sparse_products(v == "native-sparse")
+
     try:
-        return round_robin(cases, repeats, before=lambda v: native_ops.set_enabled(v != "native-ctypes"))
+        return round_robin(cases, repeats, before=switch)
     finally:
         native_ops.set_enabled(True)
+        native_ops.set_sparse_products(False)
 
 
 def _peak_rss_kib() -> int:
@@ -366,7 +374,8 @@ def main() -> None:
         return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} "
           f"({timed_steps(args.repeats)})")
-    variants = ("native", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons", "products-only")
+    variants = ("native", "native-sparse", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons",
+                "products-only")
     times = time_variants(variants, args.repeats)
     block = {v: {"ms": 1e3 * times[v], "peak_mib": peak_memory(v)} for v in variants}
     ref = block["sj-spikformer"]["ms"]

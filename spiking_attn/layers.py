@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import native_ops
 from .converters.rules import passive
 from .opcount import count_rule, no_own_ops
 
@@ -24,7 +25,11 @@ class LinearBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = self.linear(x.reshape(-1, x.shape[-1]))  # [prod(lead), out]
+        rows = x.reshape(-1, x.shape[-1])  # [prod(lead), in]
+        if native_ops.spike_linear_eligible(rows, self.linear.weight):  # opt-in: native_ops.set_sparse_products
+            y = native_ops.spike_linear(rows, self.linear.weight)
+        else:
+            y = self.linear(rows)  # [prod(lead), out]
         return self.bn(y).reshape(*lead, -1)  # [..., out]
 
     @torch.no_grad()

@@ -38,12 +38,13 @@ log = logging.getLogger(__name__)
 
 C_SOURCES = (CSRC / "lif_kernel.c",)
 HEADERS = (CSRC / "lif_kernel_body.h",)
-CXX_SOURCES = (CSRC / "torch_ops.cpp", CSRC / "causal_scan.cpp")
+CXX_SOURCES = (CSRC / "torch_ops.cpp", CSRC / "causal_scan.cpp", CSRC / "spike_linear.cpp")
 CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-c++20-extensions"]
 
 _lock = threading.Lock()
 _state: dict = {"ops": None, "tried": False, "error": None,
-                "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", "")}
+                "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", ""),
+                "sparse_products": os.environ.get("SPIKING_ATTN_SPARSE_PRODUCTS", "0") not in ("0", "")}
 
 
 def _one_thread_in_forked_child() -> None:
@@ -197,3 +198,43 @@ def causal_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
     running state ``sum_j k_j^T v_j``, skipping zero entries; ``scan_eligible`` must hold). On spikes the
     output equals the masked quadratic product bit for bit."""
     return _state["ops"].causal_scan(q, k, v)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weight products that skip the zeros of their input (opt-in)
+
+SPARSE_MAX_DENSITY = 0.5  # above this fraction of nonzero inputs, the BLAS product is the faster one
+
+
+def set_sparse_products(enabled: bool) -> bool:
+    """Run the forward product of every ``LinearBN`` through ``spike_linear`` (skipping the zeros of its
+    input) from now on, or not; returns the previous setting. Off by default: the sum runs in another
+    order than the BLAS product's, so results differ by rounding from a run without it, and every
+    trained figure in the README was made without it. ``SPIKING_ATTN_SPARSE_PRODUCTS=1`` in the
+    environment turns it on at import (so also for the command line, and for every process of a
+    multi-process run); a run's ``metrics.json`` records the setting as ``sparse_products``."""
+    from .errors import check_bool
+
+    previous, _state["sparse_products"] = _state["sparse_products"], check_bool(enabled, "enabled")
+    return previous
+
+
+def sparse_products_enabled() -> bool:
+    return _state["sparse_products"]
+
+
+def spike_linear_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``spike_linear`` runs this product: sparse products on (``set_sparse_products``), the
+    operator loaded, 2-D CPU float operands of one dtype, and not under ``torch.compile``."""
+    if not _state["sparse_products"] or torch.compiler.is_compiling() or ops() is None:
+        return False
+    return (x.dim() == 2 and weight.dim() == 2 and x.dtype in SUFFIX and x.dtype == weight.dtype
+            and x.device.type == weight.device.type == "cpu")
+
+
+def spike_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for ``x`` ``[M, K]`` and ``weight`` ``[N, K]`` through
+    ``torch.ops.spiking_attn.spike_linear`` (``csrc/spike_linear.cpp``): the forward pass adds, per row
+    of ``x``, the rows of ``weight.T`` that its nonzero entries select; if more than
+    ``SPARSE_MAX_DENSITY`` of ``x`` is nonzero, the BLAS product. Backward: two BLAS products."""
+    return _state["ops"].spike_linear(x, weight, SPARSE_MAX_DENSITY)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import auxiliary, launch
+from . import auxiliary, launch, native_ops
 from .checkpoint import config_from_checkpoint, load_state, read_checkpoint, save_checkpoint
 from .data import TASKS, TokenDataset, load_task
 from .distributed import SOLO, Team, check_processes
@@ -436,6 +436,7 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures, te
         "epochs_done": end_epoch, "completed": completed, "timesteps": config.timesteps,
         "seed": settings.seed, "parameters": sum(p.numel() for p in net.parameters()),
         "history": history, "config": config.to_dict(), "nproc": team.size,
+        "sparse_products": native_ops.sparse_products_enabled(),  # opt-in; rounding differs (native_ops)
     }
     if completed:
         team.leader_does(lambda: _write_outputs(net, data, metrics, out, figures))
