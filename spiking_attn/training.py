@@ -311,6 +311,12 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
     check_scaffold_fits(config, data)
     check_training_memory(config, settings.batch_size)
     launched = _launched_processes(nproc)
+    if not torch.distributed.is_initialized() and Team.current().leader:
+        # once per run: here, before any process starts (the processes launch.run_local starts join their
+        # group before they call train, and write to no terminal of their own); under torchrun, rank 0
+        with torch.device("meta"):
+            warn_if_batchnorm_stays_at_its_start(build_model(config),
+                                                 settings.epochs * -(-len(data.x_train) // settings.batch_size))
     if launched > 1:  # one process of a run torchrun (or run_local, below) started
         check_processes(launched, settings.batch_size, len(data.x_train),
                         name="--nproc" if nproc is not None else "WORLD_SIZE")
@@ -383,8 +389,6 @@ def warn_if_batchnorm_stays_at_its_start(net: nn.Module, steps: int) -> Optional
 def _run(config, settings, data, out, payload, stop_after, progress, figures, team: Team = SOLO) -> dict:
     torch.manual_seed(settings.seed)
     net = build_model(config)
-    if team.leader:
-        warn_if_batchnorm_stays_at_its_start(net, settings.epochs * -(-len(data.x_train) // settings.batch_size))
     if team.active:
         convert_batchnorm(net)  # the global batch's statistics (the same parameters and state-dict keys)
     # foreach: one call per step for all tensors instead of a Python loop over them; on the CPU it computes
