@@ -15,6 +15,14 @@ from .converters.rules import passive
 from .opcount import count_rule, no_own_ops
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (its own or a global one) would see ``module`` called."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
+
+
 class LinearBN(nn.Module):
     """``y = BN(x W^T)`` over the last axis. Args: in_features, out_features. Shapes: [..., in] -> [..., out]."""
 
@@ -26,7 +34,9 @@ class LinearBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1])  # [prod(lead), in]
-        if native_ops.spike_linear_eligible(rows, self.linear.weight):  # opt-in: native_ops.set_sparse_products
+        # opt-in (native_ops.set_sparse_products); not while something hooks the Linear (the operation counter,
+        # the spike-driven report), which must see it called
+        if native_ops.spike_linear_eligible(rows, self.linear.weight) and not _hooked(self.linear):
             y = native_ops.spike_linear(rows, self.linear.weight)
         else:
             y = self.linear(rows)  # [prod(lead), out]

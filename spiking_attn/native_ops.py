@@ -212,7 +212,9 @@ def set_sparse_products(enabled: bool) -> bool:
     order than the BLAS product's, so results differ by rounding from a run without it, and every
     trained figure in the README was made without it. ``SPIKING_ATTN_SPARSE_PRODUCTS=1`` in the
     environment turns it on at import (so also for the command line, and for every process of a
-    multi-process run); a run's ``metrics.json`` records the setting as ``sparse_products``."""
+    multi-process run, which this call does not reach: ``train(nproc=N)`` starts fresh processes); a
+    run's ``metrics.json`` records the setting as ``sparse_products``. A ``LinearBN`` whose ``Linear``
+    has forward hooks (the operation counter, the spike-driven report) calls it as usual."""
     from .errors import check_bool
 
     previous, _state["sparse_products"] = _state["sparse_products"], check_bool(enabled, "enabled")

@@ -311,7 +311,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
     check_scaffold_fits(config, data)
     check_training_memory(config, settings.batch_size)
     launched = _launched_processes(nproc)
-    if not torch.distributed.is_initialized() and Team.current().leader:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) and Team.current().leader:
         # once per run: here, before any process starts (the processes launch.run_local starts join their
         # group before they call train, and write to no terminal of their own); under torchrun, rank 0
         with torch.device("meta"):
@@ -373,7 +373,7 @@ def warn_if_batchnorm_stays_at_its_start(net: nn.Module, steps: int) -> Optional
     ``(1 - m)^s`` in them, and evaluation reads them, so the test accuracy can sit at chance while the
     training accuracy (batch statistics) is high. Returns that weight when it warns, else None."""
     momenta = [m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               and m.track_running_stats and m.momentum is not None]
+               and m.track_running_stats and m.momentum is not None and m.momentum > 0]
     if not momenta:
         return None
     weight = (1.0 - min(momenta)) ** steps

@@ -47,6 +47,14 @@ def test_scan_equals_the_masked_quadratic_product_exactly_on_spikes(op_switch, d
         assert torch.equal(out, linear_attention_product(q, k, v, causal=True))
 
 
+def test_scan_with_empty_key_width_gives_zeros(op_switch):
+    q, v = torch.ones(2, 40, 0, requires_grad=True), torch.ones(2, 40, 5, requires_grad=True)
+    out = scan(q, q, v)
+    assert torch.equal(out, torch.zeros(2, 40, 5))
+    (gv,) = torch.autograd.grad(out.sum(), v)
+    assert torch.equal(gv, torch.zeros(2, 40, 5))
+
+
 def test_scan_reads_non_contiguous_heads(op_switch):
     # the attention passes head views ([..., H, N, Dh] transposed out of [..., N, D])
     x = [spikes(2, 3, 40, 24, seed=s) for s in range(3)]
@@ -56,7 +64,7 @@ def test_scan_reads_non_contiguous_heads(op_switch):
 
 
 @pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, False), (False, False, True),
-                                   (False, True, True)])
+                                   (False, True, True), (True, True, False), (True, False, True)])
 def test_scan_gradients_match_autograd_of_the_quadratic_form(op_switch, needs):
     torch.manual_seed(0)
     for q0, k0, v0 in ((spikes(2, 3, 37, 8, dtype=torch.float64, seed=4), spikes(2, 3, 37, 8, dtype=torch.float64, seed=5),
@@ -106,7 +114,7 @@ def test_scan_rejects_mismatched_operands_and_second_order(op_switch):
 def test_spikingjelly_engine_keeps_second_order_gradients_of_causal_ssa(op_switch, monkeypatch):
     monkeypatch.setattr(native_ops, "causal_scan", lambda *a: pytest.fail("the scan ran"))
     attn = SpikingSelfAttention(8, heads=2, kind="ssa", causal=True, lif={"engine": "spikingjelly"}).double()
-    x = spikes(2, 1, 6, 8, dtype=torch.float64, p=0.5).requires_grad_()
+    x = spikes(2, 1, 40, 8, dtype=torch.float64, p=0.5).requires_grad_()  # beyond one block: the scan's range
     (g,) = torch.autograd.grad(attn(x).pow(2).sum(), x, create_graph=True)
     assert g.requires_grad
 

@@ -74,8 +74,12 @@ def test_gradients_are_the_blas_products(sparse):
     assert torch.equal(gx, g @ w.detach()) and torch.equal(gw, g.t() @ x.detach())
     (only_w,) = torch.autograd.grad(native_ops.spike_linear(x.detach(), w), (w,), g)
     assert torch.equal(only_w, gw)
-    assert torch.autograd.gradcheck(lambda a, b: native_ops.spike_linear(a, b), (x[:6, :5].detach().requires_grad_(),
-                                                                                 w[:4, :5].detach().requires_grad_()))
+    small = (x[:6, :5].detach().requires_grad_(), w[:4, :5].detach().requires_grad_())
+    assert torch.autograd.gradcheck(native_ops.spike_linear, small)
+    assert torch.autograd.gradgradcheck(native_ops.spike_linear, small)
+    transposed = (x[:5, :6].detach().t().requires_grad_(), w[:4, :5].detach().requires_grad_())  # a copied input
+    assert not transposed[0].is_contiguous()
+    assert torch.autograd.gradgradcheck(native_ops.spike_linear, transposed)
 
 
 def test_operator_rejects_bad_operands(sparse):
@@ -123,6 +127,26 @@ def test_linear_bn_and_a_block_give_the_same_results_to_rounding(sparse, monkeyp
     on = layer(s)
     sparse(False)
     torch.testing.assert_close(on, layer(s))
+
+
+def test_hooked_layers_are_called_as_usual(sparse, monkeypatch):
+    # the operation counter and the spike-driven report hook nn.Linear: they must see every layer
+    from spiking_attn.models import ModelConfig, build_model
+    from spiking_attn.spike_driven import spike_driven_report
+
+    monkeypatch.setattr(native_ops, "spike_linear", lambda *a: pytest.fail("a hooked layer took the sparse product"))
+    model = build_model(ModelConfig(in_features=8, num_tokens=6, num_classes=3, dim=16, depth=1, heads=2)).eval()
+    report = spike_driven_report(model, torch.rand(4, 6, 8))
+    assert report.non_binary == ["embed.linear"]
+    monkeypatch.undo()  # one hooked layer: it is called, the others take the sparse product
+    calls = []
+    real = native_ops.spike_linear
+    monkeypatch.setattr(native_ops, "spike_linear", lambda *a: calls.append(1) or real(*a))
+    seen = []
+    handle = model.blocks[0].attn.q.linear.register_forward_hook(lambda *a: seen.append(1))
+    model(torch.rand(4, 6, 8))
+    handle.remove()
+    assert seen == [1] and len(calls) >= 5  # k, v, out, fc1, fc2 (and the head's layers, if any)
 
 
 def _product_total(n):

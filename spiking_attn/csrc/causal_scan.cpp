@@ -8,7 +8,8 @@
 // scores, block states and their prefix sums, each as large as q, and autograd keeps them all).
 // Every product skips the zero entries of the factor it reads by element: on spike trains (firing rates
 // of 0.05-0.45) a token adds only the rows of S its active keys select and reads only the rows its
-// active queries select. The arithmetic is the same for any values; only the speed needs zeros.
+// active queries select. The arithmetic is the same for any finite values (a skipped zero times an
+// infinity gives 0, not NaN); only the speed needs zeros.
 //
 // On spikes every sum is a sum of integers, exact in float32 below 2^24 in any order, so the output
 // equals the masked quadratic product (Q K^T * tril) V bit for bit. Gradients are float sums whose order
@@ -31,10 +32,12 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+#define SCAN_INLINE [[gnu::always_inline]] inline
+
 // dst[0:n] += a * src[0:n]; written so that -O2 vectorises the body (a fixed-width block, then a tail).
 template <typename scalar_t>
-inline void axpy(scalar_t *__restrict dst, scalar_t a, const scalar_t *__restrict src, int64_t n) {
-    constexpr int64_t W = 32 / sizeof(scalar_t);
+SCAN_INLINE void axpy(scalar_t *__restrict dst, scalar_t a, const scalar_t *__restrict src, int64_t n) {
+    constexpr int64_t W = 64 / sizeof(scalar_t);
     int64_t e = 0;
     for (; e + W <= n; e += W)
         for (int64_t l = 0; l < W; ++l) dst[e + l] += a * src[e + l];
@@ -44,7 +47,7 @@ inline void axpy(scalar_t *__restrict dst, scalar_t a, const scalar_t *__restric
 // The positions of a's nonzero entries, without a branch per entry (on spikes a branch per entry is
 // mispredicted at every firing rate but the extremes, and those misses cost more than the arithmetic).
 template <typename scalar_t>
-inline int64_t nonzeros(const scalar_t *a, int64_t na, int64_t *active) {
+SCAN_INLINE int64_t nonzeros(const scalar_t *a, int64_t na, int64_t *active) {
     int64_t m = 0;
     for (int64_t d = 0; d < na; ++d) {
         active[m] = d;
@@ -55,14 +58,14 @@ inline int64_t nonzeros(const scalar_t *a, int64_t na, int64_t *active) {
 
 // S += a^T b over the nonzero entries of a: row d of S (length nb) gains a[d] * b.
 template <typename scalar_t>
-inline void add_outer(scalar_t *s, const scalar_t *a, int64_t na, const scalar_t *b, int64_t nb, int64_t *active) {
+SCAN_INLINE void add_outer(scalar_t *s, const scalar_t *a, int64_t na, const scalar_t *b, int64_t nb, int64_t *active) {
     const int64_t m = nonzeros(a, na, active);
     for (int64_t j = 0; j < m; ++j) axpy(s + active[j] * nb, a[active[j]], b, nb);
 }
 
 // out[0:nb] = sum_d a[d] * S[d, :] over the nonzero entries of a.
 template <typename scalar_t>
-inline void read_rows(scalar_t *out, const scalar_t *s, const scalar_t *a, int64_t na, int64_t nb, int64_t *active) {
+SCAN_INLINE void read_rows(scalar_t *out, const scalar_t *s, const scalar_t *a, int64_t na, int64_t nb, int64_t *active) {
     std::fill(out, out + nb, scalar_t(0));
     const int64_t m = nonzeros(a, na, active);
     for (int64_t j = 0; j < m; ++j) axpy(out, a[active[j]], s + active[j] * nb, nb);
@@ -71,7 +74,7 @@ inline void read_rows(scalar_t *out, const scalar_t *s, const scalar_t *a, int64
 // out[d] = sum_e a[e] * S[d, e] over the nonzero entries of a, for every row d of S ([na, nb]): a
 // gather, for the one product whose state is read by columns.
 template <typename scalar_t>
-inline void read_columns(scalar_t *out, const scalar_t *s, int64_t na, const scalar_t *a, int64_t nb,
+SCAN_INLINE void read_columns(scalar_t *out, const scalar_t *s, int64_t na, const scalar_t *a, int64_t nb,
                          int64_t *active) {
     const int64_t m = nonzeros(a, nb, active);
     for (int64_t d = 0; d < na; ++d) {
@@ -82,7 +85,7 @@ inline void read_columns(scalar_t *out, const scalar_t *s, int64_t na, const sca
 }
 
 template <typename scalar_t>
-[[gnu::always_inline]] inline void forward_impl(const scalar_t *q, const scalar_t *k, const scalar_t *v,
+SCAN_INLINE void forward_impl(const scalar_t *q, const scalar_t *k, const scalar_t *v,
                                                  scalar_t *out, int64_t lo, int64_t hi, int64_t n, int64_t dk,
                                                  int64_t dv) {
     std::vector<scalar_t> state(dk * dv);
@@ -99,7 +102,7 @@ template <typename scalar_t>
 }
 
 template <typename scalar_t>
-[[gnu::always_inline]] inline void backward_impl(const scalar_t *q, const scalar_t *k, const scalar_t *v,
+SCAN_INLINE void backward_impl(const scalar_t *q, const scalar_t *k, const scalar_t *v,
                                                   const scalar_t *g, scalar_t *gq, scalar_t *gk, scalar_t *gv,
                                                   int64_t lo, int64_t hi, int64_t n, int64_t dk, int64_t dv) {
     std::vector<scalar_t> st(dv * dk), r(dk * dv);
@@ -124,8 +127,13 @@ template <typename scalar_t>
 }
 
 // The scans compiled once per instruction set and picked when the library loads (GCC's function
-// multiversioning): the axpys above then run in 512- or 256-bit registers where the CPU has them.
+// multiversioning on x86-64; elsewhere one build): the helpers above are inlined into each version, so
+// their fixed-width blocks run in 512- or 256-bit registers where the CPU has them.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SCAN_TARGETS __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SCAN_TARGETS
+#endif
 SCAN_TARGETS void forward_heads(const float *q, const float *k, const float *v, float *out, int64_t lo, int64_t hi,
                                 int64_t n, int64_t dk, int64_t dv) {
     forward_impl(q, k, v, out, lo, hi, n, dk, dv);
@@ -155,6 +163,14 @@ void check_operands(const at::Tensor &q, const at::Tensor &k, const at::Tensor &
                 "spiking_attn::causal_scan: CPU tensors only");
 }
 
+// The number of heads: every axis but the last two (counted from the sizes, so that an empty key width
+// still gives its heads, whose outputs are then zeros).
+int64_t leading(const at::Tensor &t) {
+    int64_t heads = 1;
+    for (int64_t d = 0; d + 2 < t.dim(); ++d) heads *= t.size(d);
+    return heads;
+}
+
 // Heads per chunk of torch's intra-op pool: about 2^16 multiply-adds of state per chunk.
 int64_t grain(int64_t n, int64_t dk, int64_t dv) { return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, n * dk * dv / 16)); }
 
@@ -163,8 +179,7 @@ struct CausalScan : public torch::autograd::Function<CausalScan> {
                               const at::Tensor &v_in) {
         check_operands(q_in, k_in, v_in);
         const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-        const int64_t n = q.size(-2), dk = q.size(-1), dv = v.size(-1);
-        const int64_t heads = n * dk ? q.numel() / (n * dk) : 0;
+        const int64_t n = q.size(-2), dk = q.size(-1), dv = v.size(-1), heads = leading(q);
         at::Tensor out = at::empty_like(v);
         AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "spiking_attn::causal_scan", [&] {
             const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
@@ -182,8 +197,7 @@ struct CausalScan : public torch::autograd::Function<CausalScan> {
                     "spiking_attn-second-order: the causal scan gives first-order gradients only");
         const auto saved = ctx->get_saved_variables();
         const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
-        const int64_t n = q.size(-2), dk = q.size(-1), dv = v.size(-1);
-        const int64_t heads = n * dk ? q.numel() / (n * dk) : 0;
+        const int64_t n = q.size(-2), dk = q.size(-1), dv = v.size(-1), heads = leading(q);
         at::Tensor g = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(v);
         at::Tensor gq, gk, gv;
         if (ctx->needs_input_grad(0)) gq = at::empty_like(q);

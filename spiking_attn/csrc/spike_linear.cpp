@@ -16,7 +16,9 @@
 // either way (dx = g w, dw = g^T x): g is dense, and a sparse dw was slower than the BLAS at every rate
 // timed.
 //
-// The row kernel is compiled per instruction set (GCC function multiversioning) and chosen at load.
+// The row kernel is compiled per instruction set (GCC function multiversioning on x86-64) and chosen at
+// load. On spikes every version gives the same sums; on graded input the AVX-512 version fuses each
+// multiply-add and the others do not, so there the last bit can depend on the CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -81,7 +83,11 @@ template <typename scalar_t>
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ROW_TARGETS __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ROW_TARGETS
+#endif
 ROW_TARGETS void rows(const float *x, const float *wt, float *y, int64_t lo, int64_t hi, int64_t k, int64_t n) {
     rows_impl(x, wt, y, lo, hi, k, n);
 }
@@ -126,7 +132,7 @@ struct SpikeLinear : public torch::autograd::Function<SpikeLinear> {
         TORCH_CHECK(x_in.scalar_type() == w_in.scalar_type(), "spiking_attn::spike_linear: x and w must have one dtype");
         TORCH_CHECK(x_in.device().is_cpu() && w_in.device().is_cpu(), "spiking_attn::spike_linear: CPU tensors only");
         const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-        ctx->save_for_backward({x, w});
+        ctx->save_for_backward({x_in, w_in});  // the inputs themselves: a gradient of the gradient reaches them
         return sampled_density(x) <= max_density ? sparse_forward(x, w) : at::mm(x, w.t());
     }
 
