@@ -90,6 +90,9 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--learn-decay", action="store_true", default=None, help="train every population's du and dv")
     p.add_argument("--per-channel", action="store_true", default=None,
                    help="one set of neuron parameters per channel instead of per population")
+    p.add_argument("--sparse-products", action="store_true", default=None,
+                   help="weight products that skip the zeros of their input spikes (opt-in: rounding differs "
+                        "from the BLAS products; metrics.json records it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     out=args.out, resume=args.resume, attention=args.attention, mechanism=args.mechanism,
                     batch_size=args.batch_size, lr=args.lr, augment=args.augment, use_cue=args.use_cue,
                     regularizers=_regularizers(args.reg), target_rate=args.target_rate,
-                    stop_after=args.stop_after, nproc=args.nproc,
+                    stop_after=args.stop_after, nproc=args.nproc, sparse_products=args.sparse_products,
                     overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
     from .distributed import Team
 
@@ -266,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                "torchrun, or by the cluster); unset it, or use spiking-attn train on several processes")
     metrics = train(task="digits", model="spiking", timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
                     out=args.out, attention=args.attention, overwrite=args.overwrite, progress=not args.no_progress,
-                    **_config_overrides(args))
+                    sparse_products=args.sparse_products, **_config_overrides(args))
     _print_summary(metrics)
     print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
     print("estimating the energy (45 nm) on the test set, beside the dense twin's operation counts...", flush=True)

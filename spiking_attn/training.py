@@ -233,7 +233,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
           augment: Optional[bool] = None, use_cue: Optional[bool] = None,
           regularizers: Optional[dict] = None, target_rate: Optional[float] = None,
           stop_after: Optional[int] = None, overwrite: bool = False,
-          progress: bool = True, figures: bool = True, nproc: Optional[int] = None, **config_overrides) -> dict:
+          progress: bool = True, figures: bool = True, nproc: Optional[int] = None,
+          sparse_products: Optional[bool] = None, **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
     Args:
@@ -259,6 +260,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         figures: write training.png and spikes_attention.png on completion.
         nproc: train on this many processes of this machine (default 1; data-parallel, torch.distributed).
             Inside a run that torchrun started, leave it out (or give its WORLD_SIZE).
+        sparse_products: True or False sets ``native_ops.set_sparse_products`` for this run, in every process
+            of it (None, the default, keeps the current setting: off unless ``SPIKING_ATTN_SPARSE_PRODUCTS=1``).
         config_overrides: other ``ModelConfig`` fields (dim, depth, heads, engine, encoder, ...).
 
     Returns:
@@ -270,6 +273,13 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         check_int(stop_after, "stop_after", low=1, high=MAX_EPOCHS)
     for name, flag in (("overwrite", overwrite), ("progress", progress), ("figures", figures)):
         check_bool(flag, name)
+    if sparse_products is not None and check_bool(sparse_products, "sparse_products") != \
+            native_ops.sparse_products_enabled():
+        previous = native_ops.set_sparse_products(sparse_products)
+        try:
+            return train(**call)  # (call keeps sparse_products, so the processes of a run set it too)
+        finally:
+            native_ops.set_sparse_products(previous)
     if resume is not None:
         resume = check_path(resume, "resume")
         if config_overrides:

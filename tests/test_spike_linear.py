@@ -158,3 +158,32 @@ def test_operator_runs_in_a_forked_child(sparse):
     expected = _product_total(8192)  # rows split over torch's pool in the parent
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert (pool.apply_async(_product_total, (8192,)).get(timeout=60) == expected).all()
+
+
+TINY = dict(task="cue", dim=16, depth=1, heads=2, timesteps=2, epochs=1, progress=False, figures=False)
+
+
+def test_train_sets_sparse_products_for_its_run_in_every_process(tmp_path):
+    from spiking_attn.errors import DTypeError
+    from spiking_attn.training import train
+
+    assert not native_ops.sparse_products_enabled()
+    assert train(**TINY, out=tmp_path / "off")["sparse_products"] is False
+    assert train(**TINY, out=tmp_path / "on", sparse_products=True)["sparse_products"] is True
+    assert not native_ops.sparse_products_enabled()  # the run's setting ends with it
+    two = train(**TINY, out=tmp_path / "two", sparse_products=True, nproc=2)
+    assert two["sparse_products"] is True and two["nproc"] == 2  # rank 0's own setting, in its own process
+    with pytest.raises(DTypeError, match="sparse_products"):
+        train(**TINY, out=tmp_path / "bad", sparse_products="yes")
+
+
+def test_command_line_flag_reaches_metrics(tmp_path):
+    import json
+
+    from spiking_attn.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["train", "--task", "cue", "--dim", "16", "--depth", "1", "--heads", "2", "-T", "2", "--epochs", "1",
+                 "--no-progress", "--sparse-products", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["sparse_products"] is True
+    assert not native_ops.sparse_products_enabled()
