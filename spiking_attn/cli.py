@@ -269,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                "torchrun, or by the cluster); unset it, or use spiking-attn train on several processes")
     metrics = train(task="digits", model="spiking", timesteps=args.timesteps, epochs=args.epochs, seed=args.seed,
                     out=args.out, attention=args.attention, overwrite=args.overwrite, progress=not args.no_progress,
-                    sparse_products=args.sparse_products, **_config_overrides(args))
+                    **_config_overrides(args))
     _print_summary(metrics)
     print(f"outputs: {args.out}/ (checkpoint.pt, metrics.json, training.png, spikes_attention.png)")
     print("estimating the energy (45 nm) on the test set, beside the dense twin's operation counts...", flush=True)
