@@ -198,3 +198,17 @@ def test_model_compiles_without_graph_breaks_and_matches_eager():
     for name, g in grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, g)
     torch._dynamo.reset()
+
+
+def test_a_failed_build_says_why_and_leaves_nothing_behind(tmp_path):
+    # a fresh cache and a C++ compiler that fails: the operator is unavailable with the reason, the parallel
+    # compiles' work folder is gone, and the LIF kernel still runs (through ctypes)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "CXX": "/bin/false"}
+    code = ("from spiking_attn import native_ops; import torch; from spiking_attn.neuron import LIFPopulation; "
+            "print(native_ops.status()); print(int(LIFPopulation()(torch.ones(3, 2, 4) * 2).sum()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    status, total = proc.stdout.strip().splitlines()[-2:]
+    assert status.startswith("unavailable (false failed") and int(total) > 0
+    leftovers = [p.name for p in (tmp_path / "spiking-attn").iterdir() if not p.name.endswith(".so")]
+    assert leftovers == []
