@@ -10,7 +10,7 @@ Importing this module registers a fork hook: in a child made by ``fork``, torch 
 (``_one_thread_in_forked_child``), since OpenMP's pool does not survive a fork and a parallel region there,
 the operator's or torch's around it, would wait forever.
 
-The library is compiled on first use (its files in parallel, about 30 s with g++ on two cores) against the installed torch's headers, into the
+The library is compiled on first use (its source files in parallel) against the installed torch's headers, into the
 LIF kernel's cache directory (``lif_kernel._cached_library``), keyed by a hash of the sources,
 the flags and the torch version; ``make install`` builds it once. If it cannot be built (no C++ compiler,
 no torch headers), every call runs the ctypes path and ``status()`` says why. ``SPIKING_ATTN_TORCH_OPS=0``
@@ -184,15 +184,20 @@ def lif(x: torch.Tensor, params, surrogate, detach_reset: bool, reset: str, v_in
 # Causal linear attention on spikes
 
 
+def _operator_takes(*tensors: torch.Tensor) -> bool:
+    """Whether a compiled operator can take these operands: it is loaded, they are CPU tensors of one float
+    dtype, and ``torch.compile`` is not tracing (the operators have no fake-tensor rules)."""
+    first = tensors[0]
+    return (not torch.compiler.is_compiling() and ops() is not None and first.dtype in SUFFIX
+            and all(t.dtype == first.dtype and t.device.type == "cpu" for t in tensors))
+
+
 def scan_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``causal_scan`` can run these operands: the operator is loaded, and q, k, v are CPU tensors
     of one float dtype, ``[..., N, D]`` with q and k of one shape and v matching them but in the last
     axis; not while ``torch.compile`` traces (the operator has no fake-tensor rule)."""
-    if torch.compiler.is_compiling() or ops() is None:
-        return False
     return (q.dim() >= 2 and q.shape == k.shape and v.dim() == q.dim() and v.shape[:-1] == q.shape[:-1]
-            and q.dtype in SUFFIX and q.dtype == k.dtype == v.dtype
-            and q.device.type == k.device.type == v.device.type == "cpu")
+            and _operator_takes(q, k, v))
 
 
 def causal_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -231,10 +236,7 @@ def sparse_products_enabled() -> bool:
 def spike_linear_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``spike_linear`` runs this product: sparse products on (``set_sparse_products``), the
     operator loaded, 2-D CPU float operands of one dtype, and not under ``torch.compile``."""
-    if not _state["sparse_products"] or torch.compiler.is_compiling() or ops() is None:
-        return False
-    return (x.dim() == 2 and weight.dim() == 2 and x.dtype in SUFFIX and x.dtype == weight.dtype
-            and x.device.type == weight.device.type == "cpu")
+    return _state["sparse_products"] and x.dim() == 2 and weight.dim() == 2 and _operator_takes(x, weight)
 
 
 def spike_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

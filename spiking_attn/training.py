@@ -325,8 +325,7 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         # once per run: here, before any process starts (the processes launch.run_local starts join their
         # group before they call train, and write to no terminal of their own); under torchrun, rank 0
         with torch.device("meta"):
-            warn_if_batchnorm_stays_at_its_start(build_model(config),
-                                                 settings.epochs * -(-len(data.x_train) // settings.batch_size))
+            warn_if_batchnorm_stays_at_its_start(build_model(config), settings.epochs * _steps_per_epoch(settings, data))
     if launched > 1:  # one process of a run torchrun (or run_local, below) started
         check_processes(launched, settings.batch_size, len(data.x_train),
                         name="--nproc" if nproc is not None else "WORLD_SIZE")
@@ -374,6 +373,11 @@ def _team_folder(team: Team, out, overwrite: bool, resume: bool):
     folder.__exit__(None, None, None)
 
 
+def _steps_per_epoch(settings: TrainSettings, data: TokenDataset) -> int:
+    """Optimiser steps per epoch: batches of the global batch size, the last one possibly short."""
+    return -(-len(data.x_train) // settings.batch_size)
+
+
 BATCHNORM_START_WEIGHT = 0.05  # warn when the running statistics keep more of their start than this
 
 
@@ -386,13 +390,14 @@ def warn_if_batchnorm_stays_at_its_start(net: nn.Module, steps: int) -> Optional
                and m.track_running_stats and m.momentum is not None and m.momentum > 0]
     if not momenta:
         return None
-    weight = (1.0 - min(momenta)) ** steps
+    momentum = min(momenta)
+    weight = (1.0 - momentum) ** steps
     if weight <= BATCHNORM_START_WEIGHT:
         return None
     log.warning("%d optimiser steps leave %.0f%% of the BatchNorm running statistics at their start (momentum "
                 "%g); evaluation uses them, so test accuracy can stay near chance while training accuracy rises. "
                 "Train more steps: more epochs or a smaller batch size (at least %d steps).", steps, 100 * weight,
-                min(momenta), math.ceil(math.log(BATCHNORM_START_WEIGHT) / math.log(1.0 - min(momenta))))
+                momentum, math.ceil(math.log(BATCHNORM_START_WEIGHT) / math.log(1.0 - momentum)))
     return weight
 
 
@@ -423,7 +428,7 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures, te
                                   f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
     team.align(net)
     end_epoch = settings.epochs if stop_after is None else min(settings.epochs, start_epoch + stop_after)
-    steps = -(-len(data.x_train) // settings.batch_size)
+    steps = _steps_per_epoch(settings, data)
     bar = tqdm(total=(end_epoch - start_epoch) * steps, disable=not (progress and team.leader), unit="batch",
                desc=f"{config.model} {settings.task}", dynamic_ncols=True)
     try:
