@@ -108,7 +108,9 @@ def test_version_1_checkpoints_load_and_give_the_same_outputs(name):
     model = load_model(DATA / f"{name}.pt")
     io = torch.load(DATA / f"{name}_io.pt", weights_only=True)
     with torch.no_grad():
-        assert torch.equal(model(io["x"]), io["logits"])
+        # to float32 rounding, not bit for bit: the stored logits come from another CPU, whose BLAS kernels
+        # (chosen by the instruction sets they find) may round the last bit of a product differently
+        torch.testing.assert_close(model(io["x"]), io["logits"], rtol=1e-5, atol=1e-6)
     config = model.config
     assert config.mechanism == "none" and config.num_cues == 0
     if config.model == "spiking":
