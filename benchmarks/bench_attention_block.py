@@ -4,6 +4,9 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
   * spiking-attn block, native engine (compiled fused LIF kernel, called as a torch operator);
   * the same with sparse products on (``native-sparse``: ``native_ops.set_sparse_products``, opt-in; every
     weight layer's forward product adds the weight rows its input spikes select, ``csrc/spike_linear.cpp``);
+  * the same with fused BatchNorm on (``native-fused``: ``native_ops.set_fused_batchnorm``, opt-in; each
+    BatchNorm that feeds a population runs with it as one operator, ``csrc/batchnorm_lif.cpp``), and with
+    both options on (``native-fused-sparse``);
   * the same block with that operator off (``native-ctypes``: the same kernel through ctypes and a Python
     autograd.Function, the path before the operator existed);
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
@@ -80,14 +83,21 @@ class SpikformerReferenceBlock(nn.Module):
         return x + self.fc2_lif(self.fc2(self.fc1_lif(self.fc1(x))))
 
 
+def _switch(variant: str) -> None:
+    """The operator settings of ``variant`` (the torch operator; the opt-in sparse products and fused BatchNorm)."""
+    from spiking_attn import native_ops
+
+    native_ops.set_enabled(variant != "native-ctypes")
+    native_ops.set_sparse_products(variant in ("native-sparse", "native-fused-sparse"))
+    native_ops.set_fused_batchnorm(variant in ("native-fused", "native-fused-sparse"))
+
+
 def build(variant: str):
     """The block of ``variant`` and its input. ``native`` runs plain populations as the compiled torch operator
     (``native_ops``); ``native-ctypes`` is the same block with the operator off (the kernel through ctypes)."""
-    from spiking_attn import native_ops
     from spiking_attn.block import SpikingTransformerBlock
 
-    native_ops.set_enabled(variant != "native-ctypes")
-    native_ops.set_sparse_products(variant == "native-sparse")
+    _switch(variant)
     if variant == "products-only":
         return ProductsOnly(D), torch.randn(T, B, N, D)
 
@@ -174,15 +184,12 @@ def time_variants(variants, repeats: int) -> dict:
     for v in variants:
         torch.manual_seed(0)
         cases[v] = build(v)
-    def switch(v):
-        native_ops.set_enabled(v != "native-ctypes")
-        native_ops.set_sparse_products(v == "native-sparse")
-
     try:
-        return round_robin(cases, repeats, before=switch)
+        return round_robin(cases, repeats, before=_switch)
     finally:
         native_ops.set_enabled(True)
         native_ops.set_sparse_products(False)
+        native_ops.set_fused_batchnorm(False)
 
 
 def _peak_rss_kib() -> int:
@@ -355,7 +362,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--only", choices=("scaling",), help="run one part: the token scaling")
+    parser.add_argument("--only", choices=("block", "scaling"),
+                        help="run one part: the block table (with peak memory), or the token scaling")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1:
@@ -374,14 +382,19 @@ def main() -> None:
         return
     print(f"\nBlock forward+backward, SSA, T={T} B={B} N={N} D={D} heads={HEADS} "
           f"({timed_steps(args.repeats)})")
-    variants = ("native", "native-sparse", "native-ctypes", "spikingjelly-engine", "sj-spikformer", "no-neurons",
-                "products-only")
+    variants = ("native", "native-sparse", "native-fused", "native-fused-sparse", "native-ctypes",
+                "spikingjelly-engine", "sj-spikformer", "no-neurons", "products-only")
     times = time_variants(variants, args.repeats)
     block = {v: {"ms": 1e3 * times[v], "peak_mib": peak_memory(v)} for v in variants}
     ref = block["sj-spikformer"]["ms"]
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")
     for v, r in block.items():
         print(f"{v:24s} {r['ms']:9.1f} {r['peak_mib']:9.0f} {ref / r['ms']:25.2f}x")
+    if args.only == "block":
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"block": block}, f, indent=2)
+        return
     print(f"\nOne LIF population forward+backward, [T, B, N, 4D] = [{T}, {B}, {N}, {4 * D}] "
           f"({timed_steps(args.repeats)})")
     lif = lif_alone(args.repeats)

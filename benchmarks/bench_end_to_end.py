@@ -14,6 +14,9 @@ the token sum), reset to zero. The three versions differ only in who runs the ne
 * ``spiking-attn (sparse)``: the first with the opt-in sparse products on (``native_ops.set_sparse_products``:
   every weight layer's forward product adds the weight rows its input spikes select; off by default, since
   rounding then differs from the BLAS product's); the peers' rows keep the BLAS products;
+* ``spiking-attn (fused)``: the first with the opt-in fused BatchNorm on (``native_ops.set_fused_batchnorm``:
+  each training-mode BatchNorm runs in the project's kernel, fused with the population it feeds where one
+  does; off by default for the same reason); the peers' rows keep ``nn.BatchNorm1d``;
 * ``spikingjelly``: ``neuron.LIFNode(tau=2, decay_input=False, v_reset=0, step_mode='m')`` (2.0.0 runs it in
   torch on the CPU), with the library's ``LinearBN`` (``nn.Linear`` + ``nn.BatchNorm1d`` over the folded ``[T*B*N, D]``
   batch), so the weight layers are the same code in all three;
@@ -147,8 +150,8 @@ def main() -> None:
     from spiking_attn.lif_kernel import kernel_status
 
     data = load_task("digits")
-    names = ("spiking-attn", "spiking-attn (ctypes)", "spiking-attn (sparse)", "spikingjelly", "snntorch",
-             "no-neurons")
+    names = ("spiking-attn", "spiking-attn (ctypes)", "spiking-attn (sparse)", "spiking-attn (fused)", "spikingjelly",
+             "snntorch", "no-neurons")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LIF kernel: {kernel_status()}, "
           f"torch operator: {native_ops.status()}{', torch.compile' if args.compile else ''}; "
           f"digits, {len(data.x_train)} training samples, batch 64, {args.epochs} epoch(s) x {args.repeats}")
@@ -157,6 +160,7 @@ def main() -> None:
         for n in names:
             native_ops.set_enabled(n != "spiking-attn (ctypes)")
             native_ops.set_sparse_products(n == "spiking-attn (sparse)")
+            native_ops.set_fused_batchnorm(n == "spiking-attn (fused)")
             model = build(n, data.in_features)
             if args.compile:
                 model = torch.compile(model)
@@ -165,6 +169,7 @@ def main() -> None:
                 epoch_seconds(model, data.x_train[:128], data.y_train[:128], -1)  # warm-up (kernel load, allocator)
             times[n] += [epoch_seconds(model, data.x_train, data.y_train, e) for e in range(args.epochs)]
     native_ops.set_sparse_products(False)
+    native_ops.set_fused_batchnorm(False)
     ours = statistics.median(times["spiking-attn"])
     print(f"{'library':22s} {'min s':>7s} {'median s':>9s} {'max s':>7s} {'median / ours':>14s}")
     for n in names:

@@ -179,15 +179,18 @@ class SpikingSelfAttention(nn.Module):
             check_tensor(context, "context", ndim=4)
             _check_context(x, context, self.causal, time_first=True)
         source = x if context is None else context
-        def fire(pop, current):
+        def fire(layer, pop, spikes):
+            if gain is None and threshold_shift is None and input_shift is None:
+                return layer.fire(spikes, pop)  # (BatchNorm and population fused where that is on)
+            current = layer(spikes)
             if input_shift is None:
                 return pop(current, gain=gain, threshold_shift=threshold_shift)
             current = current if gain is None else current * gain
             return pop(current - input_shift, threshold_shift=threshold_shift)
 
-        q = fire(self.q_lif, self.q(x))  # [T, B, N, D]
-        k = fire(self.k_lif, self.k(source))  # [T, B, M, D]
-        v = fire(self.v_lif, self.v(source))  # [T, B, M, D]
+        q = fire(self.q, self.q_lif, x)  # [T, B, N, D]
+        k = fire(self.k, self.k_lif, source)  # [T, B, M, D]
+        v = fire(self.v, self.v_lif, source)  # [T, B, M, D]
         if self.kind == "ssa":
             qh, kh, vh = (_split_heads(t, self.heads) for t in (q, k, v))  # [T, B, H, N|M, Dh]
             native = getattr(self.q_lif, "engine", "native") == "native"  # (converted models may hold other units)

@@ -37,7 +37,7 @@ class SpikingMLP(nn.Module):
         self.fc2 = LinearBN(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.fc1_lif(self.fc1(x)))
+        return self.fc2(self.fc1.fire(x, self.fc1_lif))
 
 
 class DenseMLP(nn.Module):

@@ -93,6 +93,9 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--sparse-products", action="store_true", default=None,
                    help="weight products that skip the zeros of their input spikes (opt-in: rounding differs "
                         "from the BLAS products; metrics.json records it)")
+    p.add_argument("--fused-batchnorm", action="store_true", default=None,
+                   help="BatchNorm in the project's kernel, fused with the population it feeds (opt-in: rounding "
+                        "differs from torch's BatchNorm; metrics.json records it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, lr=args.lr, augment=args.augment, use_cue=args.use_cue,
                     regularizers=_regularizers(args.reg), target_rate=args.target_rate,
                     stop_after=args.stop_after, nproc=args.nproc, sparse_products=args.sparse_products,
+                    fused_batchnorm=args.fused_batchnorm,
                     overwrite=args.overwrite, progress=not args.no_progress, **_config_overrides(args))
     from .distributed import Team
 

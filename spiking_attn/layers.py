@@ -31,16 +31,38 @@ class LinearBN(nn.Module):
         self.linear = nn.Linear(in_features, out_features, bias=False)
         self.bn = nn.BatchNorm1d(out_features)
 
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows @ W^T``, ``[M, in]`` -> ``[M, out]``: sparse (opt-in, ``native_ops.set_sparse_products``)
+        unless something hooks the Linear (the operation counter, the spike-driven report), which must see
+        it called."""
+        if native_ops.spike_linear_eligible(rows, self.linear.weight) and not _hooked(self.linear):
+            return native_ops.spike_linear(rows, self.linear.weight)
+        return self.linear(rows)
+
+    def _normalise(self, y: torch.Tensor) -> torch.Tensor:
+        """``bn(y)`` for rows ``[M, out]``: the project's kernel in training with fused BatchNorm on
+        (``native_ops.batchnorm``, opt-in) unless something hooks the BatchNorm."""
+        if native_ops.batchnorm_eligible(y, self.bn) and not _hooked(self.bn):
+            return native_ops.batchnorm(y, self.bn)
+        return self.bn(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        rows = x.reshape(-1, x.shape[-1])  # [prod(lead), in]
-        # opt-in (native_ops.set_sparse_products); not while something hooks the Linear (the operation counter,
-        # the spike-driven report), which must see it called
-        if native_ops.spike_linear_eligible(rows, self.linear.weight) and not _hooked(self.linear):
-            y = native_ops.spike_linear(rows, self.linear.weight)
-        else:
-            y = self.linear(rows)  # [prod(lead), out]
-        return self.bn(y).reshape(*lead, -1)  # [..., out]
+        y = self._product(x.reshape(-1, x.shape[-1]))  # [prod(lead), out]
+        return self._normalise(y).reshape(*lead, -1)  # [..., out]
+
+    def fire(self, x: torch.Tensor, population: nn.Module) -> torch.Tensor:
+        """``population(self(x))``, the layer and the population it feeds. With fused BatchNorm on
+        (``native_ops.set_fused_batchnorm``, opt-in) and a pair that can be fused (``native_ops.fusable``:
+        training mode, a plain native population, nothing hooking either module), BatchNorm and the
+        population run as one operator. Shapes: ``[T, ..., in]`` -> spikes ``[T, ..., out]``."""
+        if native_ops.fused_batchnorm_enabled() and self.training and not any(
+                _hooked(m) for m in (self, self.bn, population)):
+            y = self._product(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)  # [..., out]
+            if native_ops.fusable(y, self.bn, population):
+                return native_ops.batchnorm_lif(y, self.bn, population, "LIFPopulation: ")
+            return population(self._normalise(y.reshape(-1, y.shape[-1])).reshape(y.shape))
+        return population(self(x))
 
     @torch.no_grad()
     def fold(self) -> nn.Linear:

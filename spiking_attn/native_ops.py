@@ -39,13 +39,17 @@ log = logging.getLogger(__name__)
 
 C_SOURCES = (CSRC / "lif_kernel.c",)
 HEADERS = (CSRC / "lif_kernel_body.h",)
-CXX_SOURCES = (CSRC / "torch_ops.cpp", CSRC / "causal_scan.cpp", CSRC / "spike_linear.cpp")
+CXX_SOURCES = (CSRC / "torch_ops.cpp", CSRC / "causal_scan.cpp", CSRC / "spike_linear.cpp", CSRC / "batchnorm_lif.cpp")
 CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-c++20-extensions"]
+# batchnorm_lif.cpp recomputes the forward pass's membranes in its backward pass, from loops written apart:
+# without contraction of a * b + c into one rounding, both give the same bits, as in the C kernel (FLAGS)
+SOURCE_FLAGS = {"batchnorm_lif.cpp": ["-O3", "-ffp-contract=off", "-Wno-psabi"]}
 
 _lock = threading.Lock()
 _state: dict = {"ops": None, "tried": False, "error": None,
                 "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", ""),
-                "sparse_products": os.environ.get("SPIKING_ATTN_SPARSE_PRODUCTS", "0") not in ("0", "")}
+                "sparse_products": os.environ.get("SPIKING_ATTN_SPARSE_PRODUCTS", "0") not in ("0", ""),
+                "fused_batchnorm": os.environ.get("SPIKING_ATTN_FUSED_BATCHNORM", "0") not in ("0", "")}
 
 
 def _one_thread_in_forked_child() -> None:
@@ -69,7 +73,7 @@ def _run(command: list) -> None:
 def build() -> Path:
     """Compile the operator library (once: it is cached) and return its path."""
     target = _cached_library("torch_ops", (*C_SOURCES, *HEADERS, *CXX_SOURCES),
-                             " ".join(CXX_FLAGS) + " torch " + torch.__version__)
+                             " ".join(CXX_FLAGS) + repr(sorted(SOURCE_FLAGS.items())) + " torch " + torch.__version__)
     if target.exists():
         return target
     cc = _c_compiler()
@@ -84,7 +88,7 @@ def build() -> Path:
         abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
         compiles = [[cc, *[f for f in FLAGS if f != "-shared"], "-c", str(source), "-o", str(work / (source.stem + ".o"))]
                     for source in C_SOURCES]
-        compiles += [[cxx, *CXX_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *[f"-I{p}" for p in include_paths()],
+        compiles += [[cxx, *CXX_FLAGS, *SOURCE_FLAGS.get(source.name, []), f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *[f"-I{p}" for p in include_paths()],
                       "-c", str(source), "-o", str(work / (source.stem + ".o"))] for source in CXX_SOURCES]
         # each C++ file takes 15-20 s of compiling against torch's headers: in parallel, about one file's time
         with ThreadPoolExecutor(max_workers=max(1, min(len(compiles), os.cpu_count() or 1, 4))) as pool:
@@ -223,14 +227,32 @@ def set_sparse_products(enabled: bool) -> bool:
     multi-process run, which this call does not reach: ``train(nproc=N)`` starts fresh processes); a
     run's ``metrics.json`` records the setting as ``sparse_products``. A ``LinearBN`` whose ``Linear``
     has forward hooks (the operation counter, the spike-driven report) calls it as usual."""
-    from .errors import check_bool
-
-    previous, _state["sparse_products"] = _state["sparse_products"], check_bool(enabled, "enabled")
-    return previous
+    return set_option("sparse_products", enabled)
 
 
 def sparse_products_enabled() -> bool:
     return _state["sparse_products"]
+
+
+# The opt-in options (each changes results by rounding, so off by default), by the name that train(),
+# the command line (--sparse-products, --fused-batchnorm) and metrics.json use.
+OPTIONS = ("sparse_products", "fused_batchnorm")
+
+
+def option(name: str) -> bool:
+    """The current setting of the opt-in option ``name`` (one of ``OPTIONS``)."""
+    from .errors import check_choice
+
+    return _state[check_choice(name, "option", OPTIONS)]
+
+
+def set_option(name: str, enabled: bool) -> bool:
+    """Set the opt-in option ``name`` (one of ``OPTIONS``) for every later call; returns the previous setting."""
+    from .errors import check_bool, check_choice
+
+    check_choice(name, "option", OPTIONS)
+    previous, _state[name] = _state[name], check_bool(enabled, "enabled")
+    return previous
 
 
 def spike_linear_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -245,3 +267,115 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     of ``x``, the rows of ``weight.T`` that its nonzero entries select; if more than
     ``SPARSE_MAX_DENSITY`` of ``x`` is nonzero, the BLAS product. Backward: two BLAS products."""
     return _state["ops"].spike_linear(x, weight, SPARSE_MAX_DENSITY)
+
+
+# ---------------------------------------------------------------------------------------------------
+# BatchNorm and the population after it in one operator (opt-in)
+
+
+def set_fused_batchnorm(enabled: bool) -> bool:
+    """Run a training-mode ``LinearBN`` and the plain population it feeds as one operator,
+    ``batchnorm_lif`` (``csrc/batchnorm_lif.cpp``: the normalised current never reaches memory), from now
+    on, or not; returns the previous setting. Off by default for the reason ``set_sparse_products`` is:
+    the statistics and gradient sums run in another order than ``nn.BatchNorm1d``'s, so results differ
+    by rounding. ``SPIKING_ATTN_FUSED_BATCHNORM=1`` in the environment turns it on at import; a run's
+    ``metrics.json`` records it as ``fused_batchnorm``. Where the pair cannot be fused (``fusable``), the
+    two modules run as usual."""
+    return set_option("fused_batchnorm", enabled)
+
+
+def fused_batchnorm_enabled() -> bool:
+    return _state["fused_batchnorm"]
+
+
+def _plain_batchnorm(bn: torch.nn.Module) -> bool:
+    """A training-mode affine ``nn.BatchNorm1d`` itself: not a subclass or another norm (``GlobalBatchNorm``
+    of a multi-process run takes its statistics over every process, which the kernel does not)."""
+    return type(bn) is torch.nn.BatchNorm1d and bn.training and bn.affine
+
+
+def fusable(y: torch.Tensor, bn: torch.nn.BatchNorm1d, population) -> bool:
+    """Whether ``batchnorm_lif`` can run ``population(bn(y))`` for a weight layer's output ``y``
+    ``[T, ..., C]``: fusing on (``set_fused_batchnorm``), the operator loaded, ``bn`` a training-mode
+    affine ``nn.BatchNorm1d`` over C, and ``population`` a plain native one (``lif_eligible``) with a synaptic decay
+    of 1 (no current state), reset to zero, and no parameter that learns."""
+    from .neuron import LIFPopulation
+
+    if not (_state["fused_batchnorm"] and _plain_batchnorm(bn) and isinstance(population, LIFPopulation)
+            and population.engine == "native" and population.reset == "zero" and y.dim() >= 3
+            and y.numel() > y.shape[-1] and bn.num_features == y.shape[-1]):
+        return False
+    params = population.params()
+    if any(p.requires_grad for _, p in params.items()) or not lif_eligible(y, params, None, None, population.surrogate,
+                                                                         False):
+        return False
+    if not _operator_takes(y, bn.weight, bn.bias):
+        return False
+    du = params.du
+    return bool(du.item() == 1.0) if du.numel() == 1 else bool(du.eq(1).all())
+
+
+def _update_running_stats(bn: torch.nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
+    """``bn``'s running statistics after a batch of ``rows`` rows with batch ``mean`` and biased ``var``, as
+    ``nn.BatchNorm1d`` updates them: by its momentum, or a cumulative average when that is None."""
+    if not bn.track_running_stats:
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean), alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(var.to(bn.running_var) * (rows / (rows - 1)), alpha=factor)
+
+
+def _nonfinite(exc: RuntimeError) -> None:
+    """Re-raise the operators' NaN message as ``NonFiniteError``; return for any other error."""
+    from .errors import NonFiniteError
+
+    message = str(exc)
+    if "spiking_attn-nonfinite: " in message:
+        raise NonFiniteError(message.split("spiking_attn-nonfinite: ", 1)[1].splitlines()[0]) from None
+
+
+def batchnorm_eligible(rows: torch.Tensor, bn: torch.nn.BatchNorm1d) -> bool:
+    """Whether ``batchnorm`` can run ``bn(rows)``: fused BatchNorm on (``set_fused_batchnorm``), the operator
+    loaded, ``bn`` a training-mode affine ``nn.BatchNorm1d`` (not a subclass: ``_plain_batchnorm``) over the C of
+    ``rows`` ``[R, C]``, R > 1."""
+    return (_state["fused_batchnorm"] and _plain_batchnorm(bn) and rows.dim() == 2 and rows.shape[0] > 1
+            and bn.num_features == rows.shape[1] and _operator_takes(rows, bn.weight, bn.bias))
+
+
+def batchnorm(rows: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """``bn(rows)`` in training mode through ``torch.ops.spiking_attn.batchnorm`` (``batchnorm_eligible`` must
+    hold), with ``bn``'s running statistics updated."""
+    try:
+        z, mean, var = _state["ops"].batchnorm(rows, bn.weight, bn.bias, float(bn.eps))
+    except RuntimeError as exc:
+        _nonfinite(exc)
+        raise
+    _update_running_stats(bn, mean, var, rows.shape[0])
+    return z
+
+
+def batchnorm_lif(y: torch.Tensor, bn: torch.nn.BatchNorm1d, population, where: str = "") -> torch.Tensor:
+    """``population(bn(y))`` for ``y`` ``[T, ..., C]`` in one operator (``fusable`` must hold), with
+    ``bn``'s running statistics updated. Spikes ``[T, ..., C]``."""
+    from .errors import SpikingAttnError
+    from .neuron import check_params
+
+    params = population.params().to(y)
+    rows = y.reshape(-1, y.shape[-1])
+    try:
+        spikes, mean, var = _state["ops"].batchnorm_lif(
+            rows, bn.weight, bn.bias, y.shape[0], float(bn.eps), params.dv, params.vth, params.bias,
+            SURROGATE_KINDS[type(population.surrogate)], float(getattr(population.surrogate, "alpha", 0.0)),
+            bool(population.detach_reset), float(population.v_init))
+    except RuntimeError as exc:
+        _nonfinite(exc)
+        if "spiking_attn-params: " in str(exc):
+            try:
+                check_params(params, where)  # the general path's own message
+            except SpikingAttnError as found:
+                raise found from None
+        raise
+    _update_running_stats(bn, mean, var, rows.shape[0])
+    return spikes.reshape(y.shape)

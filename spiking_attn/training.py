@@ -234,7 +234,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
           regularizers: Optional[dict] = None, target_rate: Optional[float] = None,
           stop_after: Optional[int] = None, overwrite: bool = False,
           progress: bool = True, figures: bool = True, nproc: Optional[int] = None,
-          sparse_products: Optional[bool] = None, **config_overrides) -> dict:
+          sparse_products: Optional[bool] = None, fused_batchnorm: Optional[bool] = None,
+          **config_overrides) -> dict:
     """Train a classifier on an embedded task and return its metrics.
 
     Args:
@@ -262,6 +263,8 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
             Inside a run that torchrun started, leave it out (or give its WORLD_SIZE).
         sparse_products: True or False sets ``native_ops.set_sparse_products`` for this run, in every process
             of it (None, the default, keeps the current setting: off unless ``SPIKING_ATTN_SPARSE_PRODUCTS=1``).
+        fused_batchnorm: the same for ``native_ops.set_fused_batchnorm`` (BatchNorm in the project's kernel, fused
+            with the population it feeds; off unless ``SPIKING_ATTN_FUSED_BATCHNORM=1``).
         config_overrides: other ``ModelConfig`` fields (dim, depth, heads, engine, encoder, ...).
 
     Returns:
@@ -273,13 +276,16 @@ def train(task: Optional[str] = None, model: Optional[str] = None, timesteps: Op
         check_int(stop_after, "stop_after", low=1, high=MAX_EPOCHS)
     for name, flag in (("overwrite", overwrite), ("progress", progress), ("figures", figures)):
         check_bool(flag, name)
-    if sparse_products is not None and check_bool(sparse_products, "sparse_products") != \
-            native_ops.sparse_products_enabled():
-        previous = native_ops.set_sparse_products(sparse_products)
+    asked = {"sparse_products": sparse_products, "fused_batchnorm": fused_batchnorm}
+    changed = {name: value for name, value in asked.items()
+               if value is not None and check_bool(value, name) != native_ops.option(name)}
+    if changed:
+        previous = {name: native_ops.set_option(name, value) for name, value in changed.items()}
         try:
-            return train(**call)  # (call keeps sparse_products, so the processes of a run set it too)
+            return train(**call)  # (call keeps the options, so the processes of a run set them too)
         finally:
-            native_ops.set_sparse_products(previous)
+            for name, value in previous.items():
+                native_ops.set_option(name, value)
     if resume is not None:
         resume = check_path(resume, "resume")
         if config_overrides:
@@ -455,7 +461,7 @@ def _run(config, settings, data, out, payload, stop_after, progress, figures, te
         "epochs_done": end_epoch, "completed": completed, "timesteps": config.timesteps,
         "seed": settings.seed, "parameters": sum(p.numel() for p in net.parameters()),
         "history": history, "config": config.to_dict(), "nproc": team.size,
-        "sparse_products": native_ops.sparse_products_enabled(),  # opt-in; rounding differs (native_ops)
+        **{name: native_ops.option(name) for name in native_ops.OPTIONS},  # opt-in; rounding differs (native_ops)
     }
     if completed:
         team.leader_does(lambda: _write_outputs(net, data, metrics, out, figures))

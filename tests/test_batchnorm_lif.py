@@ -1,0 +1,297 @@
+"""BatchNorm in the project's kernel, alone and fused with the population it feeds (csrc/batchnorm_lif.cpp,
+native_ops.batchnorm / batchnorm_lif), and the opt-in switch that sends LinearBN through it
+(native_ops.set_fused_batchnorm)."""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from spiking_attn import native_ops
+from spiking_attn.block import SpikingTransformerBlock
+from spiking_attn.errors import DTypeError, NonFiniteError, SpikingAttnError
+from spiking_attn.layers import LinearBN
+from spiking_attn.neuron import LIFPopulation
+
+
+@pytest.fixture
+def fused():
+    previous_ops = native_ops.set_enabled(True)
+    previous = native_ops.set_fused_batchnorm(True)
+    assert native_ops.ops() is not None  # built by the Makefile's install step
+    yield
+    native_ops.set_fused_batchnorm(previous)
+    native_ops.set_enabled(previous_ops)
+
+
+def spikes(*shape, p=0.3, dtype=torch.float64, seed=0):
+    return (torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) < p).to(dtype)
+
+
+def layer_pair(cin, cout, dtype, seed=0):
+    torch.manual_seed(seed)
+    layer = LinearBN(cin, cout).to(dtype)
+    with torch.no_grad():  # away from BatchNorm's start, so a wrong weight or bias would show
+        layer.bn.weight.uniform_(0.5, 2.0)
+        layer.bn.bias.uniform_(-0.5, 0.5)
+    return layer, copy.deepcopy(layer)
+
+
+def run(layer, x, on, population=None, grad=None, repeats=1):
+    """Output and every gradient of ``layer`` (firing ``population`` if given), with fused BatchNorm ``on``."""
+    previous = native_ops.set_fused_batchnorm(on)
+    try:
+        for _ in range(repeats):
+            xs = x.clone().requires_grad_()
+            out = layer(xs) if population is None else layer.fire(xs, population)
+        (out.sum() if grad is None else (out * grad).sum()).backward()
+    finally:
+        native_ops.set_fused_batchnorm(previous)
+    bn = layer.bn
+    return {"out": out.detach(), "dx": xs.grad, "dW": layer.linear.weight.grad, "dgamma": bn.weight.grad,
+            "dbeta": bn.bias.grad, "running_mean": bn.running_mean.clone(), "running_var": bn.running_var.clone(),
+            "batches": bn.num_batches_tracked.clone()}
+
+
+def assert_close(a, b, rtol, atol=0.0):
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+POPULATIONS = {  # the population's keyword arguments for a width
+    "atan": lambda width: dict(),
+    "sigmoid": lambda width: dict(surrogate="sigmoid"),
+    "fast_sigmoid, v_init": lambda width: dict(surrogate="fast_sigmoid", v_init=0.3),
+    "per-channel dv, vth, bias; detach": lambda width: dict(
+        dv=torch.linspace(0.1, 0.9, width), vth=torch.linspace(0.5, 1.5, width), bias=torch.linspace(-0.1, 0.1, width),
+        shape=(width,), detach_reset=True),
+}
+
+
+@pytest.mark.parametrize("name", list(POPULATIONS))
+@pytest.mark.parametrize("width", [37, 128])  # 37: whole vectors and a tail of single channels
+def test_fused_equals_batchnorm_then_population_in_float64(fused, name, width):
+    population = LIFPopulation(**POPULATIONS[name](width)).double()
+    plain, fusing = layer_pair(24, width, torch.float64)
+    x = spikes(4, 3, 10, 24)
+    grad = torch.randn(4, 3, 10, width, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected, got = run(plain, x, False, population, grad), run(fusing, x, True, population, grad)
+    assert torch.equal(got["out"], expected["out"])  # the same spikes: no membrane sits within 1e-15 of vth
+    assert 0.05 < float(got["out"].mean()) < 0.5
+    assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert int(got["batches"]) == 1
+
+
+def test_fused_float32_agrees_to_rounding(fused):
+    population = LIFPopulation()
+    plain, fusing = layer_pair(64, 128, torch.float32)
+    x = spikes(4, 8, 16, 64, dtype=torch.float32)
+    expected, got = run(plain, x, False, population), run(fusing, x, True, population)
+    flips = int((got["out"] != expected["out"]).sum())
+    assert flips <= got["out"].numel() // 1000  # a spike may flip where the membrane meets vth within rounding
+    if flips == 0:  # each gradient within float32 rounding of its largest entry (sums of 2048 terms each)
+        for name in ("dx", "dW", "dgamma", "dbeta"):
+            scale = float(expected[name].abs().max())
+            assert float((got[name] - expected[name]).abs().max()) <= 1e-5 * scale, name
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: the cumulative average, as nn.BatchNorm1d
+def test_batchnorm_alone_equals_torch_with_a_broadcast_gradient(fused, momentum):
+    plain, own = layer_pair(24, 37, torch.float64)
+    plain.bn.momentum = own.bn.momentum = momentum
+    x = torch.randn(4, 3, 10, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # out.sum().backward(): the gradient arrives broadcast (zero strides), as from a model's mean over tokens
+    expected, got = run(plain, x, False, repeats=3), run(own, x, True, repeats=3)
+    assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert int(got["batches"]) == 3
+
+
+def test_results_do_not_depend_on_the_thread_count(fused):
+    population = LIFPopulation()
+    x = spikes(4, 8, 16, 64, dtype=torch.float32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            layer, _ = layer_pair(64, 96, torch.float32)
+            results.append((run(layer, x, True, population), run(layer_pair(64, 96, torch.float32)[0], x, True)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(results[0], results[1]):
+        for name in one:
+            assert torch.equal(one[name], two[name]), name
+
+
+def test_block_with_fused_batchnorm_matches_the_block_without(fused):
+    torch.manual_seed(0)
+    block = SpikingTransformerBlock(32, 4, kind="ssa").double()
+    other = copy.deepcopy(block)
+    x = torch.randn(3, 2, 12, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    calls = []
+    original = native_ops.batchnorm_lif
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    native_ops.batchnorm_lif = counted
+    try:
+        got = run_block(block, x, True)
+    finally:
+        native_ops.batchnorm_lif = original
+    expected = run_block(other, x, False)
+    assert len(calls) == 4  # q, k, v and the MLP's hidden layer (out and fc2 run the BatchNorm alone)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def run_block(block, x, on):
+    previous = native_ops.set_fused_batchnorm(on)
+    try:
+        xs = x.clone().requires_grad_()
+        out = block(xs)
+        out.sum().backward()
+    finally:
+        native_ops.set_fused_batchnorm(previous)
+    return [out.detach(), xs.grad] + [p.grad for p in block.parameters()]
+
+
+def test_what_cannot_be_fused_runs_the_two_modules(fused):
+    x = spikes(4, 2, 6, 16)
+    calls = []
+    original = native_ops.batchnorm_lif
+    native_ops.batchnorm_lif = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        cases = {
+            "learned threshold": LIFPopulation(learn_threshold=True).double(),
+            "adaptive threshold": LIFPopulation(theta_decay=0.1, theta_step=0.5).double(),
+            "synaptic decay": LIFPopulation(du=0.5).double(),
+            "reset by subtraction": LIFPopulation(reset="subtract").double(),
+            "spikingjelly engine": LIFPopulation(engine="spikingjelly").double(),
+        }
+        for name, population in cases.items():
+            plain, fusing = layer_pair(16, 8, torch.float64)
+            expected, got = run(plain, x, False, population), run(fusing, x, True, population)
+            assert torch.equal(got["out"], expected["out"]), name
+            # (the BatchNorm still runs in the project's kernel: the same values to rounding)
+            torch.testing.assert_close(got["dx"], expected["dx"], rtol=1e-10, atol=1e-12, msg=name)
+        from spiking_attn.global_batchnorm import convert_batchnorm
+
+        plain, synced = layer_pair(16, 8, torch.float64)
+        convert_batchnorm(synced)  # a multi-process run's BatchNorm over every process: never the kernel
+        expected, got = run(plain, x, False, LIFPopulation().double()), run(synced, x, True, LIFPopulation().double())
+        assert type(synced.bn).__name__ == "GlobalBatchNorm" and torch.equal(got["dx"], expected["dx"])
+        hooked = LIFPopulation().double()
+        hooked.register_forward_hook(lambda *args: None)  # the spike recorder hooks populations this way
+        run(layer_pair(16, 8, torch.float64)[1], x, True, hooked)
+        evaluating, _ = layer_pair(16, 8, torch.float64)
+        evaluating.eval()
+        with torch.no_grad():
+            native_ops.set_fused_batchnorm(True)
+            evaluating.fire(x, LIFPopulation().double())
+    finally:
+        native_ops.batchnorm_lif = original
+    assert calls == []
+
+
+def test_modulated_route_does_not_fuse(fused):
+    from spiking_attn.attention import SpikingSelfAttention
+
+    torch.manual_seed(0)
+    attn = SpikingSelfAttention(16, 2, kind="sdsa").double()
+    other = copy.deepcopy(attn)
+    x = spikes(2, 2, 5, 16)
+    gain = torch.rand(2, 2, 1, 16, dtype=torch.float64) + 0.5
+    native_ops.set_fused_batchnorm(True)
+    got = attn.route(x, gain=gain)
+    native_ops.set_fused_batchnorm(False)
+    assert torch.equal(got, other.route(x, gain=gain))
+
+
+def test_bad_input_and_parameters_are_named(fused):
+    layer, _ = layer_pair(8, 16, torch.float32)
+    x = spikes(2, 2, 4, 8, dtype=torch.float32)
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        with torch.no_grad():
+            layer.linear.weight[0, 0] = float("nan")
+        layer.fire(x, LIFPopulation())
+    layer, _ = layer_pair(8, 16, torch.float32)
+    population = LIFPopulation()
+    with torch.no_grad():
+        population.vth.fill_(-1.0)  # a buffer set by hand, outside the domain the constructor checks
+    with pytest.raises(SpikingAttnError, match="vth must be"):
+        layer.fire(x, population)
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        layer(torch.full((2, 2, 4, 8), float("nan")))
+    with pytest.raises(DTypeError, match="enabled"):
+        native_ops.set_fused_batchnorm("yes")
+    with pytest.raises(SpikingAttnError, match="unknown option"):
+        native_ops.set_option("fast", True)
+
+
+def test_second_order_gradients_are_refused(fused):
+    layer, _ = layer_pair(8, 16, torch.float64)
+    x = spikes(2, 2, 4, 8).requires_grad_()
+    out = layer.fire(x, LIFPopulation().double())
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+def test_environment_variable_turns_it_on_at_import():
+    code = "from spiking_attn import native_ops; print(native_ops.fused_batchnorm_enabled())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        env={**__import__("os").environ, "SPIKING_ATTN_FUSED_BATCHNORM": "1"})
+    assert on.stdout.strip() == "True"
+
+
+TINY = dict(task="cue", dim=16, depth=1, heads=2, timesteps=2, epochs=1, progress=False, figures=False)
+
+
+def test_train_sets_fused_batchnorm_for_its_run(tmp_path):
+    from spiking_attn.training import train
+
+    assert not native_ops.fused_batchnorm_enabled()
+    calls = []
+    original = native_ops.batchnorm_lif
+    native_ops.batchnorm_lif = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        off = train(**TINY, out=tmp_path / "off")
+        assert off["fused_batchnorm"] is False and off["sparse_products"] is False and calls == []
+        on = train(**TINY, out=tmp_path / "on", fused_batchnorm=True, sparse_products=True)
+    finally:
+        native_ops.batchnorm_lif = original
+    assert on["fused_batchnorm"] is True and on["sparse_products"] is True and calls
+    assert not native_ops.fused_batchnorm_enabled() and not native_ops.sparse_products_enabled()
+    with pytest.raises(DTypeError, match="fused_batchnorm"):
+        train(**TINY, out=tmp_path / "bad", fused_batchnorm=1)
+
+
+def test_command_line_flag_reaches_metrics(tmp_path):
+    from spiking_attn.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["train", "--task", "cue", "--dim", "16", "--depth", "1", "--heads", "2", "-T", "2", "--epochs", "1",
+                 "--no-progress", "--fused-batchnorm", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["fused_batchnorm"] is True
+    assert not native_ops.fused_batchnorm_enabled()
+
+
+def test_batchnorm_module_state_matches_torch_after_training_steps(fused):
+    """Running statistics after several steps, then eval mode reads them: the fused layer's eval output
+    equals the plain layer's."""
+    population = LIFPopulation().double()
+    plain, fusing = layer_pair(16, 24, torch.float64)
+    for seed in range(4):
+        x = spikes(3, 4, 5, 16, seed=seed)
+        run(plain, x, False, population)
+        run(fusing, x, True, population)
+    for module in (plain, fusing):
+        module.eval()
+    x = spikes(3, 4, 5, 16, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(fusing(x), plain(x), rtol=1e-10, atol=1e-12)
+    assert isinstance(fusing.bn, nn.BatchNorm1d)
