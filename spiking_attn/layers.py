@@ -16,11 +16,14 @@ from .opcount import count_rule, no_own_ops
 
 
 def _hooked(module: nn.Module) -> bool:
-    """Whether a forward hook (its own or a global one) would see ``module`` called."""
+    """Whether a hook (forward or backward, its own or a global one) would see ``module`` called: the
+    conditions under which ``nn.Module.__call__`` leaves its fast path."""
     from torch.nn.modules import module as torch_module
 
-    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks or torch_module._global_backward_hooks
+                or torch_module._global_backward_pre_hooks)
 
 
 class LinearBN(nn.Module):

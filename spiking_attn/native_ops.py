@@ -289,9 +289,12 @@ def fused_batchnorm_enabled() -> bool:
 
 
 def _plain_batchnorm(bn: torch.nn.Module) -> bool:
-    """A training-mode affine ``nn.BatchNorm1d`` itself: not a subclass or another norm (``GlobalBatchNorm``
-    of a multi-process run takes its statistics over every process, which the kernel does not)."""
-    return type(bn) is torch.nn.BatchNorm1d and bn.training and bn.affine
+    """A training-mode ``nn.BatchNorm1d`` itself, with a weight and a bias, and its running statistics if it tracks
+    them: not a subclass or another norm (``GlobalBatchNorm`` of a multi-process run takes its statistics over
+    every process, which the kernel does not)."""
+    return (type(bn) is torch.nn.BatchNorm1d and bn.training and bn.weight is not None and bn.bias is not None
+            and (not bn.track_running_stats or all(t is not None for t in (bn.running_mean, bn.running_var,
+                                                                             bn.num_batches_tracked))))
 
 
 def fusable(y: torch.Tensor, bn: torch.nn.BatchNorm1d, population) -> bool:
@@ -301,7 +304,7 @@ def fusable(y: torch.Tensor, bn: torch.nn.BatchNorm1d, population) -> bool:
     of 1 (no current state), reset to zero, and no parameter that learns."""
     from .neuron import LIFPopulation
 
-    if not (_state["fused_batchnorm"] and _plain_batchnorm(bn) and isinstance(population, LIFPopulation)
+    if not (_state["fused_batchnorm"] and _plain_batchnorm(bn) and type(population) is LIFPopulation
             and population.engine == "native" and population.reset == "zero" and y.dim() >= 3
             and y.numel() > y.shape[-1] and bn.num_features == y.shape[-1]):
         return False

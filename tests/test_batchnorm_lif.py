@@ -27,6 +27,21 @@ def fused():
     native_ops.set_enabled(previous_ops)
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """How often each kernel ran: {"batchnorm_lif": n, "batchnorm": n}."""
+    counts = {"batchnorm_lif": 0, "batchnorm": 0}
+    for name in counts:
+        original = getattr(native_ops, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(native_ops, name, counted)
+    return counts
+
+
 def spikes(*shape, p=0.3, dtype=torch.float64, seed=0):
     return (torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) < p).to(dtype)
 
@@ -51,20 +66,27 @@ def run(layer, x, on, population=None, grad=None, repeats=1):
     finally:
         native_ops.set_fused_batchnorm(previous)
     bn = layer.bn
+
+    def copy_of(t):  # (a BatchNorm without a bias, or without running statistics, has None there)
+        return None if t is None else t.detach().clone()
+
     return {"out": out.detach(), "dx": xs.grad, "dW": layer.linear.weight.grad, "dgamma": bn.weight.grad,
-            "dbeta": bn.bias.grad, "running_mean": bn.running_mean.clone(), "running_var": bn.running_var.clone(),
-            "batches": bn.num_batches_tracked.clone()}
+            "dbeta": None if bn.bias is None else bn.bias.grad, "running_mean": copy_of(bn.running_mean),
+            "running_var": copy_of(bn.running_var), "batches": copy_of(bn.num_batches_tracked)}
 
 
 def assert_close(a, b, rtol, atol=0.0):
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        assert (a[name] is None) == (b[name] is None), name
+        if a[name] is not None:
+            torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 POPULATIONS = {  # the population's keyword arguments for a width
     "atan": lambda width: dict(),
     "sigmoid": lambda width: dict(surrogate="sigmoid"),
     "fast_sigmoid, v_init": lambda width: dict(surrogate="fast_sigmoid", v_init=0.3),
+    "atan, alpha 2.5": lambda width: dict(surrogate="atan", alpha=2.5),
     "per-channel dv, vth, bias; detach": lambda width: dict(
         dv=torch.linspace(0.1, 0.9, width), vth=torch.linspace(0.5, 1.5, width), bias=torch.linspace(-0.1, 0.1, width),
         shape=(width,), detach_reset=True),
@@ -73,7 +95,7 @@ POPULATIONS = {  # the population's keyword arguments for a width
 
 @pytest.mark.parametrize("name", list(POPULATIONS))
 @pytest.mark.parametrize("width", [37, 128])  # 37: whole vectors and a tail of single channels
-def test_fused_equals_batchnorm_then_population_in_float64(fused, name, width):
+def test_fused_equals_batchnorm_then_population_in_float64(fused, calls, name, width):
     population = LIFPopulation(**POPULATIONS[name](width)).double()
     plain, fusing = layer_pair(24, width, torch.float64)
     x = spikes(4, 3, 10, 24)
@@ -83,23 +105,44 @@ def test_fused_equals_batchnorm_then_population_in_float64(fused, name, width):
     assert 0.05 < float(got["out"].mean()) < 0.5
     assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert int(got["batches"]) == 1
+    assert calls == {"batchnorm_lif": 1, "batchnorm": 0}
 
 
-def test_fused_float32_agrees_to_rounding(fused):
+@pytest.mark.parametrize("width", [128, 37])  # 37: the scalar tail of the float32 kernel
+def test_fused_float32_agrees_to_rounding(fused, calls, width):
     population = LIFPopulation()
-    plain, fusing = layer_pair(64, 128, torch.float32)
+    plain, fusing = layer_pair(64, width, torch.float32)
     x = spikes(4, 8, 16, 64, dtype=torch.float32)
     expected, got = run(plain, x, False, population), run(fusing, x, True, population)
+    assert calls["batchnorm_lif"] == 1
     flips = int((got["out"] != expected["out"]).sum())
     assert flips <= got["out"].numel() // 1000  # a spike may flip where the membrane meets vth within rounding
-    if flips == 0:  # each gradient within float32 rounding of its largest entry (sums of 2048 terms each)
-        for name in ("dx", "dW", "dgamma", "dbeta"):
-            scale = float(expected[name].abs().max())
-            assert float((got[name] - expected[name]).abs().max()) <= 1e-5 * scale, name
+    # each gradient within float32 rounding of its largest entry (sums of 2048 terms each); a flipped spike
+    # would move the gradients by more, so this seed and width must flip none
+    assert flips == 0
+    for name in ("dx", "dW", "dgamma", "dbeta"):
+        scale = float(expected[name].abs().max())
+        assert float((got[name] - expected[name]).abs().max()) <= 1e-5 * scale, name
+
+
+@pytest.mark.parametrize("settings", [{"momentum": None}, {"track_running_stats": False}])
+def test_fused_running_statistics_follow_torch(fused, calls, settings):
+    population = LIFPopulation().double()
+    plain, fusing = layer_pair(16, 24, torch.float64)
+    for layer in (plain, fusing):
+        bn = nn.BatchNorm1d(24, **settings).double()
+        bn.load_state_dict(layer.bn.state_dict(), strict=False)
+        layer.bn = bn
+    for seed in range(3):
+        x = spikes(3, 4, 5, 16, seed=seed)
+        expected, got = run(plain, x, False, population), run(fusing, x, True, population)
+        assert torch.equal(got["out"], expected["out"])
+    assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert calls["batchnorm_lif"] == 3
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])  # None: the cumulative average, as nn.BatchNorm1d
-def test_batchnorm_alone_equals_torch_with_a_broadcast_gradient(fused, momentum):
+def test_batchnorm_alone_equals_torch_with_a_broadcast_gradient(fused, calls, momentum):
     plain, own = layer_pair(24, 37, torch.float64)
     plain.bn.momentum = own.bn.momentum = momentum
     x = torch.randn(4, 3, 10, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -107,6 +150,7 @@ def test_batchnorm_alone_equals_torch_with_a_broadcast_gradient(fused, momentum)
     expected, got = run(plain, x, False, repeats=3), run(own, x, True, repeats=3)
     assert_close(got, expected, rtol=1e-10, atol=1e-12)
     assert int(got["batches"]) == 3
+    assert calls == {"batchnorm_lif": 0, "batchnorm": 3}
 
 
 def test_results_do_not_depend_on_the_thread_count(fused):
@@ -126,25 +170,15 @@ def test_results_do_not_depend_on_the_thread_count(fused):
             assert torch.equal(one[name], two[name]), name
 
 
-def test_block_with_fused_batchnorm_matches_the_block_without(fused):
+def test_block_with_fused_batchnorm_matches_the_block_without(fused, calls):
     torch.manual_seed(0)
     block = SpikingTransformerBlock(32, 4, kind="ssa").double()
     other = copy.deepcopy(block)
     x = torch.randn(3, 2, 12, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    calls = []
-    original = native_ops.batchnorm_lif
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    native_ops.batchnorm_lif = counted
-    try:
-        got = run_block(block, x, True)
-    finally:
-        native_ops.batchnorm_lif = original
+    got = run_block(block, x, True)
+    # q, k, v and the MLP's hidden layer fused; out and fc2 run the BatchNorm alone
+    assert calls == {"batchnorm_lif": 4, "batchnorm": 2}
     expected = run_block(other, x, False)
-    assert len(calls) == 4  # q, k, v and the MLP's hidden layer (out and fc2 run the BatchNorm alone)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
@@ -160,42 +194,54 @@ def run_block(block, x, on):
     return [out.detach(), xs.grad] + [p.grad for p in block.parameters()]
 
 
-def test_what_cannot_be_fused_runs_the_two_modules(fused):
-    x = spikes(4, 2, 6, 16)
-    calls = []
-    original = native_ops.batchnorm_lif
-    native_ops.batchnorm_lif = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        cases = {
-            "learned threshold": LIFPopulation(learn_threshold=True).double(),
-            "adaptive threshold": LIFPopulation(theta_decay=0.1, theta_step=0.5).double(),
-            "synaptic decay": LIFPopulation(du=0.5).double(),
-            "reset by subtraction": LIFPopulation(reset="subtract").double(),
-            "spikingjelly engine": LIFPopulation(engine="spikingjelly").double(),
-        }
-        for name, population in cases.items():
-            plain, fusing = layer_pair(16, 8, torch.float64)
-            expected, got = run(plain, x, False, population), run(fusing, x, True, population)
-            assert torch.equal(got["out"], expected["out"]), name
-            # (the BatchNorm still runs in the project's kernel: the same values to rounding)
-            torch.testing.assert_close(got["dx"], expected["dx"], rtol=1e-10, atol=1e-12, msg=name)
-        from spiking_attn.global_batchnorm import convert_batchnorm
+def test_what_cannot_be_fused_runs_the_two_modules(fused, calls):
+    from spiking_attn.global_batchnorm import convert_batchnorm
 
-        plain, synced = layer_pair(16, 8, torch.float64)
-        convert_batchnorm(synced)  # a multi-process run's BatchNorm over every process: never the kernel
-        expected, got = run(plain, x, False, LIFPopulation().double()), run(synced, x, True, LIFPopulation().double())
-        assert type(synced.bn).__name__ == "GlobalBatchNorm" and torch.equal(got["dx"], expected["dx"])
-        hooked = LIFPopulation().double()
-        hooked.register_forward_hook(lambda *args: None)  # the spike recorder hooks populations this way
-        run(layer_pair(16, 8, torch.float64)[1], x, True, hooked)
-        evaluating, _ = layer_pair(16, 8, torch.float64)
-        evaluating.eval()
-        with torch.no_grad():
-            native_ops.set_fused_batchnorm(True)
-            evaluating.fire(x, LIFPopulation().double())
-    finally:
-        native_ops.batchnorm_lif = original
-    assert calls == []
+    x = spikes(4, 2, 6, 16)
+
+    class Subclass(LIFPopulation):  # may override forward: never bypassed
+        pass
+
+    cases = {
+        "a subclass": Subclass().double(),
+        "learned threshold": LIFPopulation(learn_threshold=True).double(),
+        "adaptive threshold": LIFPopulation(theta_decay=0.1, theta_step=0.5).double(),
+        "synaptic decay": LIFPopulation(du=0.5).double(),
+        "reset by subtraction": LIFPopulation(reset="subtract").double(),
+        "spikingjelly engine": LIFPopulation(engine="spikingjelly").double(),
+    }
+    for name, population in cases.items():
+        plain, fusing = layer_pair(16, 8, torch.float64)
+        expected, got = run(plain, x, False, population), run(fusing, x, True, population)
+        assert torch.equal(got["out"], expected["out"]), name
+        # (the BatchNorm still runs in the project's kernel: the same values to rounding)
+        torch.testing.assert_close(got["dx"], expected["dx"], rtol=1e-10, atol=1e-12, msg=name)
+    assert calls == {"batchnorm_lif": 0, "batchnorm": len(cases)}
+
+    # BatchNorms the kernel must leave to torch: the same bits as with the option off
+    plain, synced = layer_pair(16, 8, torch.float64)
+    convert_batchnorm(synced)  # a multi-process run's BatchNorm over every process
+    seen = []
+    hooked_bn, backward_hooked = layer_pair(16, 8, torch.float64)
+    backward_hooked.bn.register_full_backward_hook(lambda *args: seen.append(1))
+    no_bias = layer_pair(16, 8, torch.float64)[0]
+    no_bias.bn = nn.BatchNorm1d(8, bias=False).double()
+    for layer in (synced, backward_hooked, no_bias):
+        reference = copy.deepcopy(layer)
+        expected, got = run(reference, x, False, LIFPopulation().double()), run(layer, x, True, LIFPopulation().double())
+        assert torch.equal(got["dx"], expected["dx"])
+    assert type(synced.bn).__name__ == "GlobalBatchNorm" and seen == [1, 1]  # the hook saw both backward passes
+
+    hooked = LIFPopulation().double()
+    hooked.register_forward_hook(lambda *args: None)  # the spike recorder hooks populations this way
+    run(layer_pair(16, 8, torch.float64)[1], x, True, hooked)
+    evaluating, _ = layer_pair(16, 8, torch.float64)
+    evaluating.eval()
+    with torch.no_grad():
+        native_ops.set_fused_batchnorm(True)
+        evaluating.fire(x, LIFPopulation().double())
+    # (the hooked population's BatchNorm, itself unhooked, ran alone in the kernel; evaluation mode ran torch's)
+    assert calls["batchnorm_lif"] == 0 and calls["batchnorm"] == len(cases) + 1
 
 
 def test_modulated_route_does_not_fuse(fused):
@@ -212,19 +258,29 @@ def test_modulated_route_does_not_fuse(fused):
     assert torch.equal(got, other.route(x, gain=gain))
 
 
-def test_bad_input_and_parameters_are_named(fused):
+def test_bad_input_and_parameters_are_named(fused, calls):
     layer, _ = layer_pair(8, 16, torch.float32)
     x = spikes(2, 2, 4, 8, dtype=torch.float32)
-    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+    before = {k: v.clone() for k, v in layer.bn.state_dict().items()}
+
+    def untouched():  # an error leaves the running statistics and the batch count as they were
+        return all(torch.equal(before[k], v) for k, v in layer.bn.state_dict().items())
+
+    with pytest.raises(NonFiniteError, match="BatchNorm's input, weight or bias"):
         with torch.no_grad():
             layer.linear.weight[0, 0] = float("nan")
         layer.fire(x, LIFPopulation())
+    assert untouched()
     layer, _ = layer_pair(8, 16, torch.float32)
-    population = LIFPopulation()
-    with torch.no_grad():
-        population.vth.fill_(-1.0)  # a buffer set by hand, outside the domain the constructor checks
-    with pytest.raises(SpikingAttnError, match="vth must be"):
-        layer.fire(x, population)
+    before = {k: v.clone() for k, v in layer.bn.state_dict().items()}
+    for name, value in (("vth", -1.0), ("dv", -1e-8), ("bias", float("inf"))):
+        population = LIFPopulation()
+        with torch.no_grad():  # a buffer set by hand, outside the domain the constructor checks
+            getattr(population, name).fill_(value)
+        with pytest.raises(SpikingAttnError, match=f"{name} must be"):
+            layer.fire(x, population)
+        assert untouched()
+    assert calls["batchnorm_lif"] == 4
     with pytest.raises(NonFiniteError, match="NaN or Inf"):
         layer(torch.full((2, 2, 4, 8), float("nan")))
     with pytest.raises(DTypeError, match="enabled"):
@@ -237,8 +293,11 @@ def test_second_order_gradients_are_refused(fused):
     layer, _ = layer_pair(8, 16, torch.float64)
     x = spikes(2, 2, 4, 8).requires_grad_()
     out = layer.fire(x, LIFPopulation().double())
-    with pytest.raises(RuntimeError, match="first-order gradients only"):
+    with pytest.raises(RuntimeError, match="fused BatchNorm and LIF give first-order gradients only"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="BatchNorm kernel gives first-order gradients only"):
+        x2 = torch.randn(2, 2, 4, 8, dtype=torch.float64, requires_grad=True)
+        torch.autograd.grad(layer(x2).pow(2).sum(), x2, create_graph=True)
 
 
 def test_environment_variable_turns_it_on_at_import():
@@ -251,20 +310,16 @@ def test_environment_variable_turns_it_on_at_import():
 TINY = dict(task="cue", dim=16, depth=1, heads=2, timesteps=2, epochs=1, progress=False, figures=False)
 
 
-def test_train_sets_fused_batchnorm_for_its_run(tmp_path):
+def test_train_sets_fused_batchnorm_for_its_run(tmp_path, calls):
     from spiking_attn.training import train
 
     assert not native_ops.fused_batchnorm_enabled()
-    calls = []
-    original = native_ops.batchnorm_lif
-    native_ops.batchnorm_lif = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        off = train(**TINY, out=tmp_path / "off")
-        assert off["fused_batchnorm"] is False and off["sparse_products"] is False and calls == []
-        on = train(**TINY, out=tmp_path / "on", fused_batchnorm=True, sparse_products=True)
-    finally:
-        native_ops.batchnorm_lif = original
-    assert on["fused_batchnorm"] is True and on["sparse_products"] is True and calls
+    off = train(**TINY, out=tmp_path / "off")
+    assert off["fused_batchnorm"] is False and off["sparse_products"] is False
+    assert calls == {"batchnorm_lif": 0, "batchnorm": 0}
+    on = train(**TINY, out=tmp_path / "on", fused_batchnorm=True, sparse_products=True)
+    assert on["fused_batchnorm"] is True and on["sparse_products"] is True
+    assert calls["batchnorm_lif"] > 0 and calls["batchnorm"] > 0
     assert not native_ops.fused_batchnorm_enabled() and not native_ops.sparse_products_enabled()
     with pytest.raises(DTypeError, match="fused_batchnorm"):
         train(**TINY, out=tmp_path / "bad", fused_batchnorm=1)

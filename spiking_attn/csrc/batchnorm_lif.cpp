@@ -70,6 +70,8 @@ struct Channels {
 
 template <typename scalar_t>
 std::vector<scalar_t> expand(const at::Tensor &p, int64_t c) {
+    TORCH_CHECK(p.numel() == 1 || p.numel() == c, "spiking_attn::batchnorm_lif: a parameter has ", p.numel(),
+                " values; expected 1 or ", c, " (one per channel)");
     const at::Tensor q = p.to(at::CPU(c10::CppTypeToScalarType<scalar_t>::value)).contiguous();
     const scalar_t *d = q.data_ptr<scalar_t>();
     std::vector<scalar_t> out(c);
@@ -207,10 +209,10 @@ BN_INLINE vec surrogate_vec(vec z, int kind, scalar_t alpha, scalar_t atan_k) {
 template <typename scalar_t>
 BN_INLINE void through_time(const scalar_t *g, const scalar_t *y, scalar_t *gz, int64_t steps, int64_t n, int64_t c,
                             int64_t lo, int64_t hi, const Channels<scalar_t> &k, const scalar_t *mean, scalar_t v_init,
-                            int kind, scalar_t alpha, bool detach, scalar_t *s1, scalar_t *s2, scalar_t *hbuf) {
+                            int kind, scalar_t alpha, scalar_t atan_k, bool detach, scalar_t *s1, scalar_t *s2,
+                            scalar_t *hbuf) {
     using P = Tile<scalar_t>;
     using vec = typename P::vec;
-    const scalar_t atan_k = static_cast<scalar_t>(3.14159265358979323846 / 2) * alpha;
     for (int64_t m = lo; m < hi; ++m) {
         int64_t c0 = 0;
         for (; c0 + P::L <= c; c0 += P::L) {
@@ -270,13 +272,13 @@ BN_TARGETS void fire_columns(const double *y, double *s, int64_t T, int64_t n, i
 }
 BN_TARGETS void back_columns(const float *g, const float *y, float *gz, int64_t T, int64_t n, int64_t c, int64_t lo,
                              int64_t hi, const Channels<float> &k, const float *mean, float v0, int kind, float alpha,
-                             bool detach, float *s1, float *s2, float *hbuf) {
-    through_time(g, y, gz, T, n, c, lo, hi, k, mean, v0, kind, alpha, detach, s1, s2, hbuf);
+                             float atan_k, bool detach, float *s1, float *s2, float *hbuf) {
+    through_time(g, y, gz, T, n, c, lo, hi, k, mean, v0, kind, alpha, atan_k, detach, s1, s2, hbuf);
 }
 BN_TARGETS void back_columns(const double *g, const double *y, double *gz, int64_t T, int64_t n, int64_t c,
                              int64_t lo, int64_t hi, const Channels<double> &k, const double *mean, double v0, int kind,
-                             double alpha, bool detach, double *s1, double *s2, double *hbuf) {
-    through_time(g, y, gz, T, n, c, lo, hi, k, mean, v0, kind, alpha, detach, s1, s2, hbuf);
+                             double alpha, double atan_k, bool detach, double *s1, double *s2, double *hbuf) {
+    through_time(g, y, gz, T, n, c, lo, hi, k, mean, v0, kind, alpha, atan_k, detach, s1, s2, hbuf);
 }
 
 // dL/dy = a (dz - S1 / R) - (y - mean) a invstd^2 S2 / R = a dz - q1 - (y - mean) q2 over rows [lo, hi) into out
@@ -416,7 +418,8 @@ void add_chunks(const std::vector<scalar_t> &part, int64_t chunks, int64_t c, st
 }
 
 void check_rows(const at::Tensor &y, const at::Tensor &weight, const at::Tensor &bias, const char *name) {
-    TORCH_CHECK(y.dim() == 2 && y.size(0) > 1, "spiking_attn::", name, ": y must be [R, C] with more than one row");
+    TORCH_CHECK(y.dim() == 2 && y.size(0) > 1 && y.size(1) > 0, "spiking_attn::", name,
+                ": y must be [R, C] with more than one row and at least one channel");
     TORCH_CHECK(weight.numel() == y.size(1) && bias.numel() == y.size(1), "spiking_attn::", name,
                 ": weight and bias need one value per channel");
 }
@@ -427,6 +430,8 @@ struct BatchNormLIF : public torch::autograd::Function<BatchNormLIF> {
                                  const at::Tensor &vth, const at::Tensor &lif_bias, int64_t kind, double alpha,
                                  bool detach_reset, double v_init) {
         check_rows(y_in, weight, bias, "batchnorm_lif");
+        TORCH_CHECK(kind >= SG_ATAN && kind <= SG_FAST_SIGMOID, "spiking_attn::batchnorm_lif: unknown surrogate kind ",
+                    kind);
         TORCH_CHECK(steps > 0 && y_in.size(0) % steps == 0, "spiking_attn::batchnorm_lif: rows must be steps * M");
         const at::Tensor y = y_in.contiguous();
         const int64_t rows = y.size(0), c = y.size(1), n = rows / steps * c;
@@ -436,9 +441,10 @@ struct BatchNormLIF : public torch::autograd::Function<BatchNormLIF> {
         bool in_domain = true;
         AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "spiking_attn::batchnorm_lif", [&] {
             const Channels<scalar_t> k = channels<scalar_t>(st[2], st[3], dv, vth, lif_bias, c);
+            const std::vector<scalar_t> decay = expand<scalar_t>(dv, c);  // (checked as given: 1 - dv may round)
             for (int64_t ch = 0; ch < c; ++ch)  // (lif_step's domains: dv in [0, 1], vth > 0; NaN fails each test)
-                in_domain = in_domain && k.kv[ch] >= 0 && k.kv[ch] <= 1 && k.vth[ch] > 0 && std::isfinite(k.vth[ch]) &&
-                            std::isfinite(k.lb[ch]);
+                in_domain = in_domain && decay[ch] >= 0 && decay[ch] <= 1 && k.vth[ch] > 0 &&
+                            std::isfinite(k.vth[ch]) && std::isfinite(k.lb[ch]);
             if (!in_domain) return;
             const scalar_t *yp = y.data_ptr<scalar_t>();
             scalar_t *sp = spikes.data_ptr<scalar_t>();
@@ -477,13 +483,15 @@ struct BatchNormLIF : public torch::autograd::Function<BatchNormLIF> {
             const scalar_t *mp = saved[2].data_ptr<scalar_t>();
             scalar_t *gy = grad_y.data_ptr<scalar_t>();
             const int64_t samples = n / c, chunks = (samples + GRAD_SAMPLES - 1) / GRAD_SAMPLES;
+            // (rounded once from double, as lif_kernel_body.h's lif_backward does: the same surrogate bits)
+            const scalar_t atan_k = static_cast<scalar_t>(3.14159265358979323846 / 2 * alpha);
             std::vector<scalar_t> part1(chunks * c, 0), part2(chunks * c, 0);
             at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
                 std::vector<scalar_t> hbuf(steps * Tile<scalar_t>::L);
                 for (int64_t chunk = lo; chunk < hi; ++chunk)
                     back_columns(gp, yp, gy, steps, n, c, chunk * GRAD_SAMPLES,
                                  std::min(samples, (chunk + 1) * GRAD_SAMPLES), k, mp, static_cast<scalar_t>(v_init),
-                                 kind, static_cast<scalar_t>(alpha), detach, part1.data() + chunk * c,
+                                 kind, static_cast<scalar_t>(alpha), atan_k, detach, part1.data() + chunk * c,
                                  part2.data() + chunk * c, hbuf.data());
             });
             std::vector<double> s1, s2;
