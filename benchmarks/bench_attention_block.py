@@ -18,8 +18,8 @@ Spikformer block is the most that any neuron engine could give. The ``products-o
 weight products alone (no BatchNorm, neurons or attention): the Spikformer block's time over it bounds what
 any block with dense float32 products could reach. Then one LIF population alone (ours, SpikingJelly's LIFNode, snnTorch's Leaky); our population with
 per-channel parameters, learned thresholds, modulation and an adaptive threshold, each against scalar
-parameters; and token scaling of the attention module alone (SSA and SDSA, causal or not) for N in
-64..2048, with the causal SSA product alone by path (the compiled scan the spiking attention runs, against
+parameters; and token scaling of the attention module alone (SSA and SDSA, causal or not, each also with
+the opt-in fused BatchNorm) for N in 64..2048, with the causal SSA product alone by path (the compiled scan the spiking attention runs, against
 torch's products over blocks of tokens); ``--only scaling`` runs that part alone. Every table is timed round-robin (one step of each row in
 turn, medians per row), so that a slow spell of this shared machine hits every row alike and the ratios
 are taken within one spell.
@@ -291,15 +291,23 @@ def lif_layouts(repeats: int) -> dict:
 
 
 def token_scaling(repeats: int) -> dict:
+    """Median seconds of the attention module by kind and tokens; each kind also with the opt-in fused
+    BatchNorm (``<kind> +fused``: ``native_ops.set_fused_batchnorm``)."""
+    from spiking_attn import native_ops
     from spiking_attn.attention import SpikingSelfAttention
 
     results = {}
-    for label, kind, causal in (("ssa", "ssa", False), ("ssa-causal", "ssa", True), ("sdsa", "sdsa", False),
-                                ("sdsa-causal", "sdsa", True)):
-        torch.manual_seed(0)
-        attn = SpikingSelfAttention(D, HEADS, kind=kind, causal=causal)
-        cases = {n: (attn, (torch.rand(T, 4, n, D) < 0.2).float()) for n in (64, 256, 1024, 2048)}
-        results[label] = round_robin(cases, repeats)  # the lengths in turn: a ratio within one spell
+    for fused in (False, True):
+        for label, kind, causal in (("ssa", "ssa", False), ("ssa-causal", "ssa", True), ("sdsa", "sdsa", False),
+                                    ("sdsa-causal", "sdsa", True)):
+            torch.manual_seed(0)
+            attn = SpikingSelfAttention(D, HEADS, kind=kind, causal=causal)
+            cases = {n: (attn, (torch.rand(T, 4, n, D) < 0.2).float()) for n in (64, 256, 1024, 2048)}
+            previous = native_ops.set_fused_batchnorm(fused)
+            try:  # the lengths in turn: a ratio within one spell
+                results[label + (" +fused" if fused else "")] = round_robin(cases, repeats)
+            finally:
+                native_ops.set_fused_batchnorm(previous)
     return results
 
 
@@ -353,9 +361,9 @@ def print_causal_product(product: dict, repeats: int) -> None:
 
 def print_scaling(scaling: dict, repeats: int) -> None:
     print(f"\nAttention module forward+backward vs tokens, T={T} B=4 D={D} (ms, {timed_steps(repeats)})")
-    print(f"{'kind':12s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
+    print(f"{'kind':18s}" + "".join(f"{'N=' + str(n):>10s}" for n in (64, 256, 1024, 2048)) + f"{'t(2048)/t(256)':>16s}")
     for label, row in scaling.items():
-        print(f"{label:12s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
+        print(f"{label:18s}" + "".join(f"{1e3 * t:10.2f}" for t in row.values()) + f"{row[2048] / row[256]:16.2f}")
 
 
 def main() -> None:
