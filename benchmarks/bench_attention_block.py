@@ -12,7 +12,9 @@ Compares, in one run and on the same input ([T, B, N, D] = [4, 32, 64, 128], SSA
   * spiking-attn block, spikingjelly engine (SpikingJelly's LIFNode inside our block);
   * a Spikformer-style block written only with SpikingJelly layers (layer.Conv1d, layer.BatchNorm1d,
     neuron.LIFNode, [T, B, C, N] layout, (Q K^T) V as in the published code).
-The ``no-neurons`` row is our block with every population replaced by an identity: the products,
+A table then times one BatchNorm alone over the block's rows, torch's module against the fused option's
+BatchNorm-alone kernel, with a broadcast gradient (as ``.sum().backward()`` gives the block's last
+BatchNorms) and a dense one. The ``no-neurons`` row is our block with every population replaced by an identity: the products,
 BatchNorms and attention arithmetic alone, which every variant computes too. Its speed-up over the
 Spikformer block is the most that any neuron engine could give. The ``products-only`` row is the block's six
 weight products alone (no BatchNorm, neurons or attention): the Spikformer block's time over it bounds what
@@ -328,6 +330,50 @@ class CausalProduct(nn.Module):
         return native_ops.causal_scan(q, k, v) if self.path == "scan" else linear_attention_product(q, k, v, True)
 
 
+class BatchNormRows(nn.Module):
+    """A training-mode ``nn.BatchNorm1d`` over rows ``[M, C]`` whose output is summed (``step``'s
+    ``.sum().backward()``: the gradient arrives broadcast, with zero strides) or weighted by a fixed dense
+    tensor (``dense``: a dense gradient); ``ours`` runs it through ``native_ops.batchnorm``."""
+
+    def __init__(self, channels: int, ours: bool, dense: bool) -> None:
+        super().__init__()
+        self.bn, self.ours = nn.BatchNorm1d(channels), ours
+        self.weight = torch.randn(B * N * T, channels) if dense else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from spiking_attn import native_ops
+
+        y = native_ops.batchnorm(x, self.bn) if self.ours else self.bn(x)
+        return y if self.weight is None else y * self.weight
+
+
+def batchnorm_alone(repeats: int) -> dict:
+    """Median seconds of one BatchNorm forward+backward over the block's rows [T*B*N, D], torch's module
+    against the project's kernel (the fused BatchNorm option's BatchNorm-alone path), by gradient layout."""
+    from spiking_attn import native_ops
+
+    if native_ops.ops() is None:
+        return {}
+    previous = native_ops.set_fused_batchnorm(True)
+    try:
+        x = torch.randn(T * B * N, D)
+        cases = {(who, grad): (BatchNormRows(D, who == "ours", grad == "dense"), x)
+                 for who in ("torch", "ours") for grad in ("broadcast", "dense")}
+        return round_robin(cases, repeats)
+    finally:
+        native_ops.set_fused_batchnorm(previous)
+
+
+def print_batchnorm_alone(times: dict, repeats: int) -> None:
+    if not times:
+        return
+    print(f"\nBatchNorm alone, forward+backward, [{T * B * N}, {D}] rows (ms, {timed_steps(repeats)})")
+    print(f"{'gradient':12s} {'torch':>9s} {'ours':>9s} {'torch / ours':>13s}")
+    for grad in ("broadcast", "dense"):
+        t, o = times[("torch", grad)], times[("ours", grad)]
+        print(f"{grad:12s} {1e3 * t:9.2f} {1e3 * o:9.2f} {t / o:12.2f}x")
+
+
 PRODUCT_LENGTHS = (256, 1024, 2048)
 
 
@@ -398,10 +444,13 @@ def main() -> None:
     print(f"{'variant':24s} {'time ms':>9s} {'peak MiB':>9s} {'speed-up vs sj-spikformer':>26s}")
     for v, r in block.items():
         print(f"{v:24s} {r['ms']:9.1f} {r['peak_mib']:9.0f} {ref / r['ms']:25.2f}x")
+    batchnorm = batchnorm_alone(args.repeats)
+    print_batchnorm_alone(batchnorm, args.repeats)
+    batchnorm = {f"{who} {grad}": t for (who, grad), t in batchnorm.items()}
     if args.only == "block":
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"block": block}, f, indent=2)
+                json.dump({"block": block, "batchnorm_alone_s": batchnorm}, f, indent=2)
         return
     print(f"\nOne LIF population forward+backward, [T, B, N, 4D] = [{T}, {B}, {N}, {4 * D}] "
           f"({timed_steps(args.repeats)})")
@@ -422,7 +471,7 @@ def main() -> None:
     print_causal_product(product, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"block": block, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling,
+            json.dump({"block": block, "batchnorm_alone_s": batchnorm, "lif_ms": lif, "lif_layouts_ms": layouts, "token_scaling_s": scaling,
                        "causal_product_s": product}, f, indent=2)
 
 
