@@ -26,6 +26,16 @@ def _hooked(module: nn.Module) -> bool:
                 or torch_module._global_backward_pre_hooks)
 
 
+def _dense_gradient(grad: torch.Tensor):
+    """A gradient hook for the output of torch's BatchNorm over ``[rows, C]``: a contiguous copy of a gradient
+    that is not contiguous, else nothing (the gradient as it is). On a broadcast gradient (zero strides, from
+    a sum or a mean of the output) torch's kernel takes a path several times slower than on a dense one
+    (``benchmarks/bench_attention_block.py``'s BatchNorm table). Training hands every ``LinearBN`` of the
+    project's models a contiguous gradient already (checked for every task and mechanism, spiking and
+    dense), so there this changes no value; a loss taken straight from a block's output does not."""
+    return None if grad.is_contiguous() else grad.contiguous()
+
+
 class LinearBN(nn.Module):
     """``y = BN(x W^T)`` over the last axis. Args: in_features, out_features. Shapes: [..., in] -> [..., out]."""
 
@@ -44,10 +54,14 @@ class LinearBN(nn.Module):
 
     def _normalise(self, y: torch.Tensor) -> torch.Tensor:
         """``bn(y)`` for rows ``[M, out]``: the project's kernel in training with fused BatchNorm on
-        (``native_ops.batchnorm``, opt-in) unless something hooks the BatchNorm."""
+        (``native_ops.batchnorm``, opt-in) unless something hooks the BatchNorm; else torch's module, handed
+        a contiguous gradient (``_dense_gradient``)."""
         if native_ops.batchnorm_eligible(y, self.bn) and not _hooked(self.bn):
             return native_ops.batchnorm(y, self.bn)
-        return self.bn(y)
+        z = self.bn(y)
+        if self.training and z.requires_grad and not torch.compiler.is_compiling():
+            z.register_hook(_dense_gradient)  # (on the output: the gradient that BatchNorm's backward reads)
+        return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
