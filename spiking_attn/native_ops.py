@@ -45,11 +45,15 @@ CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fopenmp", "-Wno-c++20-extensions"]
 # without contraction of a * b + c into one rounding, both give the same bits, as in the C kernel (FLAGS)
 SOURCE_FLAGS = {"batchnorm_lif.cpp": ["-O3", "-ffp-contract=off", "-Wno-psabi"]}
 
+# The opt-in options (each changes results by rounding, so off by default), by the name that train(),
+# the command line (--sparse-products, --fused-batchnorm) and metrics.json use; SPIKING_ATTN_<NAME>=1 in the
+# environment turns one on at import.
+OPTIONS = ("sparse_products", "fused_batchnorm")
+
 _lock = threading.Lock()
 _state: dict = {"ops": None, "tried": False, "error": None,
                 "enabled": os.environ.get("SPIKING_ATTN_TORCH_OPS", "1") not in ("0", ""),
-                "sparse_products": os.environ.get("SPIKING_ATTN_SPARSE_PRODUCTS", "0") not in ("0", ""),
-                "fused_batchnorm": os.environ.get("SPIKING_ATTN_FUSED_BATCHNORM", "0") not in ("0", "")}
+                **{name: os.environ.get(f"SPIKING_ATTN_{name.upper()}", "0") not in ("0", "") for name in OPTIONS}}
 
 
 def _one_thread_in_forked_child() -> None:
@@ -226,17 +230,12 @@ def set_sparse_products(enabled: bool) -> bool:
     environment turns it on at import (so also for the command line, and for every process of a
     multi-process run, which this call does not reach: ``train(nproc=N)`` starts fresh processes); a
     run's ``metrics.json`` records the setting as ``sparse_products``. A ``LinearBN`` whose ``Linear``
-    has forward hooks (the operation counter, the spike-driven report) calls it as usual."""
+    has hooks (the operation counter, the spike-driven report) calls it as usual."""
     return set_option("sparse_products", enabled)
 
 
 def sparse_products_enabled() -> bool:
     return _state["sparse_products"]
-
-
-# The opt-in options (each changes results by rounding, so off by default), by the name that train(),
-# the command line (--sparse-products, --fused-batchnorm) and metrics.json use.
-OPTIONS = ("sparse_products", "fused_batchnorm")
 
 
 def option(name: str) -> bool:
@@ -299,20 +298,17 @@ def _plain_batchnorm(bn: torch.nn.Module) -> bool:
 
 def fusable(y: torch.Tensor, bn: torch.nn.BatchNorm1d, population) -> bool:
     """Whether ``batchnorm_lif`` can run ``population(bn(y))`` for a weight layer's output ``y``
-    ``[T, ..., C]``: fusing on (``set_fused_batchnorm``), the operator loaded, ``bn`` a training-mode
-    affine ``nn.BatchNorm1d`` over C, and ``population`` a plain native one (``lif_eligible``) with a synaptic decay
+    ``[T, ..., C]``: ``batchnorm_eligible`` for its rows (fusing on, the operator loaded, ``bn`` a
+    training-mode ``nn.BatchNorm1d`` over C), and ``population`` a plain native one (``lif_eligible``) with a synaptic decay
     of 1 (no current state), reset to zero, and no parameter that learns."""
     from .neuron import LIFPopulation
 
-    if not (_state["fused_batchnorm"] and _plain_batchnorm(bn) and type(population) is LIFPopulation
-            and population.engine == "native" and population.reset == "zero" and y.dim() >= 3
-            and y.numel() > y.shape[-1] and bn.num_features == y.shape[-1]):
+    if not (type(population) is LIFPopulation and population.engine == "native" and population.reset == "zero"
+            and y.dim() >= 3 and batchnorm_eligible(y.reshape(-1, y.shape[-1]), bn)):
         return False
     params = population.params()
     if any(p.requires_grad for _, p in params.items()) or not lif_eligible(y, params, None, None, population.surrogate,
                                                                          False):
-        return False
-    if not _operator_takes(y, bn.weight, bn.bias):
         return False
     du = params.du
     return bool(du.item() == 1.0) if du.numel() == 1 else bool(du.eq(1).all())

@@ -352,12 +352,11 @@ def test_batchnorm_module_state_matches_torch_after_training_steps(fused):
     assert isinstance(fusing.bn, nn.BatchNorm1d)
 
 
-def test_torch_batchnorm_gets_a_dense_gradient_and_the_same_values():
+def test_torch_batchnorm_gets_a_dense_gradient_and_the_same_values(monkeypatch):
     """With the option off, LinearBN hands torch's BatchNorm a contiguous copy of a broadcast gradient
     (its [rows, C] kernel is slow on zero strides); a contiguous gradient passes untouched."""
     from spiking_attn import layers
 
-    previous = native_ops.set_fused_batchnorm(False)
     seen = []
     original = layers._dense_gradient
 
@@ -366,20 +365,17 @@ def test_torch_batchnorm_gets_a_dense_gradient_and_the_same_values():
         seen.append((grad.is_contiguous(), out is None or out.is_contiguous()))
         return out
 
-    layers._dense_gradient = watched
-    try:
-        layer, reference = layer_pair(24, 37, torch.float64)
-        x = torch.randn(4, 3, 10, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-        xs = x.clone().requires_grad_()
-        layer(xs).sum().backward()  # broadcast: copied
-        xr = x.clone().requires_grad_()
-        out = reference.bn(reference.linear(xr.reshape(-1, 24)))  # torch's modules alone, no hook
-        out.sum().backward()
-        grad = torch.randn(4, 3, 10, 37, dtype=torch.float64)
-        xd = x.clone().requires_grad_()
-        layer(xd).mul(grad).sum().backward()  # dense: passed as it is
-    finally:
-        layers._dense_gradient = original
-        native_ops.set_fused_batchnorm(previous)
+    monkeypatch.setattr(layers, "_dense_gradient", watched)
+    monkeypatch.setitem(native_ops._state, "fused_batchnorm", False)
+    layer, reference = layer_pair(24, 37, torch.float64)
+    x = torch.randn(4, 3, 10, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    xs = x.clone().requires_grad_()
+    layer(xs).sum().backward()  # broadcast: copied
+    xr = x.clone().requires_grad_()
+    out = reference.bn(reference.linear(xr.reshape(-1, 24)))  # torch's modules alone, no hook
+    out.sum().backward()
+    grad = torch.randn(4, 3, 10, 37, dtype=torch.float64)
+    xd = x.clone().requires_grad_()
+    layer(xd).mul(grad).sum().backward()  # dense: passed as it is
     assert seen == [(False, True), (True, True)]
     torch.testing.assert_close(xs.grad, xr.grad.reshape(xs.shape), rtol=1e-12, atol=1e-14)
